@@ -1,0 +1,78 @@
+/**
+ * The Lua script behind {@link RedisBackend}: one atomic decision on one bucket. Its arithmetic
+ * is `bucket.ts` line for line (same operations, same order, IEEE doubles), so the memory and
+ * Redis strategies decide identically; `test/lua-parity.test.ts` checks it on random sequences.
+ *
+ * The bucket is a hash with two fields, written with %.17g so a double survives the round trip:
+ *   t  tokens (may be negative: debt)
+ *   u  when `t` was computed, ms on the Redis server's clock
+ * A missing hash is a full bucket. Every write sets PEXPIRE to ceil(ms until full), at least 1,
+ * so an idle bucket vanishes exactly when it would be full anyway.
+ *
+ * KEYS[1]  the bucket's hash, `<prefix>{<encoded key>}:<name>`
+ * ARGV[1]  mode: 't' try (take now or change nothing), 'r' reserve (take into debt within
+ *          ARGV[5]), 'f' refund (give ARGV[4] back)
+ * ARGV[2]  tokens added per ms (policy.rate / policy.perMs)
+ * ARGV[3]  capacity
+ * ARGV[4]  cost (t, r) or amount (f)
+ * ARGV[5]  r: the longest acceptable wait in ms; negative: no limit
+ * ARGV[6]  '' (always, outside tests): now = the server's TIME; tests pass a fixed ms instant
+ *
+ * Returns { allowed (1|0), tokens after (%.17g string), wait ms (string), ms until full (string) }.
+ * Numbers go back as strings: Redis would truncate a Lua number reply to an integer.
+ */
+export const BUCKET_SCRIPT = `
+local rate = tonumber(ARGV[2])
+local cap = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local now
+if ARGV[6] ~= '' then
+  now = tonumber(ARGV[6])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local s = redis.call('HMGET', KEYS[1], 't', 'u')
+local tokens = tonumber(s[1])
+local upd = tonumber(s[2])
+if tokens == nil or upd == nil then
+  tokens = cap
+  upd = now
+end
+local elapsed = now - upd
+if elapsed > 0 then
+  upd = now
+else
+  elapsed = 0
+end
+tokens = math.min(cap, tokens + elapsed * rate)
+local mode = ARGV[1]
+local wait = 0
+local allowed = 0
+if mode == 'f' then
+  tokens = math.min(cap, tokens + cost)
+  allowed = 1
+else
+  local deficit = cost - tokens
+  if deficit > cost * 1e-9 then
+    wait = math.ceil(deficit / rate)
+  end
+  if mode == 't' then
+    if wait == 0 then allowed = 1 end
+  else
+    local maxw = tonumber(ARGV[5])
+    if maxw < 0 or wait <= maxw then allowed = 1 end
+  end
+  if allowed == 1 then tokens = tokens - cost end
+end
+local reset = math.ceil((cap - tokens) / rate)
+if reset < 0 then reset = 0 end
+if allowed == 1 then
+  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'u', string.format('%.17g', upd))
+  local ttl = reset
+  if ttl < 1 then ttl = 1 end
+  if ttl > 1e13 then ttl = 1e13 end
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
+end
+return { allowed, string.format('%.17g', tokens), string.format('%.17g', wait), string.format('%.17g', reset) }
+`;

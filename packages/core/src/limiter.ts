@@ -1,0 +1,691 @@
+import { z } from 'zod';
+import type { Backend } from './backend.js';
+import { MemoryBackend } from './backends/memory.js';
+import type { Decision, Reservation } from './bucket.js';
+import {
+  AbortedError,
+  BackendUnavailableError,
+  CostExceedsCapacityError,
+  InvalidArgumentError,
+  InvalidOptionsError,
+  MaxWaitExceededError,
+} from './errors.js';
+import { type Policy, type PolicyInput, describe, normalizePolicy, toOptionsError } from './policy.js';
+
+/** What the limiter does when its backend fails or times out. */
+export type BackendErrorPolicy = 'fail-open' | 'fail-closed' | 'fallback';
+
+/** RateLimiterOptions configures a {@link RateLimiter}. */
+export interface RateLimiterOptions {
+  /** Where the buckets live: a MemoryBackend, RedisBackend or HybridBackend. */
+  backend: Backend;
+  /**
+   * The bucket's policy, or a function key → policy (tiers: `(user) => tiers[planOf(user)]`).
+   * A function is called on every call; return the same object for the same tier, and its
+   * validation is done once.
+   * @example { rate: 10, per: '1s', capacity: 100 }
+   */
+  policy: PolicyInput | ((key: string) => PolicyInput);
+  /**
+   * The bucket's name inside its key, keeping apart limiters that share a backend and a key
+   * (e.g. 'requests' and 'llm-tokens' per user).
+   * @default 'default'
+   */
+  name?: string;
+  /**
+   * What a call sees when the backend fails (an error, or no answer within its timeout):
+   * - 'fail-open': the call is admitted. No outage, no limit while it lasts.
+   * - 'fail-closed': the call fails with {@link BackendUnavailableError}. No over-admission;
+   *   the agent stops while the backend is down.
+   * - 'fallback': the call is decided on a bucket in this process's memory until the backend
+   *   answers again. Limits hold per process (N processes may admit up to N× the quota).
+   * @default 'fallback'
+   */
+  onBackendError?: BackendErrorPolicy;
+  /**
+   * After a backend failure, calls go straight to `onBackendError` (no timeout each) and one call
+   * every `probeIntervalMs` tries the backend again; the first success returns to it.
+   * @default 500
+   */
+  probeIntervalMs?: number;
+  /** Called with every backend failure (for logs and metrics). Must not throw. */
+  onError?: (error: unknown) => void;
+}
+
+/** DEFAULT_LIMITER_OPTIONS holds the defaults of {@link RateLimiterOptions}. */
+export const DEFAULT_LIMITER_OPTIONS = {
+  name: 'default',
+  onBackendError: 'fallback',
+  probeIntervalMs: 500,
+} as const satisfies Partial<RateLimiterOptions>;
+
+/** Options of one {@link RateLimiter.tryAcquire} call. */
+export interface TryAcquireOptions {
+  /** Tokens this call takes: a finite number > 0, at most the capacity. @default 1 */
+  cost?: number;
+}
+
+/** Options of one {@link RateLimiter.acquire} call. */
+export interface AcquireOptions {
+  /** Tokens this call takes: a finite number > 0, at most the capacity. @default 1 */
+  cost?: number;
+  /** Cancels the wait: the call rejects with {@link AbortedError} and its tokens go back. */
+  signal?: AbortSignal;
+  /**
+   * The longest this call may wait, in ms. A call that would wait longer fails at once with
+   * {@link MaxWaitExceededError} (carrying `retryAfterMs`) and takes no token. @default Infinity
+   */
+  maxWaitMs?: number;
+}
+
+/** Grant is what `acquire` resolves with once the caller may proceed. */
+export interface Grant {
+  /** Ms this call waited (queue and bucket together). */
+  waitedMs: number;
+  /** Whole tokens left in the bucket when the call was admitted. */
+  remaining: number;
+}
+
+export type { Decision };
+
+const optionsSchema = z
+  .object({
+    backend: z.custom<Backend>(
+      (v) =>
+        typeof v === 'object' &&
+        v !== null &&
+        typeof (v as Backend).tryTake === 'function' &&
+        typeof (v as Backend).reserve === 'function' &&
+        typeof (v as Backend).refund === 'function',
+      { error: (i) => `must be a MemoryBackend, RedisBackend or HybridBackend (received ${describe(i.input)})` },
+    ),
+    policy: z.unknown(),
+    name: z.string({ error: (i) => `must be a string (received ${describe(i.input)})` }).optional(),
+    onBackendError: z
+      .enum(['fail-open', 'fail-closed', 'fallback'], {
+        error: (i) => `must be 'fail-open', 'fail-closed' or 'fallback' (received ${describe(i.input)})`,
+      })
+      .optional(),
+    probeIntervalMs: z
+      .number({ error: (i) => `must be a number of ms (received ${describe(i.input)})` })
+      .refine((v) => Number.isFinite(v) && v > 0, {
+        error: (i) => `must be a finite number of ms > 0 (received ${describe(i.input)})`,
+      })
+      .optional(),
+    onError: z
+      .custom<(e: unknown) => void>((v) => typeof v === 'function', {
+        error: (i) => `must be a function (received ${describe(i.input)})`,
+      })
+      .optional(),
+  })
+  .strict();
+
+/** A caller of `acquire` waiting its turn on one key. */
+interface Waiter {
+  readonly key: string;
+  readonly cost: number;
+  readonly policy: Policy;
+  readonly start: number;
+  /** Absolute deadline (performance.now ms), or Infinity. */
+  readonly deadline: number;
+  readonly resolve: (g: Grant) => void;
+  readonly reject: (e: unknown) => void;
+  readonly signal: AbortSignal | undefined;
+  state: 'queued' | 'reserving' | 'holding' | 'done';
+  /** Where the reservation was taken, to refund it there. */
+  heldOn: Backend | undefined;
+  /** Tokens left when reserved. */
+  remaining: number;
+  /** When a holding waiter is admitted (performance.now ms). */
+  admitAt: number;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+/** The callers waiting on one key in this process, in arrival order; only the head reserves. */
+interface KeyQueue {
+  readonly key: string;
+  readonly waiters: Waiter[];
+  /** Index of the first waiter not yet handed to the backend. */
+  next: number;
+  /** The waiter holding (or taking) the key's reservation, if any. */
+  head: Waiter | undefined;
+  /** True while #pump runs for this queue (admissions inside it must not recurse into it). */
+  pumping: boolean;
+}
+
+const now = (): number => performance.now();
+
+/**
+ * RateLimiter admits calls per key from token buckets with one policy (or one per key, for tiers).
+ *
+ * - {@link tryAcquire} takes tokens now if the bucket holds them, else says when it would.
+ * - {@link acquire} waits its turn: in this process the callers of one key form a FIFO queue, and
+ *   only the head holds a reservation in the backend, taken into debt (one round trip per
+ *   admitted call, no polling). Processes sharing a key through Redis interleave fairly: each
+ *   reserves again only after its previous caller is admitted.
+ * - {@link refund} gives tokens back.
+ *
+ * A cost above the capacity can never be served and fails at once with
+ * {@link CostExceedsCapacityError}. Safe for concurrent use; share one limiter per policy.
+ *
+ * @example
+ * const limiter = new RateLimiter({ backend: new MemoryBackend(), policy: { rate: 5, per: '1s' } })
+ * await limiter.acquire('user-42')               // waits its turn if user-42 is over quota
+ * const d = await limiter.tryAcquire('user-42')  // { allowed, remaining, retryAfterMs, resetAfterMs }
+ */
+export class RateLimiter {
+  readonly backend: Backend;
+  readonly name: string;
+  readonly onBackendError: BackendErrorPolicy;
+  readonly probeIntervalMs: number;
+  readonly #staticPolicy: Policy | undefined;
+  readonly #policyFn: ((key: string) => PolicyInput) | undefined;
+  readonly #policies = new WeakMap<object, Policy>();
+  readonly #queues = new Map<string, KeyQueue>();
+  readonly #onError: ((e: unknown) => void) | undefined;
+  #fallback: MemoryBackend | undefined;
+  /** Circuit breaker: 0 while the backend is trusted; else when to probe it next. */
+  #downUntil = 0;
+  #probing = false;
+
+  constructor(options: RateLimiterOptions) {
+    if (typeof options !== 'object' || options === null) {
+      throw new InvalidOptionsError(
+        `invalid RateLimiter options: must be an object with backend and policy (received ${describe(options)})`,
+      );
+    }
+    const parsed = optionsSchema.safeParse(options);
+    if (!parsed.success) throw toOptionsError('RateLimiter options', parsed.error);
+    const o = parsed.data;
+    this.backend = o.backend;
+    this.name = o.name ?? DEFAULT_LIMITER_OPTIONS.name;
+    this.onBackendError = o.onBackendError ?? DEFAULT_LIMITER_OPTIONS.onBackendError;
+    this.probeIntervalMs = o.probeIntervalMs ?? DEFAULT_LIMITER_OPTIONS.probeIntervalMs;
+    this.#onError = o.onError;
+    if (typeof o.policy === 'function') {
+      this.#policyFn = o.policy as (key: string) => PolicyInput;
+    } else {
+      this.#staticPolicy = normalizePolicy(o.policy, 'policy');
+    }
+  }
+
+  /**
+   * policyFor returns the validated policy of `key`. Throws {@link InvalidOptionsError} when a
+   * policy function returns an invalid policy.
+   */
+  policyFor(key: string): Policy {
+    if (this.#staticPolicy !== undefined) return this.#staticPolicy;
+    const input = (this.#policyFn as (key: string) => PolicyInput)(key);
+    if (typeof input === 'object' && input !== null) {
+      const cached = this.#policies.get(input);
+      if (cached !== undefined) return cached;
+      const p = normalizePolicy(input, `policy(${JSON.stringify(key.length > 40 ? `${key.slice(0, 37)}...` : key)})`);
+      this.#policies.set(input, p);
+      return p;
+    }
+    return normalizePolicy(input, 'policy(key)');
+  }
+
+  /**
+   * tryAcquire takes `cost` tokens from `key`'s bucket now if it holds them; otherwise it takes
+   * nothing and says, in `retryAfterMs`, when it would. It never waits, and it does not jump
+   * the queue: while callers of this process wait on `key` in `acquire`, it answers not allowed.
+   */
+  tryAcquire(key: string, options?: TryAcquireOptions): Promise<Decision> {
+    try {
+      const cost = checkCost(options?.cost);
+      checkKey(key);
+      const policy = this.policyFor(key);
+      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      const q = this.#queues.get(key);
+      if (q !== undefined) {
+        return Promise.resolve({
+          allowed: false,
+          remaining: 0,
+          retryAfterMs: Math.max(1, this.#queueEstimate(q, cost)),
+          resetAfterMs: Math.max(1, this.#queueEstimate(q, policy.capacity)),
+        });
+      }
+      if (this.#downUntil !== 0 && !this.#shouldProbe()) return this.#degradedTry(key, policy, cost, undefined);
+      let r: Decision | Promise<Decision>;
+      try {
+        r = this.backend.tryTake(this.name, key, policy, cost);
+      } catch (e) {
+        return this.#degradedTry(key, policy, cost, e);
+      }
+      if (r instanceof Promise) {
+        return r.then(
+          (d) => {
+            this.#backendUp();
+            return d;
+          },
+          (e: unknown) => this.#degradedTry(key, policy, cost, e),
+        );
+      }
+      return Promise.resolve(r);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * acquire waits until `key`'s bucket grants `cost` tokens, in arrival order among this
+   * process's callers of `key`, then resolves with how long it waited.
+   *
+   * Rejects at once with {@link CostExceedsCapacityError} (cost above capacity),
+   * {@link MaxWaitExceededError} (it would wait more than `maxWaitMs`; nothing taken) or
+   * {@link InvalidArgumentError}; with {@link AbortedError} when `signal` fires (its tokens go
+   * back and the next caller moves up at once).
+   */
+  acquire(key: string, options?: AcquireOptions): Promise<Grant> {
+    let cost: number;
+    let policy: Policy;
+    let maxWaitMs: number;
+    let signal: AbortSignal | undefined;
+    try {
+      cost = checkCost(options?.cost);
+      checkKey(key);
+      maxWaitMs = checkMaxWait(options?.maxWaitMs);
+      signal = checkSignal(options?.signal);
+      policy = this.policyFor(key);
+      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      if (signal?.aborted) throw new AbortedError(key, signal.reason);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+
+    let q = this.#queues.get(key);
+    // Fast path: nobody waits on this key and the backend answers synchronously with no wait.
+    if (q === undefined && this.#downUntil === 0) {
+      let r: Reservation | Promise<Reservation> | undefined;
+      try {
+        r = this.backend.reserve(this.name, key, policy, cost, maxWaitMs === Infinity ? -1 : maxWaitMs);
+      } catch {
+        r = undefined;
+      }
+      if (r !== undefined && !(r instanceof Promise)) {
+        if (r.ok && r.waitMs === 0) return Promise.resolve({ waitedMs: 0, remaining: r.remaining });
+        if (!r.ok) return Promise.reject(new MaxWaitExceededError(key, r.waitMs, maxWaitMs));
+        // Reserved with a wait: queue it as the head already holding its reservation.
+        return this.#enqueue(key, cost, policy, maxWaitMs, signal, { backend: this.backend, reservation: r });
+      }
+      if (r !== undefined) {
+        // An asynchronous backend: this caller is the head, its reservation in flight.
+        return this.#enqueue(key, cost, policy, maxWaitMs, signal, { backend: this.backend, pending: r });
+      }
+    }
+
+    if (q !== undefined && maxWaitMs !== Infinity) {
+      const estimate = this.#queueEstimate(q, cost);
+      if (estimate > maxWaitMs) return Promise.reject(new MaxWaitExceededError(key, estimate, maxWaitMs));
+    }
+    return this.#enqueue(key, cost, policy, maxWaitMs, signal, undefined);
+  }
+
+  /**
+   * refund gives `amount` tokens back to `key`'s bucket (capped at capacity): a call that did
+   * not happen, or LLM-token reconciliation after a call used fewer than estimated.
+   */
+  async refund(key: string, amount: number): Promise<void> {
+    checkKey(key);
+    if (typeof amount !== 'number' || !Number.isFinite(amount) || amount < 0) {
+      throw new InvalidArgumentError(`amount must be a finite number >= 0 (received ${describe(amount)})`);
+    }
+    if (amount === 0) return;
+    const policy = this.policyFor(key);
+    await this.#refundOn(this.#downUntil !== 0 ? this.#fallbackBackend() : this.backend, key, policy, amount);
+  }
+
+  /** The number of callers of this process waiting on `key` (the head included). */
+  queued(key: string): number {
+    const q = this.#queues.get(key);
+    return q === undefined ? 0 : q.waiters.length - q.next + (q.head !== undefined ? 1 : 0);
+  }
+
+  // ---- queueing -------------------------------------------------------------------------------
+
+  #enqueue(
+    key: string,
+    cost: number,
+    policy: Policy,
+    maxWaitMs: number,
+    signal: AbortSignal | undefined,
+    head: { backend: Backend; reservation?: Reservation; pending?: Promise<Reservation> } | undefined,
+  ): Promise<Grant> {
+    return new Promise<Grant>((resolve, reject) => {
+      const start = now();
+      const w: Waiter = {
+        key,
+        cost,
+        policy,
+        start,
+        deadline: start + maxWaitMs,
+        resolve,
+        reject,
+        signal,
+        state: 'queued',
+        heldOn: undefined,
+        remaining: 0,
+        admitAt: 0,
+        timer: undefined,
+        onAbort: undefined,
+      };
+      let q = this.#queues.get(key);
+      if (q === undefined) {
+        q = { key, waiters: [], next: 0, head: undefined, pumping: false };
+        this.#queues.set(key, q);
+      }
+      if (signal !== undefined) {
+        w.onAbort = () => this.#abort(q as KeyQueue, w);
+        signal.addEventListener('abort', w.onAbort, { once: true });
+      }
+      if (head !== undefined) {
+        q.head = w;
+        w.state = 'reserving';
+        if (head.reservation !== undefined) this.#reserved(q, w, head.backend, head.reservation);
+        else
+          (head.pending as Promise<Reservation>).then(
+            (r) => {
+              this.#backendUp();
+              this.#reserved(q as KeyQueue, w, head.backend, r);
+            },
+            (e: unknown) => this.#reserveFailed(q as KeyQueue, w, e),
+          );
+        return;
+      }
+      q.waiters.push(w);
+      if (maxWaitMs !== Infinity) {
+        w.timer = setTimeout(() => {
+          if (w.state !== 'queued') return;
+          this.#finish(q as KeyQueue, w);
+          reject(new MaxWaitExceededError(key, Math.max(1, this.#queueEstimate(q as KeyQueue, cost)), maxWaitMs));
+          this.#pumpSoon(q as KeyQueue);
+        }, maxWaitMs);
+      }
+      if (q.head === undefined) this.#pumpSoon(q);
+    });
+  }
+
+  /** Hands the key's reservation to the next waiter in line, while the head is free. */
+  #pump(q: KeyQueue): void {
+    if (q.pumping) return;
+    q.pumping = true;
+    try {
+      this.#pumpLoop(q);
+    } finally {
+      q.pumping = false;
+    }
+  }
+
+  #pumpLoop(q: KeyQueue): void {
+    while (q.head === undefined) {
+      const w = q.waiters[q.next];
+      if (w === undefined) {
+        this.#dropIfIdle(q);
+        return;
+      }
+      q.waiters[q.next] = undefined as unknown as Waiter;
+      q.next++;
+      if (q.next > 1024 && q.next * 2 > q.waiters.length) {
+        q.waiters.splice(0, q.next);
+        q.next = 0;
+      }
+      if (w.state !== 'queued') continue;
+      if (w.timer !== undefined) {
+        clearTimeout(w.timer);
+        w.timer = undefined;
+      }
+      q.head = w;
+      w.state = 'reserving';
+      const maxWait = w.deadline === Infinity ? -1 : Math.max(0, w.deadline - now());
+      const backend = this.#downUntil !== 0 && !this.#shouldProbe() ? undefined : this.backend;
+      if (backend === undefined) {
+        this.#reserveDegraded(q, w, undefined, maxWait);
+        continue;
+      }
+      let r: Reservation | Promise<Reservation>;
+      try {
+        r = backend.reserve(this.name, w.key, w.policy, w.cost, maxWait);
+      } catch (e) {
+        this.#reserveFailed(q, w, e);
+        continue;
+      }
+      if (r instanceof Promise) {
+        r.then(
+          (res) => {
+            this.#backendUp();
+            this.#reserved(q, w, backend, res);
+          },
+          (e: unknown) => this.#reserveFailed(q, w, e),
+        );
+        return;
+      }
+      this.#reserved(q, w, backend, r);
+    }
+  }
+
+  /** The head's reservation came back: admit it now, after its wait, or refuse it. */
+  #reserved(q: KeyQueue, w: Waiter, backend: Backend, r: Reservation): void {
+    if (w.state === 'done') {
+      // Aborted while the reservation was in flight: give it back, then let the next one go.
+      if (r.ok) this.#refundQuietly(backend, w.key, w.policy, w.cost);
+      if (q.head === w) q.head = undefined;
+      this.#pumpSoon(q);
+      return;
+    }
+    if (!r.ok) {
+      this.#finish(q, w);
+      w.reject(new MaxWaitExceededError(w.key, r.waitMs, w.deadline - w.start));
+      this.#pumpSoon(q);
+      return;
+    }
+    w.heldOn = backend;
+    w.remaining = r.remaining;
+    if (r.waitMs <= 0) {
+      this.#admit(q, w);
+      return;
+    }
+    w.state = 'holding';
+    w.admitAt = now() + r.waitMs;
+    w.timer = setTimeout(() => this.#admit(q, w), r.waitMs);
+  }
+
+  #admit(q: KeyQueue, w: Waiter): void {
+    if (w.state === 'done') return;
+    const waitedMs = now() - w.start;
+    this.#finish(q, w);
+    w.resolve({ waitedMs, remaining: w.remaining });
+    this.#pumpSoon(q);
+  }
+
+  /** Move the queue on; inside the pump loop this is a no-op, as the loop goes on by itself. */
+  #pumpSoon(q: KeyQueue): void {
+    if (!q.pumping) this.#pump(q);
+  }
+
+  #reserveFailed(q: KeyQueue, w: Waiter, error: unknown): void {
+    this.#backendDown(error);
+    const maxWait = w.deadline === Infinity ? -1 : Math.max(0, w.deadline - now());
+    this.#reserveDegraded(q, w, error, maxWait);
+    this.#pumpSoon(q);
+  }
+
+  /** Decide the head's reservation by the onBackendError policy. */
+  #reserveDegraded(q: KeyQueue, w: Waiter, error: unknown, maxWait: number): void {
+    if (w.state === 'done') {
+      if (q.head === w) q.head = undefined;
+      return;
+    }
+    switch (this.onBackendError) {
+      case 'fail-open':
+        this.#reserved(q, w, this.#openBackend, { ok: true, waitMs: 0, remaining: 0, resetAfterMs: 0 });
+        return;
+      case 'fail-closed':
+        this.#finish(q, w);
+        w.reject(new BackendUnavailableError(`the ${this.backend.constructor.name} backend is unavailable`, error));
+        return;
+      default: {
+        const fb = this.#fallbackBackend();
+        this.#reserved(q, w, fb, fb.reserve(this.name, w.key, w.policy, w.cost, maxWait));
+      }
+    }
+  }
+
+  #abort(q: KeyQueue, w: Waiter): void {
+    if (w.state === 'done') return;
+    const state = w.state;
+    const reason = w.signal?.reason;
+    if (state === 'holding' && w.heldOn !== undefined) {
+      // Give the tokens back first: the refund reaches the backend before the next reservation.
+      this.#refundQuietly(w.heldOn, w.key, w.policy, w.cost);
+    }
+    if (state === 'reserving') {
+      // The reservation is in flight; #reserved refunds it and moves the queue on.
+      w.state = 'done';
+      this.#cleanup(w);
+      w.reject(new AbortedError(w.key, reason));
+      return;
+    }
+    this.#finish(q, w);
+    w.reject(new AbortedError(w.key, reason));
+    this.#pumpSoon(q);
+  }
+
+  /** Mark `w` done, release the head if it held it, and clear its timer and listener. */
+  #finish(q: KeyQueue, w: Waiter): void {
+    w.state = 'done';
+    if (q.head === w) q.head = undefined;
+    this.#cleanup(w);
+  }
+
+  #cleanup(w: Waiter): void {
+    if (w.timer !== undefined) {
+      clearTimeout(w.timer);
+      w.timer = undefined;
+    }
+    if (w.onAbort !== undefined && w.signal !== undefined) {
+      w.signal.removeEventListener('abort', w.onAbort);
+      w.onAbort = undefined;
+    }
+  }
+
+  /** Called by the pump when no waiter is left: the key's queue is freed. */
+  #dropIfIdle(q: KeyQueue): void {
+    if (q.head === undefined && this.#queues.get(q.key) === q) this.#queues.delete(q.key);
+  }
+
+  /**
+   * A lower bound on how long a new caller of cost `cost` would wait behind this queue: the head's
+   * remaining hold, then every queued cost and its own at the policy's rate.
+   */
+  #queueEstimate(q: KeyQueue, cost: number): number {
+    let tokens = cost;
+    let policy: Policy | undefined = q.head?.policy;
+    for (let i = q.next; i < q.waiters.length; i++) {
+      const w = q.waiters[i];
+      if (w !== undefined && w.state === 'queued') {
+        tokens += w.cost;
+        policy = w.policy;
+      }
+    }
+    const head = q.head;
+    const headMs = head !== undefined && head.state === 'holding' ? Math.max(0, head.admitAt - now()) : 0;
+    if (policy === undefined) return headMs;
+    return Math.ceil(headMs + tokens / policy.ratePerMs);
+  }
+
+  // ---- backend failures -----------------------------------------------------------------------
+
+  readonly #openBackend: Backend = {
+    kind: 'fail-open',
+    tryTake: () => ({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 0 }),
+    reserve: () => ({ ok: true, waitMs: 0, remaining: 0, resetAfterMs: 0 }),
+    refund: () => undefined,
+  };
+
+  #fallbackBackend(): MemoryBackend {
+    this.#fallback ??= new MemoryBackend();
+    return this.#fallback;
+  }
+
+  #shouldProbe(): boolean {
+    if (this.#probing || now() < this.#downUntil) return false;
+    this.#probing = true;
+    return true;
+  }
+
+  #backendUp(): void {
+    if (this.#downUntil !== 0) {
+      this.#downUntil = 0;
+      this.#probing = false;
+    }
+  }
+
+  #backendDown(error: unknown): void {
+    this.#downUntil = now() + this.probeIntervalMs;
+    this.#probing = false;
+    if (this.#onError !== undefined) {
+      try {
+        this.#onError(error);
+      } catch {
+        // A reporting hook must not break admission.
+      }
+    }
+  }
+
+  #degradedTry(key: string, policy: Policy, cost: number, error: unknown): Promise<Decision> {
+    if (error !== undefined) this.#backendDown(error);
+    switch (this.onBackendError) {
+      case 'fail-open':
+        return Promise.resolve({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 0 });
+      case 'fail-closed':
+        return Promise.reject(
+          new BackendUnavailableError(`the ${this.backend.constructor.name} backend is unavailable`, error),
+        );
+      default:
+        return Promise.resolve(this.#fallbackBackend().tryTake(this.name, key, policy, cost));
+    }
+  }
+
+  async #refundOn(backend: Backend, key: string, policy: Policy, amount: number): Promise<void> {
+    try {
+      await backend.refund(this.name, key, policy, amount);
+    } catch (e) {
+      this.#backendDown(e);
+      if (this.onBackendError === 'fallback') this.#fallbackBackend().refund(this.name, key, policy, amount);
+    }
+  }
+
+  #refundQuietly(backend: Backend, key: string, policy: Policy, amount: number): void {
+    void this.#refundOn(backend, key, policy, amount);
+  }
+}
+
+function checkKey(key: unknown): asserts key is string {
+  if (typeof key !== 'string') throw new InvalidArgumentError(`key must be a string (received ${describe(key)})`);
+}
+
+function checkCost(cost: unknown): number {
+  if (cost === undefined) return 1;
+  if (typeof cost !== 'number' || !Number.isFinite(cost) || cost <= 0) {
+    throw new InvalidArgumentError(`cost must be a finite number > 0 (received ${describe(cost)})`);
+  }
+  return cost;
+}
+
+function checkMaxWait(ms: unknown): number {
+  if (ms === undefined) return Number.POSITIVE_INFINITY;
+  if (typeof ms !== 'number' || Number.isNaN(ms) || ms < 0) {
+    throw new InvalidArgumentError(`maxWaitMs must be a number of ms >= 0 or Infinity (received ${describe(ms)})`);
+  }
+  return ms;
+}
+
+function checkSignal(signal: unknown): AbortSignal | undefined {
+  if (signal === undefined) return undefined;
+  if (typeof signal !== 'object' || signal === null || typeof (signal as AbortSignal).addEventListener !== 'function') {
+    throw new InvalidArgumentError(`signal must be an AbortSignal (received ${describe(signal)})`);
+  }
+  return signal as AbortSignal;
+}
