@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
 
 const INSTALL_HINT =
   'redis-server not found: install it (Debian/Ubuntu: `apt-get update && apt-get install -y redis-server`) or run .ci/run, which does';
@@ -42,7 +42,7 @@ export interface RedisServer {
   readonly port: number;
   readonly url: string;
   /** A new ioredis client to this server (closed by stop()). */
-  client(options?: ConstructorParameters<typeof Redis>[2]): Redis;
+  client(options?: RedisOptions): Redis;
   /** SIGKILL the server (like a crash). */
   kill9(): Promise<void>;
   /** Start it again on the same port (after kill9/stop). */
