@@ -1,0 +1,508 @@
+/**
+ * A small OpenAI-compatible HTTP server on loopback, for the examples and the tests: it lets the
+ * real `openai` client run offline. node:http only, no dependency.
+ *
+ * It answers:
+ * - `POST /v1/chat/completions`: a text answer, or tool calls when the request offers tools and
+ *   the conversation does not end with tool results; streamed as SSE when `stream: true`, with a
+ *   final usage chunk (`choices: []`) when `stream_options.include_usage` is set.
+ * - `POST /v1/responses`: a text answer with `usage` (streamed as Responses events when
+ *   `stream: true`, the usage in `response.completed`).
+ * - `POST /v1/embeddings`: one vector per input, float or base64, with `usage`.
+ * - anything else: 404 with an OpenAI-shaped error body.
+ *
+ * `failNext(n, status, headers)` makes the next `n` requests answer `status` (429 by default,
+ * with `retry-after-ms: 20`), and every request is recorded (`requests`) with its arrival time,
+ * so tests can assert how calls were spaced.
+ *
+ * Usage numbers are deterministic: prompt tokens = ceil(characters of the request's messages or
+ * input / 4), completion tokens = ceil(characters of the answer / 4); `opts.usage` overrides them.
+ *
+ * @example
+ * const fake = await startFakeOpenAI()
+ * const client = new OpenAI({ baseURL: fake.baseURL, apiKey: 'test' })
+ * fake.failNext(2, 429, { 'retry-after-ms': '50' })
+ * await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [...] })  // 3 requests
+ * await fake.close()
+ */
+import { type IncomingMessage, type ServerResponse, createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+/** Parsed JSON from the wire: the server reads whatever shape the client sent. */
+// biome-ignore lint/suspicious/noExplicitAny: request bodies are untyped JSON
+type Json = any;
+
+/** One request the server received. */
+export interface RecordedRequest {
+  /** Arrival time: `performance.now()` of this process, in ms (compare to your own clock). */
+  readonly time: number;
+  /** Arrival time as epoch ms (`Date.now()`). */
+  readonly date: number;
+  readonly method: string;
+  /** The path without the query, e.g. `/v1/chat/completions`. */
+  readonly path: string;
+  /** Request headers, lower-case names (as node:http gives them). */
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  /** The parsed JSON body (undefined when empty or not JSON). */
+  readonly body: Json;
+  /** The status the server answered. */
+  status: number;
+}
+
+/** LLM-token usage the server reports. */
+export interface FakeUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+}
+
+/** What one chat completion answers: text, or tool calls. */
+export interface FakeChatReply {
+  /** The assistant's text (ignored when `toolCalls` is non-empty). */
+  content?: string;
+  /** Tool calls to make; `arguments` is sent as given when a string, else JSON-encoded. */
+  toolCalls?: { name: string; arguments: unknown }[];
+}
+
+export interface FakeOpenAIOptions {
+  /** Port to listen on. @default 0 (a free port) */
+  port?: number;
+  /**
+   * Ms to wait before answering each request (a number, or a function of the request).
+   * @default 0
+   */
+  latencyMs?: number | ((req: RecordedRequest) => number);
+  /** Ms between streamed chunks. @default 0 */
+  chunkDelayMs?: number;
+  /**
+   * Usage to report instead of the computed one (a fixed value or a function of the request).
+   */
+  usage?: FakeUsage | ((req: RecordedRequest) => FakeUsage);
+  /**
+   * What a chat completion answers. Return undefined to use the default: when the request offers
+   * tools and its last message is not a tool result, one call of the first tool with arguments
+   * made from its JSON schema (a string property gets "Paris", a number 1, a boolean true, an enum
+   * its first value); else the text "Hello from the fake OpenAI server." (or, after tool results,
+   * "Done: " followed by the tool results).
+   */
+  chat?: (body: Json, req: RecordedRequest) => FakeChatReply | undefined;
+  /** The text of a `/v1/responses` answer. @default "Hello from the fake OpenAI server." */
+  responseText?: string | ((body: Json) => string);
+}
+
+export interface FakeOpenAI {
+  /** `http://127.0.0.1:<port>` */
+  readonly url: string;
+  /** `http://127.0.0.1:<port>/v1`: pass as the client's `baseURL`. */
+  readonly baseURL: string;
+  /** Every request received, in arrival order (clear it with `requests.length = 0`). */
+  readonly requests: RecordedRequest[];
+  /**
+   * failNext makes the next `n` requests answer `status` with an OpenAI-shaped error body and
+   * `headers`. @default status 429, headers `{ 'retry-after-ms': '20' }` when status is 429
+   */
+  failNext(n: number, status?: number, headers?: Record<string, string>): void;
+  /** Requests currently being answered (for concurrency assertions). */
+  inFlight(): number;
+  /** The highest `inFlight()` seen so far. */
+  maxInFlight(): number;
+  /** Stops the server and closes its connections. */
+  close(): Promise<void>;
+}
+
+const DEFAULT_TEXT = 'Hello from the fake OpenAI server.';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** startFakeOpenAI starts the server on 127.0.0.1 and resolves once it listens. */
+export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<FakeOpenAI> {
+  const requests: RecordedRequest[] = [];
+  const failures: { status: number; headers: Record<string, string> }[] = [];
+  let inFlight = 0;
+  let maxInFlight = 0;
+  let seq = 0;
+  const nextId = (prefix: string) => `${prefix}_${(++seq).toString(36).padStart(6, '0')}`;
+
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      void handle(req, res, Buffer.concat(chunks).toString('utf8')).catch((err: unknown) => {
+        if (!res.headersSent) sendError(res, 500, `fake server error: ${String(err)}`, 'server_error');
+        else res.destroy();
+      });
+    });
+  });
+
+  async function handle(req: IncomingMessage, res: ServerResponse, raw: string): Promise<void> {
+    let body: Json;
+    try {
+      body = raw === '' ? undefined : JSON.parse(raw);
+    } catch {
+      body = undefined;
+    }
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    const rec: RecordedRequest = {
+      time: performance.now(),
+      date: Date.now(),
+      method: req.method ?? 'GET',
+      path,
+      headers: { ...req.headers },
+      body,
+      status: 200,
+    };
+    requests.push(rec);
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    res.on('close', () => inFlight--);
+
+    const latency = typeof opts.latencyMs === 'function' ? opts.latencyMs(rec) : (opts.latencyMs ?? 0);
+    if (latency > 0) await sleep(latency);
+
+    const failure = failures.shift();
+    if (failure !== undefined) {
+      rec.status = failure.status;
+      const type = failure.status === 429 ? 'rate_limit_exceeded' : 'server_error';
+      sendError(res, failure.status, `fake ${failure.status} (failNext)`, type, failure.headers);
+      return;
+    }
+    if (rec.method === 'POST' && path === '/v1/chat/completions') return chat(rec, res, body ?? {});
+    if (rec.method === 'POST' && path === '/v1/responses') return responses(rec, res, body ?? {});
+    if (rec.method === 'POST' && path === '/v1/embeddings') return embeddings(rec, res, body ?? {});
+    rec.status = 404;
+    sendError(res, 404, `Unknown request URL: ${rec.method} ${path}`, 'invalid_request_error');
+  }
+
+  function usageFor(rec: RecordedRequest, promptChars: number, completionChars: number): FakeUsage {
+    if (typeof opts.usage === 'function') return opts.usage(rec);
+    if (opts.usage !== undefined) return opts.usage;
+    return {
+      prompt_tokens: Math.ceil(promptChars / 4),
+      completion_tokens: Math.ceil(completionChars / 4),
+    };
+  }
+
+  async function chat(rec: RecordedRequest, res: ServerResponse, body: Json): Promise<void> {
+    const messages: Json[] = Array.isArray(body.messages) ? body.messages : [];
+    const reply = opts.chat?.(body, rec) ?? defaultChatReply(body, messages);
+    const toolCalls = (reply.toolCalls ?? []).map((c) => ({
+      id: nextId('call'),
+      type: 'function' as const,
+      function: {
+        name: c.name,
+        arguments: typeof c.arguments === 'string' ? c.arguments : JSON.stringify(c.arguments ?? {}),
+      },
+    }));
+    const content = toolCalls.length > 0 ? null : (reply.content ?? DEFAULT_TEXT);
+    const completionChars =
+      content?.length ?? toolCalls.reduce((n, c) => n + c.function.name.length + c.function.arguments.length, 0);
+    const u = usageFor(rec, textLength(messages), completionChars);
+    const usage = { ...u, total_tokens: u.prompt_tokens + u.completion_tokens };
+    const id = nextId('chatcmpl');
+    const created = Math.floor(Date.now() / 1000);
+    const model = typeof body.model === 'string' ? body.model : 'gpt-fake';
+    const finish_reason = toolCalls.length > 0 ? 'tool_calls' : 'stop';
+
+    if (body.stream !== true) {
+      sendJSON(res, 200, {
+        id,
+        object: 'chat.completion',
+        created,
+        model,
+        choices: [
+          {
+            index: 0,
+            message: {
+              role: 'assistant',
+              content,
+              refusal: null,
+              ...(toolCalls.length > 0 ? { tool_calls: toolCalls } : {}),
+            },
+            logprobs: null,
+            finish_reason,
+          },
+        ],
+        usage,
+      });
+      return;
+    }
+
+    const includeUsage = body.stream_options?.include_usage === true;
+    const base = { id, object: 'chat.completion.chunk', created, model };
+    const chunk = (delta: object, finish: string | null) => ({
+      ...base,
+      choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+      ...(includeUsage ? { usage: null } : {}),
+    });
+    const events: object[] = [chunk({ role: 'assistant', content: toolCalls.length > 0 ? null : '' }, null)];
+    if (toolCalls.length > 0) {
+      toolCalls.forEach((c, index) => {
+        events.push(
+          chunk(
+            {
+              tool_calls: [
+                {
+                  index,
+                  id: c.id,
+                  type: 'function',
+                  function: { name: c.function.name, arguments: '' },
+                },
+              ],
+            },
+            null,
+          ),
+        );
+        events.push(
+          chunk(
+            {
+              tool_calls: [{ index, function: { arguments: c.function.arguments } }],
+            },
+            null,
+          ),
+        );
+      });
+    } else {
+      for (const piece of (content ?? '').match(/\S+\s*/g) ?? []) events.push(chunk({ content: piece }, null));
+    }
+    events.push(chunk({}, finish_reason));
+    if (includeUsage) events.push({ ...base, choices: [], usage });
+    await sendSSE(
+      res,
+      events.map((e) => ({ data: e })),
+    );
+  }
+
+  async function responses(rec: RecordedRequest, res: ServerResponse, body: Json): Promise<void> {
+    const text =
+      typeof opts.responseText === 'function' ? opts.responseText(body) : (opts.responseText ?? DEFAULT_TEXT);
+    const u = usageFor(rec, textLength(body.input) + textLength(body.instructions), text.length);
+    const usage = {
+      input_tokens: u.prompt_tokens,
+      input_tokens_details: { cached_tokens: 0 },
+      output_tokens: u.completion_tokens,
+      output_tokens_details: { reasoning_tokens: 0 },
+      total_tokens: u.prompt_tokens + u.completion_tokens,
+    };
+    const id = nextId('resp');
+    const msgId = nextId('msg');
+    const model = typeof body.model === 'string' ? body.model : 'gpt-fake';
+    const part = { type: 'output_text', text, annotations: [], logprobs: [] };
+    const item = {
+      id: msgId,
+      type: 'message',
+      status: 'completed',
+      role: 'assistant',
+      content: [part],
+    };
+    const response = (status: string, output: object[], withUsage: boolean) => ({
+      id,
+      object: 'response',
+      created_at: Math.floor(Date.now() / 1000),
+      status,
+      error: null,
+      incomplete_details: null,
+      instructions: body.instructions ?? null,
+      max_output_tokens: body.max_output_tokens ?? null,
+      model,
+      output,
+      parallel_tool_calls: true,
+      temperature: 1,
+      tool_choice: 'auto',
+      tools: [],
+      top_p: 1,
+      text: { format: { type: 'text' } },
+      usage: withUsage ? usage : null,
+    });
+    if (body.stream !== true) {
+      sendJSON(res, 200, {
+        ...response('completed', [item], true),
+        output_text: text,
+      });
+      return;
+    }
+    let n = 0;
+    const ev = (type: string, fields: object) => ({
+      event: type,
+      data: { type, sequence_number: n++, ...fields },
+    });
+    const events = [
+      ev('response.created', { response: response('in_progress', [], false) }),
+      ev('response.in_progress', {
+        response: response('in_progress', [], false),
+      }),
+      ev('response.output_item.added', {
+        output_index: 0,
+        item: { ...item, status: 'in_progress', content: [] },
+      }),
+      ev('response.content_part.added', {
+        item_id: msgId,
+        output_index: 0,
+        content_index: 0,
+        part: { ...part, text: '' },
+      }),
+      ...(text.match(/\S+\s*/g) ?? []).map((delta) =>
+        ev('response.output_text.delta', {
+          item_id: msgId,
+          output_index: 0,
+          content_index: 0,
+          delta,
+          logprobs: [],
+        }),
+      ),
+      ev('response.output_text.done', {
+        item_id: msgId,
+        output_index: 0,
+        content_index: 0,
+        text,
+        logprobs: [],
+      }),
+      ev('response.content_part.done', {
+        item_id: msgId,
+        output_index: 0,
+        content_index: 0,
+        part,
+      }),
+      ev('response.output_item.done', { output_index: 0, item }),
+      ev('response.completed', {
+        response: response('completed', [item], true),
+      }),
+    ];
+    await sendSSE(res, events, false);
+  }
+
+  function embeddings(rec: RecordedRequest, res: ServerResponse, body: Json): void {
+    const inputs: unknown[] = Array.isArray(body.input) ? body.input : [body.input];
+    const dims = typeof body.dimensions === 'number' ? body.dimensions : 8;
+    const u = usageFor(rec, textLength(body.input), 0);
+    const data = inputs.map((input, index) => {
+      const vector = Array.from({ length: dims }, (_, i) => Math.sin(textLength(input) + i + 1));
+      const embedding =
+        body.encoding_format === 'base64' ? Buffer.from(new Float32Array(vector).buffer).toString('base64') : vector;
+      return { object: 'embedding', index, embedding };
+    });
+    sendJSON(res, 200, {
+      object: 'list',
+      data,
+      model: typeof body.model === 'string' ? body.model : 'text-embedding-fake',
+      usage: { prompt_tokens: u.prompt_tokens, total_tokens: u.prompt_tokens },
+    });
+  }
+
+  async function sendSSE(res: ServerResponse, events: { event?: string; data: object }[], done = true): Promise<void> {
+    res.writeHead(200, {
+      'content-type': 'text/event-stream',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+    });
+    for (const e of events) {
+      if (res.destroyed) return;
+      res.write(`${e.event !== undefined ? `event: ${e.event}\n` : ''}data: ${JSON.stringify(e.data)}\n\n`);
+      if (opts.chunkDelayMs) await sleep(opts.chunkDelayMs);
+    }
+    if (done) res.write('data: [DONE]\n\n');
+    res.end();
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+  const url = `http://127.0.0.1:${port}`;
+
+  return {
+    url,
+    baseURL: `${url}/v1`,
+    requests,
+    failNext(n, status = 429, headers) {
+      const h = headers ?? (status === 429 ? { 'retry-after-ms': '20' } : {});
+      for (let i = 0; i < n; i++) failures.push({ status, headers: h });
+    },
+    inFlight: () => inFlight,
+    maxInFlight: () => maxInFlight,
+    close() {
+      return new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    },
+  };
+}
+
+function defaultChatReply(body: Json, messages: Json[]): FakeChatReply {
+  const tools: Json[] = Array.isArray(body.tools) ? body.tools : [];
+  const last = messages[messages.length - 1];
+  if (tools.length > 0 && last?.role !== 'tool' && body.tool_choice !== 'none') {
+    const fn = tools.find((t) => t?.type === 'function')?.function;
+    if (fn !== undefined)
+      return {
+        toolCalls: [{ name: fn.name, arguments: sampleFromSchema(fn.parameters) }],
+      };
+  }
+  if (last?.role === 'tool') {
+    const results = messages
+      .slice(messages.findLastIndex((m) => m?.role !== 'tool') + 1)
+      .map((m) => (typeof m.content === 'string' ? m.content : JSON.stringify(m.content)));
+    return { content: `Done: ${results.join('; ')}` };
+  }
+  return { content: DEFAULT_TEXT };
+}
+
+/** sampleFromSchema makes a value that satisfies a simple JSON schema (objects, scalars, enums). */
+function sampleFromSchema(schema: Json): unknown {
+  if (schema === null || typeof schema !== 'object') return {};
+  if (Array.isArray(schema.enum) && schema.enum.length > 0) return schema.enum[0];
+  if (schema.const !== undefined) return schema.const;
+  const type = Array.isArray(schema.type) ? schema.type[0] : schema.type;
+  switch (type) {
+    case 'string':
+      return 'Paris';
+    case 'number':
+      return typeof schema.minimum === 'number' ? schema.minimum : 1;
+    case 'integer':
+      return typeof schema.minimum === 'number' ? Math.ceil(schema.minimum) : 1;
+    case 'boolean':
+      return true;
+    case 'array':
+      return [sampleFromSchema(schema.items)];
+    case 'null':
+      return null;
+    default: {
+      const out: Record<string, unknown> = {};
+      const props = schema.properties ?? {};
+      const required: string[] = Array.isArray(schema.required) ? schema.required : Object.keys(props);
+      for (const k of required) out[k] = sampleFromSchema(props[k]);
+      return out;
+    }
+  }
+}
+
+/** textLength counts the characters of the text inside a request's messages or input. */
+function textLength(value: unknown): number {
+  if (typeof value === 'string') return value.length;
+  if (Array.isArray(value)) return value.reduce((n: number, v) => n + textLength(v), 0);
+  if (value !== null && typeof value === 'object') {
+    const o = value as Record<string, unknown>;
+    return textLength(o.content) + textLength(o.text) + textLength(o.input);
+  }
+  return 0;
+}
+
+function sendJSON(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    ...headers,
+  });
+  res.end(text);
+}
+
+function sendError(
+  res: ServerResponse,
+  status: number,
+  message: string,
+  type: string,
+  headers: Record<string, string> = {},
+): void {
+  sendJSON(res, status, { error: { message, type, param: null, code: type } }, headers);
+}
