@@ -295,7 +295,7 @@ export class RateLimiter {
       return Promise.reject(e);
     }
 
-    let q = this.#queues.get(key);
+    const q = this.#queues.get(key);
     // Fast path: nobody waits on this key and the backend answers synchronously with no wait.
     if (q === undefined && this.#downUntil === 0) {
       let r: Reservation | Promise<Reservation> | undefined;
