@@ -3,8 +3,9 @@ import { InvalidOptionsError } from './errors.js';
 
 /**
  * Duration: milliseconds as a number, or a string such as '250ms', '1s', '1.5m', '1h', '1d'.
+ * Any string type-checks (durations often come from config files); it is validated at runtime.
  */
-export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h' | 'd'}`;
+export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h' | 'd'}` | (string & {});
 
 /**
  * PolicyInput describes a token bucket: `rate` tokens are added every `per`, up to `capacity`.
