@@ -188,6 +188,8 @@ export class RateLimiter {
   /** Circuit breaker: 0 while the backend is trusted; else when to probe it next. */
   #downUntil = 0;
   #probing = false;
+  /** The last backend failure: the `cause` of errors decided while the breaker is open. */
+  #lastError: unknown;
 
   constructor(options: RateLimiterOptions) {
     if (typeof options !== 'object' || options === null) {
@@ -523,7 +525,12 @@ export class RateLimiter {
         return;
       case 'fail-closed':
         this.#finish(q, w);
-        w.reject(new BackendUnavailableError(`the ${this.backend.constructor.name} backend is unavailable`, error));
+        w.reject(
+          new BackendUnavailableError(
+            `the ${this.backend.constructor.name} backend is unavailable`,
+            error ?? this.#lastError,
+          ),
+        );
         return;
       default: {
         const fb = this.#fallbackBackend();
@@ -625,6 +632,7 @@ export class RateLimiter {
   #backendDown(error: unknown): void {
     this.#downUntil = now() + this.probeIntervalMs;
     this.#probing = false;
+    this.#lastError = error;
     if (this.#onError !== undefined) {
       try {
         this.#onError(error);
@@ -641,7 +649,10 @@ export class RateLimiter {
         return Promise.resolve({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 0 });
       case 'fail-closed':
         return Promise.reject(
-          new BackendUnavailableError(`the ${this.backend.constructor.name} backend is unavailable`, error),
+          new BackendUnavailableError(
+            `the ${this.backend.constructor.name} backend is unavailable`,
+            error ?? this.#lastError,
+          ),
         );
       default:
         return Promise.resolve(this.#fallbackBackend().tryTake(this.name, key, policy, cost));
