@@ -152,6 +152,9 @@ interface KeyQueue {
   head: Waiter | undefined;
   /** True while #pump runs for this queue (admissions inside it must not recurse into it). */
   pumping: boolean;
+  /** How many waiters are in state 'queued', and their costs summed (for wait estimates). */
+  queuedCount: number;
+  queuedCost: number;
 }
 
 const now = (): number => performance.now();
@@ -245,8 +248,8 @@ export class RateLimiter {
         return Promise.resolve({
           allowed: false,
           remaining: 0,
-          retryAfterMs: Math.max(1, this.#queueEstimate(q, cost)),
-          resetAfterMs: Math.max(1, this.#queueEstimate(q, policy.capacity)),
+          retryAfterMs: Math.max(1, this.#queueEstimate(q, cost, policy)),
+          resetAfterMs: Math.max(1, this.#queueEstimate(q, policy.capacity, policy)),
         });
       }
       if (this.#downUntil !== 0 && !this.#shouldProbe()) return this.#degradedTry(key, policy, cost, undefined);
@@ -319,7 +322,7 @@ export class RateLimiter {
     }
 
     if (q !== undefined && maxWaitMs !== Infinity) {
-      const estimate = this.#queueEstimate(q, cost);
+      const estimate = this.#queueEstimate(q, cost, policy);
       if (estimate > maxWaitMs) return Promise.reject(new MaxWaitExceededError(key, estimate, maxWaitMs));
     }
     return this.#enqueue(key, cost, policy, maxWaitMs, signal, undefined);
@@ -342,7 +345,7 @@ export class RateLimiter {
   /** The number of callers of this process waiting on `key` (the head included). */
   queued(key: string): number {
     const q = this.#queues.get(key);
-    return q === undefined ? 0 : q.waiters.length - q.next + (q.head !== undefined ? 1 : 0);
+    return q === undefined ? 0 : q.queuedCount + (q.head !== undefined ? 1 : 0);
   }
 
   // ---- queueing -------------------------------------------------------------------------------
@@ -375,7 +378,7 @@ export class RateLimiter {
       };
       let q = this.#queues.get(key);
       if (q === undefined) {
-        q = { key, waiters: [], next: 0, head: undefined, pumping: false };
+        q = { key, waiters: [], next: 0, head: undefined, pumping: false, queuedCount: 0, queuedCost: 0 };
         this.#queues.set(key, q);
       }
       if (signal !== undefined) {
@@ -397,11 +400,13 @@ export class RateLimiter {
         return;
       }
       q.waiters.push(w);
+      q.queuedCount++;
+      q.queuedCost += cost;
       if (maxWaitMs !== Infinity) {
         w.timer = setTimeout(() => {
           if (w.state !== 'queued') return;
           this.#finish(q as KeyQueue, w);
-          reject(new MaxWaitExceededError(key, Math.max(1, this.#queueEstimate(q as KeyQueue, cost)), maxWaitMs));
+          reject(new MaxWaitExceededError(key, Math.max(1, this.#queueEstimate(q as KeyQueue, cost, policy)), maxWaitMs));
           this.#pumpSoon(q as KeyQueue);
         }, maxWaitMs);
       }
@@ -434,6 +439,7 @@ export class RateLimiter {
         q.next = 0;
       }
       if (w.state !== 'queued') continue;
+      this.#unqueue(q, w);
       if (w.timer !== undefined) {
         clearTimeout(w.timer);
         w.timer = undefined;
@@ -561,6 +567,7 @@ export class RateLimiter {
 
   /** Mark `w` done, release the head if it held it, and clear its timer and listener. */
   #finish(q: KeyQueue, w: Waiter): void {
+    if (w.state === 'queued') this.#unqueue(q, w);
     w.state = 'done';
     if (q.head === w) q.head = undefined;
     this.#cleanup(w);
@@ -577,6 +584,11 @@ export class RateLimiter {
     }
   }
 
+  #unqueue(q: KeyQueue, w: Waiter): void {
+    if (--q.queuedCount === 0) q.queuedCost = 0;
+    else q.queuedCost -= w.cost;
+  }
+
   /** Called by the pump when no waiter is left: the key's queue is freed. */
   #dropIfIdle(q: KeyQueue): void {
     if (q.head === undefined && this.#queues.get(q.key) === q) this.#queues.delete(q.key);
@@ -586,20 +598,10 @@ export class RateLimiter {
    * A lower bound on how long a new caller of cost `cost` would wait behind this queue: the head's
    * remaining hold, then every queued cost and its own at the policy's rate.
    */
-  #queueEstimate(q: KeyQueue, cost: number): number {
-    let tokens = cost;
-    let policy: Policy | undefined = q.head?.policy;
-    for (let i = q.next; i < q.waiters.length; i++) {
-      const w = q.waiters[i];
-      if (w !== undefined && w.state === 'queued') {
-        tokens += w.cost;
-        policy = w.policy;
-      }
-    }
+  #queueEstimate(q: KeyQueue, cost: number, policy: Policy): number {
     const head = q.head;
     const headMs = head !== undefined && head.state === 'holding' ? Math.max(0, head.admitAt - now()) : 0;
-    if (policy === undefined) return headMs;
-    return Math.ceil(headMs + tokens / policy.ratePerMs);
+    return Math.ceil(headMs + (cost + q.queuedCost) / policy.ratePerMs);
   }
 
   // ---- backend failures -----------------------------------------------------------------------
