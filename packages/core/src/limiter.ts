@@ -191,6 +191,10 @@ export class RateLimiter {
   /** Circuit breaker: 0 while the backend is trusted; else when to probe it next. */
   #downUntil = 0;
   #probing = false;
+  /** When the backend last came back (a success after failures): older calls' failures are stale. */
+  #upSince = Number.NEGATIVE_INFINITY;
+  /** When the breaker last opened. */
+  #downSince = 0;
   /** The last backend failure: the `cause` of errors decided while the breaker is open. */
   #lastError: unknown;
 
@@ -254,10 +258,11 @@ export class RateLimiter {
       }
       if (this.#downUntil !== 0 && !this.#shouldProbe()) return this.#degradedTry(key, policy, cost, undefined);
       let r: Decision | Promise<Decision>;
+      const startedAt = now();
       try {
         r = this.backend.tryTake(this.name, key, policy, cost);
       } catch (e) {
-        return this.#degradedTry(key, policy, cost, e);
+        return this.#degradedTry(key, policy, cost, e, startedAt);
       }
       if (r instanceof Promise) {
         return r.then(
@@ -265,7 +270,7 @@ export class RateLimiter {
             this.#backendUp();
             return d;
           },
-          (e: unknown) => this.#degradedTry(key, policy, cost, e),
+          (e: unknown) => this.#degradedTry(key, policy, cost, e, startedAt),
         );
       }
       return Promise.resolve(r);
@@ -395,7 +400,7 @@ export class RateLimiter {
               this.#backendUp();
               this.#reserved(q as KeyQueue, w, head.backend, r);
             },
-            (e: unknown) => this.#reserveFailed(q as KeyQueue, w, e),
+            (e: unknown) => this.#reserveFailed(q as KeyQueue, w, e, w.start),
           );
         return;
       }
@@ -403,12 +408,12 @@ export class RateLimiter {
       q.queuedCount++;
       q.queuedCost += cost;
       if (maxWaitMs !== Infinity) {
-        w.timer = setTimeout(() => {
+        arm(w, maxWaitMs, () => {
           if (w.state !== 'queued') return;
           this.#finish(q as KeyQueue, w);
           reject(new MaxWaitExceededError(key, Math.max(1, this.#queueEstimate(q as KeyQueue, cost, policy)), maxWaitMs));
           this.#pumpSoon(q as KeyQueue);
-        }, maxWaitMs);
+        });
       }
       if (q.head === undefined) this.#pumpSoon(q);
     });
@@ -453,10 +458,11 @@ export class RateLimiter {
         continue;
       }
       let r: Reservation | Promise<Reservation>;
+      const startedAt = now();
       try {
         r = backend.reserve(this.name, w.key, w.policy, w.cost, maxWait);
       } catch (e) {
-        this.#reserveFailed(q, w, e);
+        this.#reserveFailed(q, w, e, startedAt);
         continue;
       }
       if (r instanceof Promise) {
@@ -465,7 +471,7 @@ export class RateLimiter {
             this.#backendUp();
             this.#reserved(q, w, backend, res);
           },
-          (e: unknown) => this.#reserveFailed(q, w, e),
+          (e: unknown) => this.#reserveFailed(q, w, e, startedAt),
         );
         return;
       }
@@ -496,7 +502,7 @@ export class RateLimiter {
     }
     w.state = 'holding';
     w.admitAt = now() + r.waitMs;
-    w.timer = setTimeout(() => this.#admit(q, w), r.waitMs);
+    arm(w, r.waitMs, () => this.#admit(q, w));
   }
 
   #admit(q: KeyQueue, w: Waiter): void {
@@ -512,8 +518,8 @@ export class RateLimiter {
     if (!q.pumping) this.#pump(q);
   }
 
-  #reserveFailed(q: KeyQueue, w: Waiter, error: unknown): void {
-    this.#backendDown(error);
+  #reserveFailed(q: KeyQueue, w: Waiter, error: unknown, startedAt: number): void {
+    this.#backendDown(error, startedAt);
     const maxWait = w.deadline === Infinity ? -1 : Math.max(0, w.deadline - now());
     this.#reserveDegraded(q, w, error, maxWait);
     this.#pumpSoon(q);
@@ -628,12 +634,24 @@ export class RateLimiter {
     if (this.#downUntil !== 0) {
       this.#downUntil = 0;
       this.#probing = false;
+      this.#upSince = now();
     }
   }
 
-  #backendDown(error: unknown): void {
-    this.#downUntil = now() + this.probeIntervalMs;
-    this.#probing = false;
+  /**
+   * A backend call begun at `startedAt` failed: open the breaker (calls skip the backend until the
+   * next probe), or, when it is open, schedule the next probe. A failure of a call begun before
+   * the last change says nothing about the backend now (a timeout still running when a probe
+   * succeeded, or one of many calls in flight when the backend died), so it changes neither.
+   */
+  #backendDown(error: unknown, startedAt: number): void {
+    const open = this.#downUntil !== 0;
+    if (open ? startedAt >= this.#downSince : startedAt >= this.#upSince) {
+      const t = now();
+      if (!open) this.#downSince = t;
+      this.#downUntil = t + this.probeIntervalMs;
+      this.#probing = false;
+    }
     this.#lastError = error;
     if (this.#onError !== undefined) {
       try {
@@ -644,8 +662,8 @@ export class RateLimiter {
     }
   }
 
-  #degradedTry(key: string, policy: Policy, cost: number, error: unknown): Promise<Decision> {
-    if (error !== undefined) this.#backendDown(error);
+  #degradedTry(key: string, policy: Policy, cost: number, error: unknown, startedAt = now()): Promise<Decision> {
+    if (error !== undefined) this.#backendDown(error, startedAt);
     switch (this.onBackendError) {
       case 'fail-open':
         return Promise.resolve({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 0 });
@@ -662,10 +680,11 @@ export class RateLimiter {
   }
 
   async #refundOn(backend: Backend, key: string, policy: Policy, amount: number): Promise<void> {
+    const startedAt = now();
     try {
       await backend.refund(this.name, key, policy, amount);
     } catch (e) {
-      this.#backendDown(e);
+      this.#backendDown(e, startedAt);
       if (this.onBackendError === 'fallback') this.#fallbackBackend().refund(this.name, key, policy, amount);
     }
   }
@@ -673,6 +692,15 @@ export class RateLimiter {
   #refundQuietly(backend: Backend, key: string, policy: Policy, amount: number): void {
     void this.#refundOn(backend, key, policy, amount);
   }
+}
+
+/** setTimeout's longest delay: a longer one would fire after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** arm runs `fn` after `ms` on `w.timer` (cleared with clearTimeout), however long `ms` is. */
+function arm(w: Waiter, ms: number, fn: () => void): void {
+  if (ms <= MAX_TIMER_MS) w.timer = setTimeout(fn, ms);
+  else w.timer = setTimeout(() => arm(w, ms - MAX_TIMER_MS, fn), MAX_TIMER_MS);
 }
 
 function checkKey(key: unknown): asserts key is string {

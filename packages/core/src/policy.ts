@@ -57,6 +57,9 @@ export function parseDuration(value: unknown): number | undefined {
 /** Largest rate, capacity and cost accepted: beyond it doubles lose whole tokens. */
 export const MAX_TOKENS = 1e15;
 
+/** Longest time, in ms, an empty bucket may take to refill (~317 years; the Redis TTL's cap). */
+export const MAX_REFILL_MS = 1e13;
+
 const policySchema = z
   .object({
     rate: z
@@ -127,5 +130,14 @@ export function normalizePolicy(input: unknown, optionPath = 'policy'): Policy {
       [{ path: `${optionPath}.rate`, message: 'rate / per is not a usable rate' }],
     );
   }
-  return Object.freeze({ rate, perMs, capacity: capacity ?? rate, ratePerMs });
+  const cap = capacity ?? rate;
+  // Redis expires an idle bucket when it would be full (PEXPIRE, at most MAX_REFILL_MS): a bucket
+  // taking longer to refill would come back full too early.
+  if (cap / ratePerMs > MAX_REFILL_MS) {
+    throw new InvalidOptionsError(
+      `invalid ${optionPath}: an empty bucket must refill within ${MAX_REFILL_MS} ms (~317 years); capacity ${cap} at ${rate} per ${perMs} ms takes ${cap / ratePerMs} ms`,
+      [{ path: `${optionPath}.rate`, message: `capacity / (rate / per) must be <= ${MAX_REFILL_MS} ms` }],
+    );
+  }
+  return Object.freeze({ rate, perMs, capacity: cap, ratePerMs });
 }

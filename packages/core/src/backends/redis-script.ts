@@ -17,8 +17,13 @@
  * ARGV[4]  cost (t, r) or amount (f)
  * ARGV[5]  r: the longest acceptable wait in ms; negative: no limit
  * ARGV[6]  '' (always, outside tests): now = the server's TIME; tests pass a fixed ms instant
+ * ARGV[7]  the caller's deadline, ms on the server's clock ('' or absent: none). A command that
+ *          runs after it (held in a client's offline queue, re-sent after a reconnect, stuck
+ *          behind DEBUG SLEEP or CLIENT PAUSE) changes nothing and returns allowed = -1: its
+ *          caller has stopped waiting, so charging the bucket would only take a phantom token.
  *
- * Returns { allowed (1|0), tokens after (%.17g string), wait ms (string), ms until full (string) }.
+ * Returns { allowed (1|0, -1: past the deadline), tokens after (%.17g string), wait ms (string),
+ * ms until full (string), now (the server's ms, %.17g string) }.
  * Numbers go back as strings: Redis would truncate a Lua number reply to an integer.
  */
 export const BUCKET_SCRIPT = `
@@ -31,6 +36,10 @@ if ARGV[6] ~= '' then
 else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+end
+local deadline = tonumber(ARGV[7] or '')
+if deadline ~= nil and now > deadline then
+  return { -1, '0', '0', '0', string.format('%.17g', now) }
 end
 local s = redis.call('HMGET', KEYS[1], 't', 'u')
 local tokens = tonumber(s[1])
@@ -74,5 +83,5 @@ if allowed == 1 then
   if ttl > 1e13 then ttl = 1e13 end
   redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
 end
-return { allowed, string.format('%.17g', tokens), string.format('%.17g', wait), string.format('%.17g', reset) }
+return { allowed, string.format('%.17g', tokens), string.format('%.17g', wait), string.format('%.17g', reset), string.format('%.17g', now) }
 `;

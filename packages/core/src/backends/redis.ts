@@ -2,7 +2,7 @@ import type { Cluster, Redis } from 'ioredis';
 import { z } from 'zod';
 import type { Backend } from '../backend.js';
 import type { Decision, Reservation } from '../bucket.js';
-import { BackendTimeoutError, InvalidOptionsError } from '../errors.js';
+import { BackendTimeoutError, BackendUnavailableError, InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe, toOptionsError } from '../policy.js';
 import { BUCKET_SCRIPT } from './redis-script.js';
@@ -19,7 +19,9 @@ export interface RedisBackendOptions {
   prefix?: string;
   /**
    * How long one call to Redis may take before it fails with {@link BackendTimeoutError}. ioredis
-   * alone would hold a command for over a minute while it reconnects.
+   * alone would hold a command for over a minute while it reconnects. The deadline also travels
+   * with the command: if Redis runs it later (after a reconnect, a pause, a failover), the script
+   * changes nothing, so a call whose caller gave up never takes a token.
    * @default 1000
    */
   timeoutMs?: number;
@@ -29,9 +31,16 @@ export interface RedisBackendOptions {
 export const DEFAULT_REDIS_OPTIONS = { prefix: 'tollgate:', timeoutMs: 1000 } as const;
 
 /** The script's name on the ioredis client (versioned: a changed script gets a new name). */
-const COMMAND = 'tollgateBucketV1';
+const COMMAND = 'tollgateBucketV2';
 
-type ScriptReply = [number, string, string, string];
+/** allowed (1, 0; -1: ran after the deadline), tokens, wait ms, ms until full, server now ms. */
+type ScriptReply = [number, string, string, string, string];
+
+/**
+ * Replies slower than this (ms, round trip) do not update the estimate of the server's clock:
+ * the estimate is off by at most half the round trip.
+ */
+const CLOCK_SAMPLE_MAX_RTT_MS = 20;
 type ScriptClient = {
   [COMMAND](key: string, ...args: string[]): Promise<ScriptReply>;
 };
@@ -43,8 +52,8 @@ const optionsSchema = z.object({
   ),
   prefix: z
     .string({ error: (i) => `must be a string (received ${describe(i.input)})` })
-    .refine((p) => !p.includes('{') && !p.includes('}'), {
-      error: (i) => `must not contain '{' or '}' (received ${describe(i.input)})`,
+    .refine((p) => !p.includes('{') && !p.includes('}') && !LONE_SURROGATE.test(p), {
+      error: (i) => `must not contain '{', '}' or a lone UTF-16 surrogate (received ${describe(i.input)})`,
     })
     .optional(),
   timeoutMs: z
@@ -69,25 +78,34 @@ export function parseRedisOptions(what: string, options: unknown): Required<Redi
   };
 }
 
+/** A UTF-16 surrogate not part of a pair: UTF-8 cannot hold it (it would become U+FFFD). */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const NEEDS_ESCAPE = /[%{}\uD800-\uDFFF]/;
+const ESCAPES = /[%{}]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
 /**
- * encodeKey makes a tenant's key safe inside a Redis Cluster hash tag: `%`, `{` and `}` are
- * percent-encoded, so the encoded key holds no brace and decoding is unambiguous.
+ * encodeKey makes a tenant's key safe inside a Redis Cluster hash tag, one-to-one: `%`, `{` and
+ * `}` are percent-encoded (`%25`, `%7B`, `%7D`), so the encoded key holds no brace; a lone UTF-16
+ * surrogate becomes `%uD800`-style, since UTF-8 (what ioredis sends) would turn every one of them
+ * into the same U+FFFD and two tenants' keys into one.
  */
 export function encodeKey(key: string): string {
-  // Fast path: most keys (user ids) hold none of the three characters.
-  if (!/[%{}]/.test(key)) return key;
-  return key.replace(/[%{}]/g, (c) => (c === '%' ? '%25' : c === '{' ? '%7B' : '%7D'));
+  // Fast path: most keys (user ids) hold none of these characters.
+  if (!NEEDS_ESCAPE.test(key)) return key;
+  return key.replace(ESCAPES, (c) =>
+    c === '%' ? '%25' : c === '{' ? '%7B' : c === '}' ? '%7D' : `%u${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
 }
 
 /**
- * redisKey is where the bucket (`key`, `name`) lives: `<prefix>{<encodeKey(key)>}:<name>`.
+ * redisKey is where the bucket (`key`, `name`) lives: `<prefix>{<encodeKey(key)>}:<encodeKey(name)>`.
  *
  * The hash tag holds the whole key, so every bucket of one user shares a Cluster slot; and since
  * the encoded key contains no `}`, the first `}` after the prefix ends it, so the Redis key
  * decodes to exactly one (key, name) pair: no tenant's id can reach another tenant's bucket.
  */
 export function redisKey(prefix: string, key: string, name: string): string {
-  return `${prefix}{${encodeKey(key)}}:${name}`;
+  return `${prefix}{${encodeKey(key)}}:${encodeKey(name)}`;
 }
 
 /**
@@ -108,6 +126,10 @@ export class RedisBackend implements Backend {
   readonly timeoutMs: number;
   /** For tests of the script only: a fixed clock passed to the script instead of TIME. */
   #nowForTests: (() => number) | undefined;
+  /** Estimated (Redis's clock − Date.now()) in ms; undefined until a reply teaches it. */
+  #clockOffset: number | undefined;
+  /** Round trip of the reply #clockOffset came from. */
+  #clockRtt = Number.POSITIVE_INFINITY;
   readonly #script: ScriptClient;
 
   constructor(options: RedisBackendOptions) {
@@ -156,19 +178,45 @@ export class RedisBackend implements Backend {
     await this.#run(redisKey(this.prefix, key, name), 'f', policy, amount, -1);
   }
 
-  /** One script call, bounded by timeoutMs. */
-  #run(redisKey: string, mode: string, policy: Policy, cost: number, maxWaitMs: number): Promise<ScriptReply> {
-    const now = this.#nowForTests ? String(this.#nowForTests()) : '';
-    const call = this.#script[COMMAND](
-      redisKey,
-      mode,
-      String(policy.ratePerMs),
-      String(policy.capacity),
-      String(cost),
-      String(maxWaitMs),
-      now,
-    );
-    return withTimeout(call, this.timeoutMs);
+  /**
+   * One script call, bounded by timeoutMs, carrying its deadline on Redis's clock so that Redis
+   * ignores it once its caller has stopped waiting.
+   */
+  async #run(redisKey: string, mode: string, policy: Policy, cost: number, maxWaitMs: number): Promise<ScriptReply> {
+    const args = [mode, String(policy.ratePerMs), String(policy.capacity), String(cost), String(maxWaitMs)];
+    if (this.#nowForTests) {
+      return withTimeout(this.#script[COMMAND](redisKey, ...args, String(this.#nowForTests())), this.timeoutMs);
+    }
+    // A connection known to be down fails at once instead of filling ioredis's offline queue.
+    const status = (this.client as { status?: string }).status;
+    if (status === 'reconnecting' || status === 'close' || status === 'end') {
+      throw new BackendUnavailableError(`the Redis connection is ${status}`);
+    }
+    const sentAt = Date.now();
+    let r = await this.#call(redisKey, args, sentAt, this.timeoutMs);
+    if (r[0] === -1) {
+      // Redis judged us past the deadline while we still wait: the clock estimate was off. It
+      // is corrected now (from this reply); try once more in the time left.
+      const left = this.timeoutMs - (Date.now() - sentAt);
+      if (left > 0) r = await this.#call(redisKey, args, Date.now(), left);
+      if (r[0] === -1) throw new BackendTimeoutError(this.timeoutMs);
+    }
+    return r;
+  }
+
+  async #call(redisKey: string, args: string[], sentAt: number, timeoutMs: number): Promise<ScriptReply> {
+    const deadline = this.#clockOffset === undefined ? '' : String(sentAt + timeoutMs + this.#clockOffset);
+    const r = await withTimeout(this.#script[COMMAND](redisKey, ...args, '', deadline), timeoutMs);
+    const receivedAt = Date.now();
+    const rtt = receivedAt - sentAt;
+    if (rtt <= CLOCK_SAMPLE_MAX_RTT_MS || rtt < this.#clockRtt) {
+      const serverNow = Number(r[4]);
+      if (Number.isFinite(serverNow)) {
+        this.#clockOffset = serverNow - (sentAt + receivedAt) / 2;
+        this.#clockRtt = rtt;
+      }
+    }
+    return r;
   }
 }
 
