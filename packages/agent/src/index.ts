@@ -1,0 +1,30 @@
+/**
+ * @tollgate/agent: throttle an LLM agent per user — the OpenAI client (every HTTP attempt, LLM
+ * tokens settled from usage), agent tools (validated with zod, then throttled), and per-user
+ * queues. Calls queue; only a full queue or a caller's deadline says no.
+ */
+export { QueueFullError, isQueueFullError } from './errors.js';
+export {
+  CHARS_PER_LLM_TOKEN,
+  DEFAULT_MAX_OUTPUT_LLM_TOKENS,
+  estimateLLMTokens,
+  usageTotal,
+} from './llm-tokens.js';
+export { perUserStats, throttleOpenAI } from './openai.js';
+export type { AdmitEvent, OpenAIClientLike, ThrottleOpenAIOptions } from './openai.js';
+export { DEFAULT_PER_USER } from './per-user-queue.js';
+export type { PerUserOptions } from './per-user-queue.js';
+export { InvalidToolArgumentsError, defineTool, runToolCalls, throttleTool } from './tools.js';
+export type {
+  FunctionToolDefinition,
+  RunToolCallsOptions,
+  RunnableTool,
+  ThrottleToolOptions,
+  Tool,
+  ToolCallLike,
+  ToolConfig,
+  ToolContext,
+  ToolErrorType,
+  ToolMessage,
+} from './tools.js';
+export { ANONYMOUS_USER, currentUser, withUser } from './user-context.js';

@@ -1,0 +1,110 @@
+import { InvalidOptionsError } from '@tollgate/core';
+import PQueue from 'p-queue';
+import { QueueFullError } from './errors.js';
+
+/** PerUserOptions bounds each user's calls in this process. */
+export interface PerUserOptions {
+  /**
+   * Calls of one user that may be in flight at once (waiting for tokens, or running).
+   * @default Infinity
+   */
+  concurrency?: number;
+  /**
+   * Calls of one user that may wait for a free slot. One more is rejected at once with
+   * {@link QueueFullError}; nothing already queued is dropped. `0` means: never wait for a slot.
+   * @default Infinity
+   */
+  maxQueued?: number;
+}
+
+/** DEFAULT_PER_USER holds the defaults of {@link PerUserOptions}. */
+export const DEFAULT_PER_USER = { concurrency: Number.POSITIVE_INFINITY, maxQueued: Number.POSITIVE_INFINITY } as const;
+
+/** A user's slot: call `release` once the call is over (idempotent). */
+export type Release = () => void;
+
+interface Entry {
+  readonly queue: PQueue;
+  /** Calls holding or waiting for a slot; the entry is freed when it reaches 0. */
+  holders: number;
+}
+
+/**
+ * PerUserQueues keeps one p-queue per user, created on first use and freed as soon as the user
+ * has no call queued or in flight, so memory follows active users, not all users ever seen.
+ */
+export class PerUserQueues {
+  readonly concurrency: number;
+  readonly maxQueued: number;
+  readonly #entries = new Map<string, Entry>();
+
+  constructor(options: PerUserOptions = {}) {
+    this.concurrency = checkCount(options.concurrency, 'perUser.concurrency', 1, DEFAULT_PER_USER.concurrency);
+    this.maxQueued = checkCount(options.maxQueued, 'perUser.maxQueued', 0, DEFAULT_PER_USER.maxQueued);
+  }
+
+  /**
+   * enter resolves once `user` has a free slot, with the function that gives it back. It rejects
+   * at once with {@link QueueFullError} when the user's queue is full (unless `force`, used for
+   * retries of a call already admitted), and with the signal's reason when `signal` fires first.
+   */
+  enter(user: string, options: { signal?: AbortSignal | undefined; force?: boolean } = {}): Promise<Release> {
+    let e = this.#entries.get(user);
+    if (e === undefined) {
+      e = { queue: new PQueue({ concurrency: this.concurrency }), holders: 0 };
+      this.#entries.set(user, e);
+    }
+    const entry = e;
+    if (!options.force && entry.queue.pending >= this.concurrency && entry.queue.size >= this.maxQueued) {
+      if (entry.holders === 0) this.#entries.delete(user);
+      return Promise.reject(new QueueFullError(user, this.concurrency, this.maxQueued));
+    }
+    entry.holders++;
+    return new Promise<Release>((resolve, reject) => {
+      let release: () => void = () => {};
+      const done = new Promise<void>((r) => {
+        release = r;
+      });
+      entry.queue
+        .add(
+          () => {
+            resolve(() => release());
+            return done;
+          },
+          options.signal !== undefined ? { signal: options.signal } : {},
+        )
+        .catch(reject)
+        .finally(() => {
+          entry.holders--;
+          if (entry.holders === 0 && this.#entries.get(user) === entry) this.#entries.delete(user);
+        });
+    });
+  }
+
+  /** The calls of `user` waiting for a slot, and those holding one. */
+  stats(user: string): { queued: number; inFlight: number } {
+    const e = this.#entries.get(user);
+    return e === undefined ? { queued: 0, inFlight: 0 } : { queued: e.queue.size, inFlight: e.queue.pending };
+  }
+
+  /** The number of users with a queue right now (idle users have none). */
+  get users(): number {
+    return this.#entries.size;
+  }
+}
+
+function checkCount(value: unknown, path: string, min: number, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (
+    typeof value !== 'number' ||
+    Number.isNaN(value) ||
+    value < min ||
+    (value !== Number.POSITIVE_INFINITY && !Number.isInteger(value))
+  ) {
+    throw new InvalidOptionsError(
+      `invalid throttleOpenAI options: ${path} must be an integer >= ${min} or Infinity (received ${String(value)})`,
+      [{ path, message: `must be an integer >= ${min} or Infinity (received ${String(value)})` }],
+    );
+  }
+  return value;
+}

@@ -1,0 +1,343 @@
+import { InvalidArgumentError, InvalidOptionsError, type RateLimiter, isAbortedError } from '@tollgate/core';
+import { z } from 'zod';
+import { ANONYMOUS_USER, currentUser } from './user-context.js';
+
+/** ThrottleToolOptions configures {@link throttleTool}. */
+export interface ThrottleToolOptions<A extends unknown[]> {
+  /** The limiter each call waits on. */
+  limiter: RateLimiter;
+  /**
+   * The key a call is counted under, from its arguments.
+   * @default the current user ({@link withUser}), else {@link ANONYMOUS_USER}
+   * @example (query) => `${currentUser()}:search`
+   */
+  key?: (...args: A) => string;
+  /** Tokens one call takes (a number, or a function of the arguments). @default 1 */
+  cost?: number | ((...args: A) => number);
+  /** The longest a call may wait for its token, in ms; beyond, `MaxWaitExceededError`. @default Infinity */
+  maxWaitMs?: number;
+}
+
+/**
+ * throttleTool returns `fn` behind `limiter`: each call first waits for its token (in arrival
+ * order per key), then runs `fn` with the same arguments and `this`, and resolves to its result.
+ * The signature is kept; the result is a Promise of what `fn` returns.
+ *
+ * @example
+ * const search = throttleTool(async (q: string) => fetchResults(q), { limiter: searchLimiter })
+ * await withUser('user-42', () => search('tollgate'))   // counted against user-42
+ */
+export function throttleTool<A extends unknown[], R>(
+  fn: (...args: A) => R,
+  options: ThrottleToolOptions<A>,
+): (...args: A) => Promise<Awaited<R>> {
+  if (typeof fn !== 'function') throw toolOptionError('throttleTool', 'fn', 'must be a function', fn);
+  checkToolOptions('throttleTool', options, true);
+  const { limiter, key, cost, maxWaitMs } = options;
+  return async function throttled(this: unknown, ...args: A): Promise<Awaited<R>> {
+    const k = key !== undefined ? key(...args) : (currentUser() ?? ANONYMOUS_USER);
+    const c = typeof cost === 'function' ? cost(...args) : cost;
+    await limiter.acquire(k, { ...(c !== undefined ? { cost: c } : {}), ...(maxWaitMs !== undefined ? { maxWaitMs } : {}) });
+    return await fn.apply(this, args);
+  };
+}
+
+/** What a tool's `execute` receives besides its arguments. */
+export interface ToolContext {
+  /** The user the call counts against. */
+  user: string;
+  /** The model's id for this tool call, when run by {@link runToolCalls}. */
+  toolCallId: string | undefined;
+}
+
+/** ToolConfig configures {@link defineTool}. */
+export interface ToolConfig<S extends z.ZodType, R> {
+  /** The function name the model calls (letters, digits, `_` and `-`, at most 64). */
+  name: string;
+  /** What the tool does, for the model. */
+  description: string;
+  /** A zod schema of the arguments; the model's arguments are validated with it before anything else. */
+  parameters: S;
+  /** Runs the tool with validated arguments. Its result is sent to the model (strings as is, else JSON). */
+  execute: (args: z.output<S>, context: ToolContext) => R;
+  /** When given, each call waits for a token of this limiter after validation, before running. */
+  limiter?: RateLimiter;
+  /**
+   * The limiter key of a call. @default the current user (so a limiter per tool gives per-user,
+   * per-tool buckets, and tier policies see plain user ids)
+   */
+  key?: (args: z.output<S>, user: string) => string;
+  /** Tokens one call takes. @default 1 */
+  cost?: number | ((args: z.output<S>) => number);
+  /** The longest a call may wait for its token, in ms. @default Infinity */
+  maxWaitMs?: number;
+  /** Sets `strict` in the definition (the schema must then follow OpenAI's strict rules). */
+  strict?: boolean;
+}
+
+/** The Chat Completions function-tool definition: what goes in the request's `tools`. */
+export interface FunctionToolDefinition {
+  type: 'function';
+  function: {
+    name: string;
+    description: string;
+    parameters: Record<string, unknown>;
+    strict?: boolean;
+  };
+}
+
+/** Tool is a tool made by {@link defineTool}. */
+export interface Tool<S extends z.ZodType = z.ZodType, R = unknown> {
+  readonly name: string;
+  readonly description: string;
+  readonly parameters: S;
+  /** The OpenAI function-tool definition, parameters as JSON Schema made by zod. */
+  readonly definition: FunctionToolDefinition;
+  /**
+   * call validates `args` (the model's JSON text, or a value), waits for the limiter, then runs
+   * the tool. Invalid arguments reject with {@link InvalidToolArgumentsError} and nothing waits
+   * or runs.
+   */
+  call(args: unknown, context?: Partial<ToolContext>): Promise<Awaited<R>>;
+  /**
+   * The tool in the shape `client.chat.completions.runTools({ tools: [...] })` takes: validation
+   * in `parse`, the throttled tool in `function`.
+   */
+  readonly runnable: {
+    type: 'function';
+    function: {
+      name: string;
+      description: string;
+      parameters: Record<string, unknown>;
+      parse: (args: string) => z.output<S>;
+      function: (args: z.output<S>) => Promise<Awaited<R>>;
+    };
+  };
+}
+
+/** InvalidToolArgumentsError: the model's arguments are not JSON, or do not match the tool's schema. */
+export class InvalidToolArgumentsError extends InvalidArgumentError {
+  /** The tool's name. */
+  readonly tool: string;
+  /** What is wrong, one entry per problem (`path` is '' for the whole value). */
+  readonly issues: readonly { path: string; message: string }[];
+
+  constructor(tool: string, issues: readonly { path: string; message: string }[], what = 'invalid arguments') {
+    const text = issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)).join('; ');
+    super(`${what} for tool ${JSON.stringify(tool)}: ${text}`);
+    this.tool = tool;
+    this.issues = issues;
+  }
+}
+
+const TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
+
+/**
+ * defineTool makes a tool for the model: `.definition` goes in the request's `tools`, and
+ * {@link runToolCalls} (or `.call`) runs it for the model's tool calls, validating the
+ * arguments with `parameters` first, then waiting for `limiter` when given.
+ *
+ * @example
+ * const weather = defineTool({
+ *   name: 'get_weather',
+ *   description: 'Current weather in a city',
+ *   parameters: z.object({ city: z.string() }),
+ *   execute: async ({ city }) => ({ city, tempC: 21 }),
+ *   limiter: weatherLimiter,
+ * })
+ */
+export function defineTool<S extends z.ZodType, R>(config: ToolConfig<S, R>): Tool<S, R> {
+  if (typeof config !== 'object' || config === null) {
+    throw toolOptionError('defineTool', '(options)', 'must be an object', config);
+  }
+  const { name, description, parameters, execute, limiter, key, cost, maxWaitMs, strict } = config;
+  if (typeof name !== 'string' || !TOOL_NAME.test(name)) {
+    throw toolOptionError('defineTool', 'name', 'must be 1-64 letters, digits, _ or -', name);
+  }
+  if (typeof description !== 'string') throw toolOptionError('defineTool', 'description', 'must be a string', description);
+  if (typeof parameters !== 'object' || parameters === null || typeof parameters.safeParse !== 'function') {
+    throw toolOptionError('defineTool', 'parameters', 'must be a zod schema', parameters);
+  }
+  if (typeof execute !== 'function') throw toolOptionError('defineTool', 'execute', 'must be a function', execute);
+  checkToolOptions('defineTool', { limiter, key, cost, maxWaitMs }, false);
+
+  const { $schema: _drop, ...schema } = z.toJSONSchema(parameters, { io: 'input' }) as Record<string, unknown>;
+  const definition: FunctionToolDefinition = {
+    type: 'function',
+    function: { name, description, parameters: schema, ...(strict !== undefined ? { strict } : {}) },
+  };
+
+  const validate = (raw: unknown): z.output<S> => {
+    let value = raw;
+    if (typeof raw === 'string') {
+      try {
+        value = raw.trim() === '' ? {} : JSON.parse(raw);
+      } catch (e) {
+        throw new InvalidToolArgumentsError(
+          name,
+          [{ path: '', message: `not valid JSON (${(e as Error).message})` }],
+          'malformed JSON arguments',
+        );
+      }
+    }
+    const parsed = parameters.safeParse(value);
+    if (!parsed.success) {
+      throw new InvalidToolArgumentsError(
+        name,
+        parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
+      );
+    }
+    return parsed.data as z.output<S>;
+  };
+
+  const run = async (args: z.output<S>, context: Partial<ToolContext> = {}): Promise<Awaited<R>> => {
+    const user = context.user ?? currentUser() ?? ANONYMOUS_USER;
+    if (limiter !== undefined) {
+      const c = typeof cost === 'function' ? cost(args) : cost;
+      await limiter.acquire(key !== undefined ? key(args, user) : user, {
+        ...(c !== undefined ? { cost: c } : {}),
+        ...(maxWaitMs !== undefined ? { maxWaitMs } : {}),
+      });
+    }
+    return await execute(args, { user, toolCallId: context.toolCallId });
+  };
+
+  return {
+    name,
+    description,
+    parameters,
+    definition,
+    call: (args, context) => {
+      try {
+        return run(validate(args), context);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    },
+    runnable: {
+      type: 'function',
+      function: { name, description, parameters: schema, parse: validate, function: (args) => run(args) },
+    },
+  };
+}
+
+/** One tool call of an assistant message (`message.tool_calls[i]`). */
+export interface ToolCallLike {
+  id: string;
+  type?: string;
+  function?: { name: string; arguments: string };
+}
+
+/** The tool message {@link runToolCalls} makes for one tool call. */
+export interface ToolMessage {
+  role: 'tool';
+  tool_call_id: string;
+  content: string;
+}
+
+/** What {@link runToolCalls} can run: any tool made by {@link defineTool}. */
+export interface RunnableTool {
+  readonly name: string;
+  call(args: unknown, context?: Partial<ToolContext>): Promise<unknown>;
+}
+
+/** Options of {@link runToolCalls}. */
+export interface RunToolCallsOptions {
+  /** The user the calls count against. @default the current user */
+  user?: string;
+}
+
+/**
+ * The `error` field of a tool message made from a failure, so the model (and code) can tell
+ * what went wrong: an unknown tool, malformed JSON, invalid arguments, a throttle deadline, or
+ * the tool throwing.
+ */
+export type ToolErrorType = 'unknown_tool' | 'invalid_json' | 'invalid_arguments' | 'rate_limited' | 'tool_error';
+
+/**
+ * runToolCalls runs the model's tool calls, all at once (each waits only for its own tool's
+ * limiter), and resolves to one tool message per call, in the calls' order, ready to append to
+ * the conversation. A failure becomes that call's message, `{"error":<type>,"message":...}`
+ * ({@link ToolErrorType}): an unknown tool, malformed JSON or invalid arguments (the tool does
+ * not run), a deadline, or the tool throwing. It never rejects for a tool's fault; only an
+ * aborted wait (`AbortedError`) rejects, since the caller asked to stop.
+ *
+ * @example
+ * const message = completion.choices[0].message
+ * messages.push(message, ...(await runToolCalls(message.tool_calls, [weather, search])))
+ */
+export async function runToolCalls(
+  toolCalls: readonly ToolCallLike[] | null | undefined,
+  tools: readonly RunnableTool[],
+  options: RunToolCallsOptions = {},
+): Promise<ToolMessage[]> {
+  if (toolCalls === null || toolCalls === undefined) return [];
+  const byName = new Map<string, RunnableTool>();
+  for (const t of tools) byName.set(t.name, t);
+  const user = options.user ?? currentUser() ?? ANONYMOUS_USER;
+  return Promise.all(
+    toolCalls.map(async (tc): Promise<ToolMessage> => {
+      const reply = (content: string): ToolMessage => ({ role: 'tool', tool_call_id: tc.id, content });
+      const fail = (error: ToolErrorType, message: string) => reply(JSON.stringify({ error, message }));
+      const fn = tc.function;
+      if (fn === undefined || (tc.type !== undefined && tc.type !== 'function')) {
+        return fail('unknown_tool', `tool call type ${JSON.stringify(tc.type)} is not supported`);
+      }
+      const tool = byName.get(fn.name);
+      if (tool === undefined) {
+        const known = [...byName.keys()].map((n) => JSON.stringify(n)).join(', ');
+        return fail('unknown_tool', `no tool named ${JSON.stringify(fn.name)}; tools: ${known || 'none'}`);
+      }
+      try {
+        return reply(toContent(await tool.call(fn.arguments, { user, toolCallId: tc.id })));
+      } catch (e) {
+        if (e instanceof InvalidToolArgumentsError) {
+          return fail(e.issues[0]?.message.startsWith('not valid JSON') ? 'invalid_json' : 'invalid_arguments', e.message);
+        }
+        if (isAbortedError(e)) throw e;
+        const code = (e as { code?: unknown } | null)?.code;
+        if (code === 'ERR_TOLLGATE_MAX_WAIT_EXCEEDED') return fail('rate_limited', (e as Error).message);
+        return fail('tool_error', e instanceof Error ? e.message : String(e));
+      }
+    }),
+  );
+}
+
+function toContent(result: unknown): string {
+  if (typeof result === 'string') return result;
+  if (result === undefined) return '';
+  try {
+    return JSON.stringify(result) ?? String(result);
+  } catch {
+    return String(result);
+  }
+}
+
+function checkToolOptions(
+  where: string,
+  o: { limiter?: unknown; key?: unknown; cost?: unknown; maxWaitMs?: unknown } | null | undefined,
+  limiterRequired: boolean,
+): void {
+  if (typeof o !== 'object' || o === null) throw toolOptionError(where, 'options', 'must be an object with a limiter', o);
+  const l = o.limiter as { acquire?: unknown } | undefined;
+  if ((l !== undefined || limiterRequired) && (typeof l !== 'object' || l === null || typeof l.acquire !== 'function')) {
+    throw toolOptionError(where, 'limiter', 'must be a RateLimiter', l);
+  }
+  if (o.key !== undefined && typeof o.key !== 'function') throw toolOptionError(where, 'key', 'must be a function', o.key);
+  const c = o.cost;
+  if (c !== undefined && typeof c !== 'function' && !(typeof c === 'number' && Number.isFinite(c) && c > 0)) {
+    throw toolOptionError(where, 'cost', 'must be a finite number > 0 or a function', c);
+  }
+  const m = o.maxWaitMs;
+  if (m !== undefined && !(typeof m === 'number' && m >= 0)) {
+    throw toolOptionError(where, 'maxWaitMs', 'must be a number of ms >= 0', m);
+  }
+}
+
+function toolOptionError(where: string, path: string, constraint: string, received: unknown): InvalidOptionsError {
+  const shown =
+    typeof received === 'string' ? JSON.stringify(received) : received === null ? 'null' : typeof received === 'object' ? 'an object' : String(received);
+  const message = `${constraint} (received ${shown})`;
+  return new InvalidOptionsError(`invalid ${where} options: ${path} ${message}`, [{ path, message }]);
+}
+

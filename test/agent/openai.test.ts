@@ -1,0 +1,283 @@
+/**
+ * throttleOpenAI with a real openai client (6, or 7 with TOLLGATE_OPENAI=7) talking HTTP to the
+ * loopback fake server. Nothing here mocks the client.
+ *
+ * Timing bounds are loose on the slow side (a noisy 2-core CI machine) and tight on the fast side
+ * (a throttle that lets calls through early is a bug).
+ */
+import {
+  ANONYMOUS_USER,
+  QueueFullError,
+  isQueueFullError,
+  perUserStats,
+  throttleOpenAI,
+  withUser,
+} from '@tollgate/agent';
+import { MemoryBackend, RateLimiter, isMaxWaitExceededError, isTollgateError } from '@tollgate/core';
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { type FakeOpenAI, type RecordedRequest, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
+import { OPENAI_MAJOR, OpenAI, newClient } from './openai-client.ts';
+
+let fake: FakeOpenAI;
+beforeAll(async () => {
+  fake = await startFakeOpenAI({ usage: { prompt_tokens: 20, completion_tokens: 30 } });
+});
+afterAll(() => fake.close());
+afterEach(() => {
+  fake.requests.length = 0;
+});
+
+const limiter = (rate: number, per: string, capacity?: number, name = 'requests') =>
+  new RateLimiter({
+    backend: new MemoryBackend(),
+    name,
+    policy: capacity === undefined ? { rate, per: per as '1s' } : { rate, per: per as '1s', capacity },
+  });
+
+const ask = (content: string) => ({ model: 'gpt-test', messages: [{ role: 'user' as const, content }] });
+
+/** The text of the first message of a recorded chat request. */
+const tagOf = (r: RecordedRequest): string => r.body?.messages?.[0]?.content ?? '';
+
+const gaps = (times: number[]) => times.slice(1).map((t, i) => t - (times[i] as number));
+
+describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
+  test("one user's burst waits its turn at the bucket's rate, while another user's call is not delayed", async () => {
+    // 10 requests/s, burst 2: user A's 8 calls take (8 - 2) / 10 s = 600 ms.
+    const client = throttleOpenAI(newClient(fake.baseURL), { requests: limiter(10, '1s', 2) });
+    const t0 = performance.now();
+    const burst = withUser('user-a', () =>
+      Promise.all(Array.from({ length: 8 }, (_, i) => client.chat.completions.create(ask(`a-${i}`)))),
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    const tB = performance.now();
+    const b = await withUser('user-b', () => client.chat.completions.create(ask('b-0')));
+    const bLatency = performance.now() - tB;
+    await burst;
+    const total = performance.now() - t0;
+
+    expect(b.choices[0]?.message.content).toBe('Hello from the fake OpenAI server.');
+    const a = fake.requests.filter((r) => tagOf(r).startsWith('a-'));
+    const bReq = fake.requests.find((r) => tagOf(r) === 'b-0') as RecordedRequest;
+    expect(a).toHaveLength(8);
+    // A: 600 ms in all (never less than the bucket allows: 590 ms with timer slack).
+    expect(total).toBeGreaterThanOrEqual(590);
+    expect(total).toBeLessThan(1100);
+    // After the burst of 2, A's requests arrive ~100 ms apart (>= 85 ms).
+    for (const g of gaps(a.slice(2).map((r) => r.time))) expect(g).toBeGreaterThanOrEqual(85);
+    // B, arriving while A has 5 calls queued, reaches the server at once.
+    expect(bReq.time - tB).toBeLessThan(50);
+    expect(bLatency).toBeLessThan(100);
+  });
+
+  test('every SDK retry after a 429 waits for its own token', async () => {
+    // 5/s, burst 1: each attempt waits 200 ms. The server asks for no back-off (retry-after-ms 0).
+    const client = throttleOpenAI(newClient(fake.baseURL, { maxRetries: 3 }), { requests: limiter(5, '1s', 1) });
+    fake.failNext(2, 429, { 'retry-after-ms': '0' });
+    const t0 = performance.now();
+    const r = await withUser('retry-user', () => client.chat.completions.create(ask('retried')));
+    const took = performance.now() - t0;
+    expect(r.choices[0]?.message.content).toBe('Hello from the fake OpenAI server.');
+    expect(fake.requests.map((q) => q.status)).toEqual([429, 429, 200]);
+    const g = gaps(fake.requests.map((q) => q.time));
+    expect(g[0]).toBeGreaterThanOrEqual(185);
+    expect(g[1]).toBeGreaterThanOrEqual(185);
+    expect(took).toBeGreaterThanOrEqual(390);
+    expect(took).toBeLessThan(900);
+  });
+
+  test('a 429 attempt keeps its request token (the provider counted it)', async () => {
+    // Capacity 5, no refill to speak of: one call answered 429, 429, 200 takes 3 tokens.
+    const requests = limiter(1, '1h', 5);
+    const client = throttleOpenAI(newClient(fake.baseURL), { requests });
+    fake.failNext(2, 429, { 'retry-after-ms': '0' });
+    await withUser('u429', () => client.chat.completions.create(ask('x')));
+    expect(fake.requests).toHaveLength(3);
+    const d = await requests.tryAcquire('u429');
+    expect(d.allowed).toBe(true);
+    expect(d.remaining).toBe(1); // 5 - 3 attempts - this probe
+  });
+
+  test("runTools' requests are each throttled", async () => {
+    const client = throttleOpenAI(newClient(fake.baseURL), { requests: limiter(5, '1s', 1) });
+    let toolRuns = 0;
+    const runner = withUser('tools-user', () =>
+      client.chat.completions.runTools({
+        ...ask('weather in Paris?'),
+        tools: [
+          {
+            type: 'function',
+            function: {
+              name: 'weather',
+              description: 'the weather in a city',
+              parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+              function: (args: { city: string }) => {
+                toolRuns++;
+                return `sunny in ${args.city}`;
+              },
+              parse: JSON.parse,
+            },
+          },
+        ],
+      }),
+    );
+    expect(await runner.finalContent()).toBe('Done: sunny in Paris');
+    expect(toolRuns).toBe(1);
+    expect(fake.requests).toHaveLength(2);
+    // The second request (with the tool result) waited 200 ms for its token.
+    expect(gaps(fake.requests.map((r) => r.time))[0]).toBeGreaterThanOrEqual(185);
+  });
+
+  test('.withResponse(), .asResponse() and withOptions keep working, and stay throttled', async () => {
+    const requests = limiter(1, '1h', 10);
+    const client = throttleOpenAI(newClient(fake.baseURL), { requests });
+    expect(client).toBeInstanceOf(OpenAI);
+    await withUser('wr', async () => {
+      const { data, response } = await client.chat.completions.create(ask('x')).withResponse();
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toContain('application/json');
+      expect(data.usage?.total_tokens).toBe(50);
+      const raw = await client.chat.completions.create(ask('y')).asResponse();
+      expect(((await raw.json()) as { usage: { total_tokens: number } }).usage.total_tokens).toBe(50);
+      const copy = client.withOptions({ maxRetries: 0 });
+      expect(copy).toBeInstanceOf(OpenAI);
+      expect(copy.maxRetries).toBe(0);
+      await copy.chat.completions.create(ask('z'));
+      // A copy of the copy shares the same limiter too.
+      await copy.withOptions({ timeout: 5000 }).embeddings.create({ model: 'e', input: 'abc' });
+    });
+    expect(fake.requests).toHaveLength(4);
+    expect((await requests.tryAcquire('wr')).remaining).toBe(5); // 10 - 4 calls - this probe
+  });
+
+  test('the original client is left unthrottled', async () => {
+    const requests = limiter(1, '1h', 3);
+    const original = newClient(fake.baseURL);
+    throttleOpenAI(original, { requests });
+    await withUser('orig', () => original.chat.completions.create(ask('x')));
+    expect((await requests.tryAcquire('orig')).remaining).toBe(2);
+  });
+
+  test('the user is withUser, then the resolver, then body.user / safety_identifier, else anonymous', async () => {
+    const requests = limiter(1, '1h', 10);
+    const client = throttleOpenAI(newClient(fake.baseURL), {
+      requests,
+      user: (body) => ((body as { metadata?: { tenant?: string } }).metadata?.tenant ?? undefined),
+    });
+    await withUser('ctx', () => client.chat.completions.create({ ...ask('1'), user: 'body-user', metadata: { tenant: 't' } }));
+    await client.chat.completions.create({ ...ask('2'), user: 'body-user', metadata: { tenant: 'resolved' } });
+    await client.chat.completions.create({ ...ask('3'), user: 'body-user' });
+    await client.chat.completions.create({ ...ask('4'), safety_identifier: 'safety' });
+    await client.chat.completions.create(ask('5'));
+    const used = async (k: string) => 10 - 1 - (await requests.tryAcquire(k)).remaining;
+    expect(await used('ctx')).toBe(1);
+    expect(await used('resolved')).toBe(1);
+    expect(await used('t')).toBe(0);
+    expect(await used('body-user')).toBe(1);
+    expect(await used('safety')).toBe(1);
+    expect(await used(ANONYMOUS_USER)).toBe(1);
+  });
+
+  test('a call over maxWaitMs fails at once with MaxWaitExceededError, sends nothing and is not retried', async () => {
+    const requests = limiter(1, '1m', 1);
+    const client = throttleOpenAI(newClient(fake.baseURL, { maxRetries: 3 }), { requests, maxWaitMs: 100 });
+    await withUser('deadline', async () => {
+      await client.chat.completions.create(ask('first'));
+      const t0 = performance.now();
+      const err = await client.chat.completions.create(ask('second')).catch((e: unknown) => e);
+      expect(isMaxWaitExceededError(err)).toBe(true);
+      expect(performance.now() - t0).toBeLessThan(50);
+    });
+    expect(fake.requests).toHaveLength(1);
+  });
+
+  test("an aborted wait gives its token back, sends nothing, and rejects with the client's abort error", async () => {
+    const requests = limiter(1, '1s', 1);
+    const client = throttleOpenAI(newClient(fake.baseURL), { requests });
+    await withUser('aborter', async () => {
+      await client.chat.completions.create(ask('first'));
+      const ac = new AbortController();
+      setTimeout(() => ac.abort(), 100);
+      const t0 = performance.now();
+      const err = await client.chat.completions.create(ask('second'), { signal: ac.signal }).catch((e: unknown) => e);
+      expect(performance.now() - t0).toBeLessThan(400);
+      expect((err as Error).constructor.name).toBe('APIUserAbortError');
+    });
+    expect(fake.requests).toHaveLength(1);
+  });
+
+  describe('per-user queue', () => {
+    test('a full queue rejects the new call at once with QueueFullError; queued calls still complete', async () => {
+      const slow = await startFakeOpenAI({ latencyMs: 200 });
+      try {
+        const client = throttleOpenAI(newClient(slow.baseURL, { maxRetries: 3 }), {
+          perUser: { concurrency: 1, maxQueued: 2 },
+        });
+        const results = await withUser('busy', async () => {
+          const first = [0, 1, 2].map((i) => client.chat.completions.create(ask(`q-${i}`)));
+          await new Promise((r) => setTimeout(r, 20));
+          expect(perUserStats(client, 'busy')).toEqual({ queued: 2, inFlight: 1 });
+          const t0 = performance.now();
+          const err = await client.chat.completions.create(ask('q-3')).catch((e: unknown) => e);
+          const rejectedIn = performance.now() - t0;
+          return { first: await Promise.all(first), err, rejectedIn };
+        });
+        expect(results.err).toBeInstanceOf(QueueFullError);
+        expect(isQueueFullError(results.err)).toBe(true);
+        expect(isTollgateError(results.err)).toBe(true);
+        expect((results.err as QueueFullError).code).toBe('ERR_TOLLGATE_QUEUE_FULL');
+        expect(results.rejectedIn).toBeLessThan(20);
+        expect(results.first).toHaveLength(3);
+        // Three requests reached the server, one at a time; the rejected call was never sent or retried.
+        expect(slow.requests.map(tagOf)).toEqual(['q-0', 'q-1', 'q-2']);
+        expect(slow.maxInFlight()).toBe(1);
+        expect(perUserStats(client, 'busy')).toEqual({ queued: 0, inFlight: 0 });
+      } finally {
+        await slow.close();
+      }
+    });
+
+    test("concurrency bounds one user's calls in flight, not another user's", async () => {
+      const slow = await startFakeOpenAI({ latencyMs: 150 });
+      try {
+        const client = throttleOpenAI(newClient(slow.baseURL), { perUser: { concurrency: 2 } });
+        const t0 = performance.now();
+        const a = withUser('c-a', () =>
+          Promise.all(Array.from({ length: 4 }, (_, i) => client.chat.completions.create(ask(`ca-${i}`)))),
+        );
+        const b = withUser('c-b', () =>
+          Promise.all(Array.from({ length: 2 }, (_, i) => client.chat.completions.create(ask(`cb-${i}`)))),
+        );
+        const tB = await b.then(() => performance.now() - t0);
+        await a;
+        const tA = performance.now() - t0;
+        // A: two rounds of 150 ms; B: one round, alongside A's first.
+        expect(tA).toBeGreaterThanOrEqual(295);
+        expect(tB).toBeLessThan(290);
+        expect(slow.maxInFlight()).toBe(4);
+      } finally {
+        await slow.close();
+      }
+    });
+
+    test('a stream holds its slot until it is read to the end', async () => {
+      const slow = await startFakeOpenAI({ chunkDelayMs: 30 });
+      try {
+        const client = throttleOpenAI(newClient(slow.baseURL), { perUser: { concurrency: 1 } });
+        await withUser('streamer', async () => {
+          const stream = await client.chat.completions.create({ ...ask('s'), stream: true });
+          const second = client.chat.completions.create(ask('after'));
+          await new Promise((r) => setTimeout(r, 50));
+          expect(slow.requests).toHaveLength(1);
+          for await (const _ of stream) {
+            // read it all
+          }
+          await second;
+          expect(slow.requests).toHaveLength(2);
+        });
+      } finally {
+        await slow.close();
+      }
+    });
+  });
+});
