@@ -16,6 +16,8 @@ describe(`the fake OpenAI server speaks the real client's protocol (openai ${OPE
       messages: [{ role: 'user', content: 'abcdefgh' }],
     });
     expect(r.choices[0]?.message.content).toBe('Hello from the fake OpenAI server.');
+    // The client under test is the major this run asked for (TOLLGATE_OPENAI).
+    expect(fake.requests.at(-1)?.headers['user-agent']).toMatch(new RegExp(`^OpenAI/JS ${OPENAI_MAJOR}\\.`));
     expect(r.usage).toMatchObject({
       prompt_tokens: 2,
       completion_tokens: 9,

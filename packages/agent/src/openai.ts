@@ -412,7 +412,7 @@ class Attempt {
   }
 
   /** observe settles the attempt from its response, and returns the response the client sees. */
-  observe(response: Response): Response {
+  async observe(response: Response): Promise<Response> {
     if (!response.ok) {
       // The provider saw the attempt (429 included): the request token stays; the LLM tokens,
       // never used, go back.
@@ -430,19 +430,16 @@ class Attempt {
       return out;
     }
     if (type.includes('json') && this.#llmReserved > 0) {
-      // Read a copy, so the caller's body stays untouched (and `.asResponse()` stays raw).
-      this.#t.background(
-        response
-          .clone()
-          .text()
-          .then(
-            (text) => this.finish(usageOf(safeJSON(text)), false),
-            (e: unknown) => {
-              this.finish(undefined, true);
-              throw e;
-            },
-          ),
-      );
+      // Read a copy to the end before handing the response on, so the bucket is settled by the
+      // time the caller has its result; the caller's body stays untouched (`.asResponse()` too).
+      let text: string;
+      try {
+        text = await response.clone().text();
+      } catch {
+        this.finish(undefined, true);
+        return response;
+      }
+      this.finish(usageOf(safeJSON(text)), false);
       return response;
     }
     this.finish(undefined, false);

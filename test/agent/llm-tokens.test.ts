@@ -1,0 +1,171 @@
+/**
+ * LLM-token limits: an estimate is taken before each attempt and settled to the response's usage
+ * after it (plain, streamed, Responses, embeddings), a failure gives it back. The fake server
+ * reports a fixed usage of 20 + 30 = 50 LLM tokens. The buckets hold 10 000 and refill 1 per hour,
+ * so what a call took can be read from `remaining`.
+ */
+import { estimateLLMTokens, throttleOpenAI, withUser } from '@tollgate/agent';
+import { MemoryBackend, RateLimiter } from '@tollgate/core';
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { type FakeOpenAI, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
+import { OPENAI_MAJOR, newClient } from './openai-client.ts';
+
+let fake: FakeOpenAI;
+beforeAll(async () => {
+  fake = await startFakeOpenAI({ usage: { prompt_tokens: 20, completion_tokens: 30 }, latencyMs: 100 });
+});
+afterAll(() => fake.close());
+afterEach(() => {
+  fake.requests.length = 0;
+});
+
+const CAPACITY = 10_000;
+const newLimiter = (capacity = CAPACITY) =>
+  new RateLimiter({ backend: new MemoryBackend(), name: 'llm-tokens', policy: { rate: 1, per: '1h', capacity } });
+
+/** LLM tokens `user` has spent: capacity minus what a 1-token probe leaves, minus the probe. */
+async function spent(limiter: RateLimiter, user: string, capacity = CAPACITY): Promise<number> {
+  const d = await limiter.tryAcquire(user);
+  await limiter.refund(user, 1);
+  return capacity - 1 - d.remaining;
+}
+
+// 396 + 4 ('user') characters = 100 prompt tokens; with max_tokens 500 the estimate is 600.
+const PROMPT = 'x'.repeat(396);
+const ask = { model: 'gpt-test', max_tokens: 500, messages: [{ role: 'user' as const, content: PROMPT }] };
+
+describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
+  test('the estimate counts prompt characters / 4 plus max tokens', () => {
+    expect(estimateLLMTokens('/chat/completions', ask)).toBe(600);
+    expect(estimateLLMTokens('/chat/completions', { ...ask, max_tokens: undefined })).toBe(100 + 1024);
+    expect(estimateLLMTokens('/chat/completions', { ...ask, max_completion_tokens: 10, n: 3 })).toBe(130);
+    expect(estimateLLMTokens('/responses', { input: 'abcd', max_output_tokens: 7 })).toBe(8);
+    expect(estimateLLMTokens('/embeddings', { input: ['abcd', 'efgh'] })).toBe(2);
+  });
+
+  test('a chat completion reserves the estimate, then settles to its usage', async () => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    await withUser('plain', async () => {
+      const call = client.chat.completions.create(ask);
+      await new Promise((r) => setTimeout(r, 50)); // the server holds the request 100 ms
+      expect(await spent(llmTokens, 'plain')).toBe(600);
+      const r = await call;
+      expect(r.usage?.total_tokens).toBe(50);
+    });
+    expect(await spent(llmTokens, 'plain')).toBe(50);
+  });
+
+  test('usage above the estimate is charged after the call', async () => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    // 36 + 4 characters = 10 prompt tokens + max_tokens 10: estimate 20, usage 50.
+    await withUser('over', () =>
+      client.chat.completions.create({ ...ask, max_tokens: 10, messages: [{ role: 'user', content: 'y'.repeat(36) }] }),
+    );
+    expect(await spent(llmTokens, 'over')).toBe(50);
+  });
+
+  test('an estimate above the capacity is capped at it, so the call can be served', async () => {
+    const llmTokens = newLimiter(300);
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    const r = await withUser('capped', () => client.chat.completions.create(ask)); // estimate 600 > 300
+    expect(r.usage?.total_tokens).toBe(50);
+    expect(await spent(llmTokens, 'capped', 300)).toBe(50);
+  });
+
+  test("a stream is settled from the usage chunk it adds, which the caller never sees", async () => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    const params = { ...ask, stream: true as const };
+    const chunks = await withUser('streamed', async () => {
+      const out = [];
+      for await (const chunk of await client.chat.completions.create(params)) out.push(chunk);
+      return out;
+    });
+    // Code reading chunk.choices[0] works on every chunk; no chunk carries usage.
+    expect(chunks.length).toBeGreaterThan(2);
+    expect(chunks.every((c) => c.choices[0] !== undefined)).toBe(true);
+    expect(chunks.some((c) => c.usage != null)).toBe(false);
+    expect(chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')).toBe('Hello from the fake OpenAI server.');
+    // The server was asked for usage; the caller's params object was not changed.
+    expect(fake.requests[0]?.body.stream_options).toEqual({ include_usage: true });
+    expect('stream_options' in params).toBe(false);
+    expect(await spent(llmTokens, 'streamed')).toBe(50);
+  });
+
+  test('a caller who asked for the usage chunk still gets it', async () => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    const chunks = await withUser('asked', async () => {
+      const out = [];
+      const stream = await client.chat.completions.create({
+        ...ask,
+        stream: true,
+        stream_options: { include_usage: true },
+      });
+      for await (const chunk of stream) out.push(chunk);
+      return out;
+    });
+    expect(chunks.at(-1)?.choices).toEqual([]);
+    expect(chunks.at(-1)?.usage?.total_tokens).toBe(50);
+    expect(await spent(llmTokens, 'asked')).toBe(50);
+  });
+
+  test('the .stream() helper works and is settled', async () => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    const final = await withUser('helper', () => client.chat.completions.stream(ask).finalChatCompletion());
+    expect(final.choices[0]?.message.content).toBe('Hello from the fake OpenAI server.');
+    expect(await spent(llmTokens, 'helper')).toBe(50);
+  });
+
+  test('responses (plain and streamed) and embeddings are settled from their usage', async () => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    await withUser('resp', () => client.responses.create({ model: 'm', input: PROMPT, max_output_tokens: 500 }));
+    expect(await spent(llmTokens, 'resp')).toBe(50);
+    const final = await withUser('resp-stream', () =>
+      client.responses.stream({ model: 'm', input: PROMPT, max_output_tokens: 500 }).finalResponse(),
+    );
+    expect(final.output_text).toBe('Hello from the fake OpenAI server.');
+    expect(await spent(llmTokens, 'resp-stream')).toBe(50);
+    await withUser('emb', () => client.embeddings.create({ model: 'e', input: PROMPT }));
+    expect(await spent(llmTokens, 'emb')).toBe(20); // embeddings usage: 20 prompt tokens
+  });
+
+  test('a failed request gives its estimate back; a retried 429 is charged once', async () => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    fake.failNext(1, 400);
+    const err = await withUser('failed', () => client.chat.completions.create(ask)).catch((e: unknown) => e);
+    expect((err as { status?: number }).status).toBe(400);
+    expect(await spent(llmTokens, 'failed')).toBe(0);
+    fake.failNext(1, 429, { 'retry-after-ms': '0' });
+    await withUser('retried', () => client.chat.completions.create(ask));
+    expect(fake.requests.map((r) => r.status)).toEqual([400, 429, 200]);
+    expect(await spent(llmTokens, 'retried')).toBe(50);
+  });
+
+  test('a user over the LLM-token budget waits until the bucket refills', async () => {
+    // 1000 LLM tokens per second, capacity 1000; every call estimates and uses 800.
+    const server = await startFakeOpenAI({ usage: { prompt_tokens: 100, completion_tokens: 700 } });
+    try {
+      const llmTokens = new RateLimiter({
+        backend: new MemoryBackend(),
+        name: 'llm-tokens',
+        policy: { rate: 1000, per: '1s' },
+      });
+      const client = throttleOpenAI(newClient(server.baseURL), { llmTokens });
+      await withUser('heavy', () =>
+        Promise.all([client.chat.completions.create({ ...ask, max_tokens: 700 }), client.chat.completions.create({ ...ask, max_tokens: 700 })]),
+      );
+      const [a, b] = server.requests;
+      // The second call needs 800 with 200 left: 600 ms at 1 per ms.
+      expect((b?.time ?? 0) - (a?.time ?? 0)).toBeGreaterThanOrEqual(580);
+      expect((b?.time ?? 0) - (a?.time ?? 0)).toBeLessThan(1000);
+    } finally {
+      await server.close();
+    }
+  });
+});
