@@ -1,0 +1,265 @@
+/**
+ * Agent tools: throttleTool, defineTool and runToolCalls. The model's arguments are validated
+ * before anything waits or runs; failures become tool messages for the model.
+ */
+import {
+  InvalidToolArgumentsError,
+  defineTool,
+  runToolCalls,
+  throttleOpenAI,
+  throttleTool,
+  withUser,
+} from '@tollgate/agent';
+import { MemoryBackend, RateLimiter } from '@tollgate/core';
+import { describe, expect, test } from 'vitest';
+import { z } from 'zod';
+import { startFakeOpenAI } from '../../examples/support/fake-openai.ts';
+import { OPENAI_MAJOR, newClient } from './openai-client.ts';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const limiter = (rate: number, capacity: number, per: '1s' | '1h' = '1s') =>
+  new RateLimiter({ backend: new MemoryBackend(), name: 'tools', policy: { rate, per, capacity } });
+const call = (id: string, name: string, args: string) => ({
+  id,
+  type: 'function' as const,
+  function: { name, arguments: args },
+});
+
+describe('throttleTool', () => {
+  test("keeps the function's arguments, this and result, keyed on the current user", async () => {
+    const l = limiter(1, 5, '1h');
+    const add = throttleTool(async (a: number, b: number) => a + b, { limiter: l });
+    const sum: number = await withUser('tool-user', () => add(2, 3));
+    expect(sum).toBe(5);
+    expect((await l.tryAcquire('tool-user')).remaining).toBe(3); // 5 - 1 call - this probe
+    const obj = {
+      base: 10,
+      plus: throttleTool(function (this: { base: number }, n: number) {
+        return this.base + n;
+      }, { limiter: l }),
+    };
+    expect(await withUser('tool-user', () => obj.plus(1))).toBe(11);
+  });
+
+  test("one user's burst waits its turn while another user's call runs at once", async () => {
+    // 10 per second, burst 1: user A's 4 calls take 300 ms.
+    const l = limiter(10, 1);
+    const ran: { user: string; at: number }[] = [];
+    const t0 = performance.now();
+    const tool = throttleTool((user: string) => ran.push({ user, at: performance.now() - t0 }), {
+      limiter: l,
+      key: (user) => user,
+      cost: 1,
+    });
+    const a = Promise.all(Array.from({ length: 4 }, () => tool('a')));
+    await sleep(20);
+    await tool('b');
+    await a;
+    const aTimes = ran.filter((r) => r.user === 'a').map((r) => r.at);
+    const bTime = ran.find((r) => r.user === 'b')?.at ?? Number.NaN;
+    expect(aTimes[3]).toBeGreaterThanOrEqual(290);
+    expect(aTimes[3]).toBeLessThan(600);
+    expect(bTime).toBeLessThan(20 + 40);
+  });
+});
+
+describe('defineTool', () => {
+  const weatherSchema = z.object({
+    city: z.string().describe('the city'),
+    unit: z.enum(['c', 'f']).default('c'),
+  });
+
+  test('.definition is an OpenAI function tool with JSON Schema from zod', () => {
+    const weather = defineTool({
+      name: 'get_weather',
+      description: 'Current weather in a city',
+      parameters: weatherSchema,
+      execute: ({ city, unit }) => ({ city, unit, temp: 21 }),
+    });
+    expect(weather.definition).toEqual({
+      type: 'function',
+      function: {
+        name: 'get_weather',
+        description: 'Current weather in a city',
+        parameters: {
+          type: 'object',
+          properties: {
+            city: { type: 'string', description: 'the city' },
+            unit: { type: 'string', enum: ['c', 'f'], default: 'c' },
+          },
+          required: ['city'],
+        },
+      },
+    });
+  });
+
+  test('bad options fail at once, naming the option', () => {
+    expect(() =>
+      defineTool({ name: 'has space', description: '', parameters: weatherSchema, execute: () => 1 }),
+    ).toThrow(/name must be 1-64 letters/);
+    expect(() =>
+      defineTool({ name: 'ok', description: '', parameters: {} as z.ZodType, execute: () => 1 }),
+    ).toThrow(/parameters must be a zod schema/);
+  });
+
+  test('invalid arguments reject before the tool waits or runs', async () => {
+    const l = limiter(1, 3, '1h');
+    let runs = 0;
+    const weather = defineTool({
+      name: 'get_weather',
+      description: 'weather',
+      parameters: weatherSchema,
+      execute: () => ++runs,
+      limiter: l,
+    });
+    const err = await weather.call('{"city": 42}').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(InvalidToolArgumentsError);
+    expect((err as InvalidToolArgumentsError).issues[0]?.path).toBe('city');
+    await expect(weather.call('{not json')).rejects.toThrow(/malformed JSON arguments/);
+    expect(runs).toBe(0);
+    expect((await l.tryAcquire('anonymous')).remaining).toBe(2); // nothing taken
+    expect(await weather.call('{"city":"Oslo"}')).toBe(1);
+  });
+});
+
+describe('runToolCalls', () => {
+  test('returns one tool message per call, in order; failures become messages and the tool does not run', async () => {
+    const runs: string[] = [];
+    const weather = defineTool({
+      name: 'get_weather',
+      description: 'weather',
+      parameters: z.object({ city: z.string() }),
+      execute: ({ city }) => {
+        runs.push(city);
+        return { city, temp: 21 };
+      },
+    });
+    const broken = defineTool({
+      name: 'broken',
+      description: 'always fails',
+      parameters: z.object({}),
+      execute: () => {
+        throw new Error('disk on fire');
+      },
+    });
+    const messages = await runToolCalls(
+      [
+        call('c1', 'get_weather', '{"city":"Oslo"}'),
+        call('c2', 'get_weather', '{"city":'),
+        call('c3', 'get_weather', '{"town":"Oslo"}'),
+        call('c4', 'nope', '{}'),
+        call('c5', 'broken', '{}'),
+        call('c6', 'get_weather', '{"city":"Rome"}'),
+      ],
+      [weather, broken],
+    );
+    expect(messages.map((m) => m.tool_call_id)).toEqual(['c1', 'c2', 'c3', 'c4', 'c5', 'c6']);
+    expect(messages.every((m) => m.role === 'tool')).toBe(true);
+    expect(JSON.parse(messages[0]?.content ?? '')).toEqual({ city: 'Oslo', temp: 21 });
+    const errorOf = (i: number) => JSON.parse(messages[i]?.content ?? '').error;
+    expect([errorOf(1), errorOf(2), errorOf(3), errorOf(4)]).toEqual([
+      'invalid_json',
+      'invalid_arguments',
+      'unknown_tool',
+      'tool_error',
+    ]);
+    expect(JSON.parse(messages[4]?.content ?? '').message).toBe('disk on fire');
+    expect(runs).toEqual(['Oslo', 'Rome']);
+    expect(await runToolCalls(undefined, [weather])).toEqual([]);
+  });
+
+  test('independent calls run concurrently, each within its own limit', async () => {
+    // `slow` takes 100 ms and is unlimited; `limited` allows 1 call then 1 per 100 ms.
+    const started: { name: string; at: number }[] = [];
+    const t0 = performance.now();
+    const slow = defineTool({
+      name: 'slow',
+      description: 'takes 100 ms',
+      parameters: z.object({ n: z.number() }),
+      execute: async ({ n }) => {
+        started.push({ name: 'slow', at: performance.now() - t0 });
+        await sleep(100);
+        return n;
+      },
+    });
+    const limited = defineTool({
+      name: 'limited',
+      description: '10 per second',
+      parameters: z.object({ n: z.number() }),
+      execute: ({ n }) => {
+        started.push({ name: 'limited', at: performance.now() - t0 });
+        return n;
+      },
+      limiter: limiter(10, 1),
+    });
+    const messages = await withUser('runner', () =>
+      runToolCalls(
+        [
+          call('s1', 'slow', '{"n":1}'),
+          call('s2', 'slow', '{"n":2}'),
+          call('s3', 'slow', '{"n":3}'),
+          call('l1', 'limited', '{"n":4}'),
+          call('l2', 'limited', '{"n":5}'),
+          call('l3', 'limited', '{"n":6}'),
+        ],
+        [slow, limited],
+      ),
+    );
+    const took = performance.now() - t0;
+    expect(messages.map((m) => m.content)).toEqual(['1', '2', '3', '4', '5', '6']);
+    // The three slow calls overlap: 100 ms in all, not 300.
+    const slowStarts = started.filter((s) => s.name === 'slow').map((s) => s.at);
+    expect(Math.max(...slowStarts)).toBeLessThan(50);
+    // The limited calls are spaced by the bucket: starts at ~0, ~100, ~200 ms.
+    const limitedStarts = started.filter((s) => s.name === 'limited').map((s) => s.at);
+    expect((limitedStarts[1] ?? 0) - (limitedStarts[0] ?? 0)).toBeGreaterThanOrEqual(90);
+    expect((limitedStarts[2] ?? 0) - (limitedStarts[1] ?? 0)).toBeGreaterThanOrEqual(90);
+    expect(took).toBeGreaterThanOrEqual(195);
+    expect(took).toBeLessThan(600);
+  });
+
+  test(`a tool-call loop with a throttled client and tools (openai ${OPENAI_MAJOR})`, async () => {
+    const fake = await startFakeOpenAI();
+    try {
+      const client = throttleOpenAI(newClient(fake.baseURL), {
+        requests: new RateLimiter({ backend: new MemoryBackend(), name: 'requests', policy: { rate: 10, per: '1s' } }),
+      });
+      let runs = 0;
+      const weather = defineTool({
+        name: 'get_weather',
+        description: 'weather',
+        parameters: z.object({ city: z.string() }),
+        execute: ({ city }) => {
+          runs++;
+          return `sunny in ${city}`;
+        },
+      });
+      const answer = await withUser('loop-user', async () => {
+        const messages: Parameters<typeof client.chat.completions.create>[0]['messages'] = [
+          { role: 'user', content: 'weather?' },
+        ];
+        for (;;) {
+          const r = await client.chat.completions.create({ model: 'm', messages, tools: [weather.definition] });
+          const message = r.choices[0]?.message;
+          if (message === undefined) throw new Error('no choice');
+          messages.push(message);
+          if (!message.tool_calls?.length) return message.content;
+          messages.push(...(await runToolCalls(message.tool_calls, [weather])));
+        }
+      });
+      expect(answer).toBe('Done: sunny in Paris');
+      expect(runs).toBe(1);
+      expect(fake.requests).toHaveLength(2);
+      // `.runnable` plugs the same tool into the SDK's runTools helper.
+      const final = await withUser('loop-user', () =>
+        client.chat.completions
+          .runTools({ model: 'm', messages: [{ role: 'user', content: 'weather?' }], tools: [weather.runnable] })
+          .finalContent(),
+      );
+      expect(final).toBe('Done: sunny in Paris');
+      expect(runs).toBe(2);
+    } finally {
+      await fake.close();
+    }
+  });
+});
