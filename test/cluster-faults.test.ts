@@ -1,0 +1,142 @@
+/**
+ * Redis Cluster under faults and load: a master killed and failed over to its replica, and four
+ * processes sharing one key across a 3-master cluster (Redis alone and hybrid).
+ */
+import { RateLimiter, RedisBackend } from '@tollgate/core';
+import { describe, expect, test } from 'vitest';
+import { Watched, failOnUnhandledRejections, load, percentile, sleep, within } from './support/faults.ts';
+import { startCluster } from './support/redis.ts';
+import { lastJson, runTs } from './support/spawn.ts';
+
+failOnUnhandledRejections();
+
+const TIMEOUT_MS = 500;
+const debug = (...args: unknown[]) => {
+  if (process.env.TOLLGATE_DEBUG) console.log(...args);
+};
+
+test('a master is killed and fails over to its replica under load: calls keep being decided', async () => {
+  const cluster = await startCluster({ masters: 3, replicas: 1 });
+  try {
+    const client = cluster.client({ enableAutoPipelining: true });
+    const watched = new Watched(new RedisBackend({ client, prefix: 'fo:', timeoutMs: TIMEOUT_MS }));
+    const rate = 50;
+    const capacity = 10;
+    const limiter = new RateLimiter({ backend: watched, policy: { rate, per: '1s', capacity } });
+    const users = Array.from({ length: 24 }, (_, i) => `user-${i}`);
+    for (const u of users) await limiter.tryAcquire(u, { cost: 0.001 });
+    const victim = await cluster.masterOf(`fo:{user-0}:default`);
+    const onVictim: string[] = [];
+    for (const u of users) if ((await cluster.masterOf(`fo:{${u}}:default`)) === victim) onVictim.push(u);
+    // Let the replica catch up with the warm-up writes.
+    await sleep(200);
+
+    let stop = false;
+    const admitted = new Map<string, number>();
+    const t0 = performance.now();
+    const tries = load(
+      async (i) => {
+        const u = users[i % users.length] as string;
+        const ok = (await limiter.tryAcquire(u)).allowed;
+        if (ok) admitted.set(u, (admitted.get(u) ?? 0) + 1);
+        return ok;
+      },
+      { concurrency: 48, stop: () => stop },
+    );
+    await sleep(500);
+    const killedAt = performance.now();
+    const promoted = await cluster.failover(victim, { kill: true });
+    const okAt = performance.now();
+    await sleep(1500);
+    stop = true;
+    const t = await within(tries, 10_000, 'the load');
+    const elapsedS = (performance.now() - t0) / 1000;
+
+    const ms = t.map((c) => c.ms);
+    const answeredAfter = watched.answers.filter((a) => a >= okAt).length;
+    const firstAfter = watched.firstAnswerAfter(okAt);
+    // Longest stretch with no call settling at all, across the failover.
+    const ends = t.map((c) => c.start + c.ms).sort((a, b) => a - b);
+    let stall = 0;
+    for (let i = 1; i < ends.length; i++) stall = Math.max(stall, (ends[i] as number) - (ends[i - 1] as number));
+    // Over-admission on the failed-over master's users: admitted vs b + r·T each.
+    const nominal = capacity + rate * elapsedS;
+    const worst = Math.max(...onVictim.map((u) => admitted.get(u) ?? 0));
+    debug('failover', {
+      victim,
+      promoted,
+      failoverMs: okAt - killedAt,
+      calls: t.length,
+      p99: percentile(ms, 99),
+      max: Math.max(...ms),
+      stall,
+      answeredAfter,
+      redisBackAfterOkMs: (firstAfter ?? Number.NaN) - okAt,
+      onVictim: onVictim.length,
+      worstVictimAdmitted: worst,
+      nominal,
+      others: Math.max(...users.filter((u) => !onVictim.includes(u)).map((u) => admitted.get(u) ?? 0)),
+    });
+    expect(t.filter((c) => c.outcome === 'error')).toEqual([]);
+    expect(Math.max(...ms)).toBeLessThanOrEqual(TIMEOUT_MS * 1.2 + 150);
+    // Calls never stopped being decided (the breaker answers from memory while the slot moves).
+    expect(stall).toBeLessThanOrEqual(TIMEOUT_MS + 150);
+    // Redis decides again once the cluster is ok.
+    expect(answeredAfter).toBeGreaterThan(100);
+    expect((firstAfter ?? Number.POSITIVE_INFINITY) - okAt).toBeLessThanOrEqual(2000);
+    // Over-admission is bounded: the fallback bucket during the outage plus Redis's (replicated)
+    // bucket, at most about one extra capacity and the rate over the outage.
+    expect(worst).toBeLessThanOrEqual(nominal + capacity + rate * ((okAt - killedAt) / 1000) + 1);
+  } finally {
+    await cluster.stop();
+  }
+}, 40_000);
+
+interface LoadResult {
+  admitted: number;
+  rejected: number;
+  errors: number;
+  first: number;
+  last: number;
+}
+
+describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master cluster', () => {
+  test.each(['redis', 'hybrid'] as const)('%s admits between 0.99 × (b + r·T) and b + r·T + 1', async (backend) => {
+    const cluster = await startCluster({ masters: 3 });
+    try {
+      const policy = { rate: 200, per: '1s', capacity: 50 };
+      const durationMs = 2500;
+      const startAt = Date.now() + 2500;
+      const ports = cluster.nodes.map((n) => n.port);
+      const results = await Promise.all(
+        Array.from({ length: 4 }, () =>
+          runTs('test/workers/try-load.ts', [
+            JSON.stringify({
+              port: 0,
+              cluster: ports,
+              backend,
+              prefix: `cl-${backend}:`,
+              key: 'shared',
+              policy,
+              startAt,
+              durationMs,
+              concurrency: 100,
+            }),
+          ]).then((r) => lastJson<LoadResult>(r)),
+        ),
+      );
+      const admitted = results.reduce((n, r) => n + r.admitted, 0);
+      const errors = results.reduce((n, r) => n + r.errors, 0);
+      const first = Math.min(...results.map((r) => r.first));
+      const last = Math.max(...results.map((r) => r.last));
+      const nominal = policy.capacity + (policy.rate * durationMs) / 1000; // 550
+      const upper = policy.capacity + (policy.rate * (last - first)) / 1000 + 1;
+      debug('cluster load', backend, { admitted, upper, nominal, spanMs: last - first, rejected: results.map((r) => r.rejected) });
+      expect(errors).toBe(0);
+      expect(admitted).toBeLessThanOrEqual(upper);
+      expect(admitted).toBeGreaterThanOrEqual(0.99 * nominal);
+    } finally {
+      await cluster.stop();
+    }
+  }, 40_000);
+});
