@@ -216,3 +216,52 @@ describe.each([
     }
   }, 20_000);
 });
+
+/** How many times Redis ran the bucket script (EVALSHA + EVAL) so far. */
+async function scriptRuns(admin: Redis): Promise<number> {
+  const info = await admin.info('commandstats');
+  let n = 0;
+  for (const m of info.matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)) n += Number(m[1]);
+  return n;
+}
+
+describe.each([
+  ['ioredis defaults (re-sends after reconnect)', {}, 1],
+  ['autoResendUnfulfilledCommands: false', { autoResendUnfulfilledCommands: false }, 0],
+] as const)('a connection dropped while its command waits in Redis: %s', (_what, options, resent) => {
+  test('the command, re-sent or not, never charges the bucket after its caller gave up', async () => {
+    const srv = await startRedis();
+    try {
+      const client = srv.client(options);
+      const admin = srv.client();
+      const prefix = 'resend:';
+      const limiter = new RateLimiter({
+        backend: new RedisBackend({ client, prefix, timeoutMs: 300 }),
+        policy: { rate: 1, per: '1h', capacity: 10 },
+      });
+      await limiter.tryAcquire('warm-up');
+      const id = await client.client('ID');
+      const runsBefore = await scriptRuns(admin);
+      // Redis holds writes (scripts included) for 1 s; the command waits inside Redis.
+      await admin.call('CLIENT', 'PAUSE', '1000', 'WRITE');
+      const t0 = performance.now();
+      const call = limiter.tryAcquire('victim', { cost: 4 });
+      await sleep(50);
+      // The connection drops with the command unanswered; ioredis reconnects at once.
+      await admin.call('CLIENT', 'KILL', 'ID', String(id));
+      const d = await call;
+      const settledMs = performance.now() - t0;
+      await sleep(1300); // the pause is over: anything re-sent has run by now
+      const runs = (await scriptRuns(admin)) - runsBefore;
+      debug('resend', _what, { settledMs, runs });
+      expect(d.allowed).toBe(true); // decided by the fallback after the 300 ms timeout
+      expect(settledMs).toBeLessThanOrEqual(300 * 1.2 + 100);
+      expect(runs).toBe(resent);
+      expect(await tokensInRedis(admin, prefix, 'victim')).toBeUndefined();
+      // The connection is usable again and the bucket is whole: all 10 tokens are there.
+      expect(await limiter.tryAcquire('victim', { cost: 10 })).toMatchObject({ allowed: true, remaining: 0 });
+    } finally {
+      await srv.stop();
+    }
+  }, 15_000);
+});
