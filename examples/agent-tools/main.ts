@@ -79,7 +79,8 @@ await withUser('alice', async () => {
     if (message === undefined) break;
     messages.push(message);
     if (!message.tool_calls?.length) {
-      console.log(`answer: ${message.content}`);
+      const answer = message.content ?? '';
+      console.log(`answer: ${answer.length > 100 ? `${answer.slice(0, 100)}…` : answer}`);
       break;
     }
     console.log(`turn ${turn + 1}: the model asked for ${message.tool_calls.length} tool calls`);

@@ -12,7 +12,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { defineTool, runToolCalls, throttleOpenAI, withUser } from '@tollgate/agent';
-import { RateLimiter } from '@tollgate/core';
+import { type Backend, RateLimiter } from '@tollgate/core';
 import type OpenAI from 'openai';
 import { z } from 'zod';
 import { connectOpenAI } from '../shared/openai.ts';
@@ -109,14 +109,14 @@ async function runDemo(
   openai: OpenAI,
   model: string,
   where: string,
-  backend: ConstructorParameters<typeof RateLimiter>[0]['backend'],
+  backend: Backend,
 ): Promise<void> {
   // One limiter per kind of budget; the policy function picks each tenant's tier.
   const requests = new RateLimiter({ backend, name: 'requests', policy: (tenant) => quotaOf(tenant).requests });
   const llmTokens = new RateLimiter({ backend, name: 'llm-tokens', policy: (tenant) => quotaOf(tenant).llmTokens });
   const toolCalls = new RateLimiter({ backend, name: 'tools', policy: (tenant) => quotaOf(tenant).tools });
 
-  const client = throttleOpenAI(openai, { requests, llmTokens, perUser: { concurrency: 4, maxQueued: 64 } });
+  const client = throttleOpenAI(openai, { requests, llmTokens, perUser: { concurrency: 2, maxQueued: 64 } });
 
   const tools = [
     defineTool({
@@ -154,7 +154,7 @@ async function runDemo(
       { role: 'user', content: `Customer asks about order A-${1000 + n}: where is it, and is SKU-${n % 50} in stock?` },
     ];
     for (let turn = 0; turn < MAX_TURNS; turn++) {
-      const res = await client.chat.completions.create({ model, messages, tools: definitions, max_tokens: 200 });
+      const res = await client.chat.completions.create({ model, messages, tools: definitions, max_completion_tokens: 200 });
       s.modelCalls++;
       s.llmTokens += res.usage?.total_tokens ?? 0;
       const message = res.choices[0]?.message;
@@ -173,8 +173,14 @@ async function runDemo(
     }
   }
 
+  // An agent whose task fails (the real API refusing, say) stops; the others go on.
+  const failures: string[] = [];
   async function agent(s: TenantStats): Promise<void> {
-    while (performance.now() < deadline) await withUser(s.tenant, () => task(s));
+    try {
+      while (performance.now() < deadline) await withUser(s.tenant, () => task(s));
+    } catch (e) {
+      failures.push(`${s.tenant}: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
 
   const tiers = (['free', 'pro', 'enterprise'] as const)
@@ -206,6 +212,10 @@ async function runDemo(
   process.stdout.write(`${summaryTable(stats, args.plain)}\n`);
   process.stdout.write('A token bucket admits at most burst + rate × T in a window of T seconds:\n');
   for (const s of stats) process.stdout.write(`  ${boundLine(s)}\n`);
+  if (failures.length > 0) {
+    process.stderr.write(`${failures.length} agents stopped on an error:\n  ${[...new Set(failures)].join('\n  ')}\n`);
+    process.exitCode = 1;
+  }
 }
 
 main().catch((e: unknown) => {

@@ -20,7 +20,7 @@ const llmTokens = new RateLimiter({ backend, name: 'llm-tokens', policy: { rate:
 const client = throttleOpenAI(openai, { requests, llmTokens });
 
 const ask = (content: string) =>
-  client.chat.completions.create({ model, messages: [{ role: 'user', content }], max_tokens: 50 });
+  client.chat.completions.create({ model, messages: [{ role: 'user', content }], max_completion_tokens: 50 });
 
 const start = performance.now();
 const at = () => Math.round(performance.now() - start);
@@ -38,7 +38,7 @@ const stream = await withUser('alice', () =>
   client.chat.completions.create({
     model,
     messages: [{ role: 'user', content: 'Say hello in five words.' }],
-    max_tokens: 50,
+    max_completion_tokens: 50,
     stream: true,
   }),
 );
