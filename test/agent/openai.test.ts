@@ -211,6 +211,32 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
     expect(fake.requests).toHaveLength(1);
   });
 
+  test("tiers: a policy function gives each tenant its plan's rate", async () => {
+    const plans = {
+      free: { rate: 5, per: '1s', capacity: 1 },
+      pro: { rate: 50, per: '1s', capacity: 10 },
+    } as const;
+    const requests = new RateLimiter({
+      backend: new MemoryBackend(),
+      name: 'requests',
+      policy: (user) => (user.startsWith('pro-') ? plans.pro : plans.free),
+    });
+    const client = throttleOpenAI(newClient(fake.baseURL), { requests });
+    const t0 = performance.now();
+    const burst = (user: string) =>
+      withUser(user, () =>
+        Promise.all(Array.from({ length: 5 }, (_, i) => client.chat.completions.create(ask(`${user}-${i}`)))),
+      );
+    await Promise.all([burst('free-1'), burst('pro-1')]);
+    const times = (prefix: string) => fake.requests.filter((r) => tagOf(r).startsWith(prefix)).map((r) => r.time - t0);
+    const free = times('free-1');
+    const pro = times('pro-1');
+    // Free: 1 now, then 1 per 200 ms, so the 5th is admitted at 800 ms. Pro: a burst of 10 covers all 5,
+    // so they all arrive before free's second request (admitted at 200 ms).
+    expect(free[4]).toBeGreaterThanOrEqual(790);
+    expect(Math.max(...pro)).toBeLessThan(free[1] ?? 0);
+  });
+
   describe('per-user queue', () => {
     test('a full queue rejects the new call at once with QueueFullError; queued calls still complete', async () => {
       const slow = await startFakeOpenAI({ latencyMs: 200 });
@@ -281,6 +307,27 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
           }
           await second;
           expect(slow.requests).toHaveLength(2);
+        });
+      } finally {
+        await slow.close();
+      }
+    });
+
+    test('a stream left early gives its slot back at once', async () => {
+      const slow = await startFakeOpenAI({ chunkDelayMs: 40 });
+      try {
+        const client = throttleOpenAI(newClient(slow.baseURL), { perUser: { concurrency: 1 } });
+        await withUser('leaver', async () => {
+          const stream = await client.chat.completions.create({ ...ask('s'), stream: true });
+          for await (const chunk of stream) {
+            expect(chunk.choices[0]).toBeDefined();
+            break; // the client aborts the rest of the stream
+          }
+          const tLeft = performance.now();
+          await client.chat.completions.create(ask('next'));
+          // The stream has ~8 more chunks (320 ms); the next call does not wait for them.
+          expect((slow.requests[1]?.time ?? 0) - tLeft).toBeLessThan(150);
+          expect(perUserStats(client, 'leaver')).toEqual({ queued: 0, inFlight: 0 });
         });
       } finally {
         await slow.close();

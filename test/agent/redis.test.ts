@@ -61,7 +61,11 @@ describe(`throttleOpenAI on Redis (openai ${OPENAI_MAJOR})`, () => {
         if (k >= 2) expect(r.time - t0).toBeGreaterThanOrEqual((k - 1) * 100 - 15);
       });
       const at = (tag: string) => fake.requests.find((r) => tagOf(r) === tag)?.time ?? Number.NaN;
-      expect(at('other') - at('control')).toBeLessThan(50);
+      // Sent at 150 ms, it is not queued behind the shared user's calls: it arrives before the
+      // shared user's 8th request (admitted at 700 ms), and close to the unthrottled call (one
+      // Redis round trip apart; the bound is loose because redis-server competes for the CPU).
+      expect(at('other')).toBeLessThan(shared[7]?.time ?? 0);
+      expect(at('other') - at('control')).toBeLessThan(250);
     });
   }
 
