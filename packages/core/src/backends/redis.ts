@@ -5,6 +5,7 @@ import type { Decision, Reservation } from '../bucket.js';
 import { BackendTimeoutError, BackendUnavailableError, InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe, toOptionsError } from '../policy.js';
+import { ScriptBatcher } from './redis-batch.js';
 import { BUCKET_SCRIPT } from './redis-script.js';
 
 /** RedisBackendOptions configures a {@link RedisBackend}. */
@@ -131,6 +132,8 @@ export class RedisBackend implements Backend {
   /** Round trip of the reply #clockOffset came from. */
   #clockRtt = Number.POSITIVE_INFINITY;
   readonly #script: ScriptClient;
+  /** Sends concurrent calls as one script call (see redis-batch.ts); a lone call goes alone. */
+  readonly #batcher: ScriptBatcher;
 
   constructor(options: RedisBackendOptions) {
     const o = parseRedisOptions('RedisBackend', options);
@@ -139,6 +142,7 @@ export class RedisBackend implements Backend {
     this.timeoutMs = o.timeoutMs;
     defineScript(o.client);
     this.#script = o.client as unknown as ScriptClient;
+    this.#batcher = new ScriptBatcher(o.client, (key, a) => this.#script[COMMAND](key, ...a));
   }
 
   /**
@@ -206,7 +210,9 @@ export class RedisBackend implements Backend {
 
   async #call(redisKey: string, args: string[], sentAt: number, timeoutMs: number): Promise<ScriptReply> {
     const deadline = this.#clockOffset === undefined ? '' : String(sentAt + timeoutMs + this.#clockOffset);
-    const r = await withTimeout(this.#script[COMMAND](redisKey, ...args, '', deadline), timeoutMs);
+    const [mode, rate, cap, cost, maxw] = args as [string, string, string, string, string];
+    // The batcher bounds the call by timeoutMs (one timer per script call, not per call).
+    const r = await this.#batcher.call(redisKey, [mode, rate, cap, cost, maxw, '', deadline], timeoutMs);
     const receivedAt = Date.now();
     const rtt = receivedAt - sentAt;
     if (rtt <= CLOCK_SAMPLE_MAX_RTT_MS || rtt < this.#clockRtt) {

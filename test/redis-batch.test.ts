@@ -1,0 +1,210 @@
+/**
+ * The batch script decides exactly as the single-decision script: the same random sequence of
+ * (key, time, mode, cost, deadline) run one call at a time and run in batches gives the same
+ * replies and leaves the same buckets. And the batcher keeps call order under concurrency.
+ */
+import { BUCKET_SCRIPT } from '@tollgate/core';
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, expect, test } from 'vitest';
+import {
+  BATCH_SCRIPT,
+  type DecisionArgs,
+  type DecisionReply,
+  MAX_BATCH,
+  ScriptBatcher,
+  keySlot,
+} from '../packages/core/src/backends/redis-batch.ts';
+import { type RedisServer, startRedis } from './support/redis.ts';
+
+let srv: RedisServer;
+let client: Redis;
+let singleSha: string;
+let batchSha: string;
+beforeAll(async () => {
+  srv = await startRedis();
+  client = srv.client();
+  singleSha = (await client.script('LOAD', BUCKET_SCRIPT)) as string;
+  batchSha = (await client.script('LOAD', BATCH_SCRIPT)) as string;
+});
+afterAll(() => srv.stop());
+
+/** A small deterministic PRNG (mulberry32), so a failure reproduces. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+// Policies whose buckets take at least ~50 ms of real time to expire after a write (the script
+// sets PEXPIRE on Redis's clock while these tests run on made-up instants), so that no bucket
+// vanishes between the single and the batched run of the same steps.
+const POLICIES = [
+  { ratePerMs: 10 / 1000, capacity: 25 },
+  { ratePerMs: 7 / 1000, capacity: 7 },
+  { ratePerMs: 1 / 3_600_000, capacity: 3 },
+  { ratePerMs: 1 / 1000, capacity: 1_000_000 },
+  { ratePerMs: 3.3 / 700, capacity: 9.5 },
+];
+
+interface Step {
+  key: number;
+  args: DecisionArgs;
+}
+
+/** A random sequence over a few keys: tries, reserves (some with a max wait), refunds, deadlines. */
+function sequence(seed: number, n: number): Step[] {
+  const random = rng(seed);
+  let now = 1_700_000_000_000 + seed * 1000.125;
+  const steps: Step[] = [];
+  for (let i = 0; i < n; i++) {
+    const key = Math.floor(random() * 4);
+    const p = POLICIES[(seed + key) % POLICIES.length] as (typeof POLICIES)[number];
+    const fill = p.capacity / p.ratePerMs;
+    const r = random();
+    now += r < 0.3 ? 0 : r < 0.7 ? Math.floor(random() * Math.min(fill, 1e6) * 0.05) : random() * Math.min(fill, 1e6) * 0.3;
+    const cost = Math.max(0.5, Math.round(random() * p.capacity * 100) / 100);
+    const op = random();
+    const mode = op < 0.45 ? 't' : op < 0.85 ? 'r' : 'f';
+    const maxWait = mode === 'r' && random() < 0.5 ? String(Math.floor(random() * fill)) : '-1';
+    const deadline = random() < 0.1 ? String(now - 1) : random() < 0.5 ? String(now + 1000) : '';
+    steps.push({
+      key,
+      args: [mode, String(p.ratePerMs), String(p.capacity), String(cost), maxWait, String(now), deadline],
+    });
+  }
+  return steps;
+}
+
+const keyOf = (prefix: string, k: number): string => `${prefix}{user-${k}}:b`;
+
+async function runSingle(prefix: string, steps: Step[]): Promise<string[][]> {
+  const out: string[][] = [];
+  for (const s of steps) {
+    const r = (await client.evalsha(singleSha, 1, keyOf(prefix, s.key), ...s.args)) as Array<number | string>;
+    out.push(r.slice(0, 4).map(String));
+  }
+  return out;
+}
+
+async function runBatch(prefix: string, chunk: Step[]): Promise<string[][]> {
+  const out: string[][] = [];
+  {
+    const keys = chunk.map((s) => keyOf(prefix, s.key));
+    const argv = chunk.map((s) => s.args.map((a) => (a === '' ? '-' : a)).join(' '));
+    const [decisions] = (await client.evalsha(batchSha, keys.length, ...keys, ...argv)) as [string, string];
+    for (const d of decisions.split(',')) out.push(d.split(' '));
+  }
+  return out;
+}
+
+/** Runs `steps` both ways, chunk by chunk, so both runs keep pace with each other in real time. */
+async function bothWays(steps: Step[], random: () => number, single: string, batch: string) {
+  const a: string[][] = [];
+  const b: string[][] = [];
+  for (let i = 0; i < steps.length; ) {
+    const chunk = steps.slice(i, i + 1 + Math.floor(random() * 40));
+    i += chunk.length;
+    a.push(...(await runSingle(single, chunk)));
+    b.push(...(await runBatch(batch, chunk)));
+  }
+  return { single: a, batched: b };
+}
+
+async function buckets(prefix: string): Promise<Array<Record<string, string>>> {
+  return Promise.all([0, 1, 2, 3].map((k) => client.hgetall(keyOf(prefix, k))));
+}
+
+test.each([1, 2, 3, 4, 5, 6])('seed %i: the batch script decides 600 random calls as the single script does', async (seed) => {
+  const steps = sequence(seed, 600);
+  const { single, batched } = await bothWays(steps, rng(seed * 7919), `single${seed}:`, `batch${seed}:`);
+  expect(batched).toHaveLength(single.length);
+  for (let i = 0; i < single.length; i++) {
+    expect(batched[i], `step ${i}: ${steps[i]?.args.join(' ')}`).toEqual(single[i]);
+  }
+  // Same decisions and the same buckets left behind, to the last bit of every double.
+  expect(await buckets(`batch${seed}:`)).toEqual(await buckets(`single${seed}:`));
+  // Each decision kind happened, including refusals past the deadline.
+  const allowed = new Set(single.map((r) => r[0]));
+  expect(allowed).toEqual(new Set(['1', '0', '-1']));
+});
+
+test('the batcher groups concurrent calls into few script calls, in call order, with single-script replies', async () => {
+  const steps = sequence(42, 1200);
+  const c = srv.client();
+  const sendOne = (key: string, args: DecisionArgs): Promise<DecisionReply> =>
+    c.evalsha(singleSha, 1, key, ...args) as Promise<DecisionReply>;
+  const batcher = new ScriptBatcher(c, sendOne);
+  await c.ping();
+  const scriptCalls = async (): Promise<number> => {
+    const info = await client.info('commandstats');
+    let n = 0;
+    for (const m of info.matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)) n += Number(m[1]);
+    return n;
+  };
+  for (let i = 0; i < steps.length; i += 300) {
+    const chunk = steps.slice(i, i + 300);
+    const expected = await runSingle('exp:', chunk);
+    const before = await scriptCalls();
+    // 300 calls at once: they must still be decided in the order they were made.
+    const replies = await Promise.all(chunk.map((s) => batcher.call(keyOf('got:', s.key), s.args, 1000)));
+    const calls = (await scriptCalls()) - before;
+    expect(replies.map((r) => r.slice(0, 4).map(String))).toEqual(expected);
+    expect(calls).toBeLessThanOrEqual(Math.ceil(300 / MAX_BATCH) + 1);
+    expect(await buckets('got:')).toEqual(await buckets('exp:'));
+  }
+
+  // A lone call goes alone, as the single script (one script call, no batch).
+  const b2 = await scriptCalls();
+  const lone = await batcher.call(keyOf('lone:', 0), ['t', '0.01', '10', '1', '-1', '', ''], 1000);
+  expect(lone[0]).toBe(1);
+  expect(lone[1]).toBe('9');
+  expect(Number(lone[4])).toBeGreaterThan(1.6e12);
+  expect((await scriptCalls()) - b2).toBe(1);
+});
+
+test('keySlot is the Redis Cluster slot: CRC16 of the hash tag, or of the whole key', () => {
+  // The CRC16-XMODEM check value of '123456789' is 0x31C3.
+  expect(keySlot('123456789')).toBe(0x31c3 & 16383);
+  expect(keySlot('{user1000}.following')).toBe(keySlot('{user1000}.followers'));
+  expect(keySlot('tollgate:{user-1}:requests')).toBe(keySlot('user-1'));
+  // An empty tag does not count: the whole key is hashed.
+  expect(keySlot('{}foo')).not.toBe(keySlot(''));
+  expect(keySlot('foo{}{bar}')).toBe(keySlot('foo{}{bar}'));
+  expect(keySlot('foo{{bar}}zap')).toBe(keySlot('{bar'));
+  // UTF-8 bytes, as Redis sees them.
+  expect(keySlot('{ü}')).toBe(keySlot('ü'));
+});
+
+test('calls stuck behind a stalled server time out at their own deadline, and the batcher recovers', async () => {
+  const c = srv.client();
+  const sendOne = (key: string, args: DecisionArgs): Promise<DecisionReply> =>
+    c.evalsha(singleSha, 1, key, ...args) as Promise<DecisionReply>;
+  const batcher = new ScriptBatcher(c, sendOne);
+  await c.ping();
+  const admin = srv.client();
+  const sleeping = admin.call('DEBUG', 'SLEEP', '0.6');
+  await new Promise((r) => setTimeout(r, 50));
+  const args: DecisionArgs = ['t', '0.01', '10', '1', '-1', '', ''];
+  const t0 = performance.now();
+  // More calls than MAX_IN_FLIGHT batches hold: some wait in line behind the stalled ones.
+  const calls = Array.from({ length: MAX_BATCH * 6 }, (_, i) =>
+    batcher.call(keyOf('stall:', i % 4), args, 150).then(
+      () => 'answered',
+      (e: unknown) => ((e as { code?: string }).code === 'ERR_TOLLGATE_BACKEND_TIMEOUT' ? performance.now() - t0 : e),
+    ),
+  );
+  const outcomes = await Promise.all(calls);
+  for (const o of outcomes) {
+    expect(typeof o).toBe('number');
+    expect(o as number).toBeGreaterThanOrEqual(140);
+    expect(o as number).toBeLessThan(450);
+  }
+  await sleeping;
+  const after = await batcher.call(keyOf('stall:', 9), args, 1000);
+  expect(after[0]).toBe(1);
+});
