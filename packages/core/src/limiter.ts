@@ -247,7 +247,8 @@ export class RateLimiter {
       checkKey(key);
       const policy = this.policyFor(key);
       if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
-      const q = this.#queues.get(key);
+      // Most of the time no one waits anywhere: skip hashing the key a second time.
+      const q = this.#queues.size === 0 ? undefined : this.#queues.get(key);
       if (q !== undefined) {
         return Promise.resolve({
           allowed: false,
@@ -381,7 +382,7 @@ export class RateLimiter {
         timer: undefined,
         onAbort: undefined,
       };
-      let q = this.#queues.get(key);
+      let q = this.#queues.size === 0 ? undefined : this.#queues.get(key);
       if (q === undefined) {
         q = { key, waiters: [], next: 0, head: undefined, pumping: false, queuedCount: 0, queuedCost: 0 };
         this.#queues.set(key, q);

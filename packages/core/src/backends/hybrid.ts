@@ -45,6 +45,8 @@ export class HybridBackend implements Backend {
   readonly local: MemoryBackend;
   readonly headroom: number;
   readonly #scaled = new WeakMap<Policy, Policy>();
+  #lastPolicy: Policy | undefined;
+  #lastScaled: Policy | undefined;
   /**
    * Per name, per key: when Redis last said the bucket would be full (its clock's ms mapped onto
    * ours). Since tokens never come back faster than the policy's rate, this gives the earliest
@@ -147,6 +149,8 @@ export class HybridBackend implements Backend {
   }
 
   #local(policy: Policy): Policy {
+    // One limiter calls with the same policy object over and over: skip the WeakMap then.
+    if (policy === this.#lastPolicy) return this.#lastScaled as Policy;
     let p = this.#scaled.get(policy);
     if (p === undefined) {
       const h = this.headroom;
@@ -158,6 +162,8 @@ export class HybridBackend implements Backend {
       });
       this.#scaled.set(policy, p);
     }
+    this.#lastPolicy = policy;
+    this.#lastScaled = p;
     return p;
   }
 }
