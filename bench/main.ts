@@ -14,6 +14,7 @@ import { startRedis } from '../test/support/redis.js';
 import { type ScenarioResult, runScenario } from './harness.js';
 import { type BurstResult, type MemoryPerKey, type ProcessScaling, hybridBurst, memoryPerKey, processScaling } from './probes.js';
 import { type Sizes, TARGETS, scenarios } from './scenarios.js';
+import { openaiScenario } from './openai.js';
 import { scalingScenarios } from './scaling.js';
 
 const { values: args } = parseArgs({
@@ -67,13 +68,16 @@ try {
   };
   log(`${machine.command}: ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}; median of ${rounds} rounds; ${pinned}`);
 
-  const all = [...(await scenarios(ctx, sizes)), ...(full ? await scalingScenarios(ctx) : [])];
+  const openai = await openaiScenario(full ? 2000 : 400);
+  const all = [...(await scenarios(ctx, sizes)), openai.scenario, ...(full ? await scalingScenarios(ctx) : [])];
   const results: ScenarioResult[] = [];
   for (const s of all) {
     if (only !== undefined && !only.includes(s.id)) continue;
     log(`  ${s.title} …`);
     results.push(await runScenario(s, { rounds, warmup: 1 }));
   }
+
+  await openai.close();
 
   let perKey: MemoryPerKey | undefined;
   let burst: BurstResult | undefined;

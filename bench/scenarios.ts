@@ -50,6 +50,12 @@ export const TARGETS: Target[] = [
   { scenario: 'hybrid-over', against: `${RLF} (inMemoryBlock)`, min: 8, text: 'hybrid over limit: >= 8x rlf in-memory block' },
   { scenario: 'seed-memory', against: INLINE_AWAITED, min: 0.5, text: 'acquire x10,000 memory: >= 50% inline awaited' },
   { scenario: 'seed-redis', against: RAW, min: 0.9, text: 'acquire x10,000 Redis: >= 90% raw EVALSHA' },
+  {
+    scenario: 'openai-overhead',
+    against: 'bare openai client',
+    min: 0.95,
+    text: 'throttleOpenAI: overhead <= 5% of a loopback round trip',
+  },
 ];
 
 /**
