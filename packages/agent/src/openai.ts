@@ -28,7 +28,14 @@ export interface ThrottleOpenAIOptions {
    * call counts against the shared {@link ANONYMOUS_USER} key.
    */
   user?: (body: unknown) => string | undefined;
-  /** Per user, bounds the calls in flight and waiting (a p-queue each). */
+  /**
+   * Per user, bounds the HTTP attempts in flight (from admission until the response body is read
+   * to the end, or a stream is finished or left) and those waiting for a slot: a p-queue per
+   * user, freed when idle. A call beyond `maxQueued` rejects at once with {@link QueueFullError};
+   * an SDK retry of an admitted call queues again but is never rejected as full.
+   * Without `perUser`, there is no per-user queue (the limiters alone decide).
+   * @example { concurrency: 4, maxQueued: 100 }
+   */
   perUser?: PerUserOptions;
   /**
    * The longest one attempt may wait for its tokens, in ms. An attempt that would wait longer
@@ -101,7 +108,15 @@ const throttles = new WeakMap<object, Throttle>();
  * The client's `fetch` (also called once per attempt) observes the outcome: the status, and the
  * `usage` of the body or of the stream's final chunk. A Proxy over `client.chat…` would miss the
  * helpers, which call the client's request methods directly; these two hooks see every request.
- * A caller-supplied `fetch` option is kept and wrapped.
+ * The copy comes from the client's own `withOptions` (same class, same options, a wrapped
+ * `fetch`); `prepareOptions`, `prepareRequest` (which ties the request's headers object to its
+ * attempt, for the fetch wrapper) and `withOptions` are overridden on that instance only.
+ * A caller-supplied `fetch` option is kept and wrapped. The order of waits is: the user's
+ * queue slot, then the `requests` and `llmTokens` buckets together.
+ *
+ * Settlement happens before the caller sees the result: a JSON body is read (a copy) inside the
+ * wrapped fetch, so its download counts against the client's timeout; a stream is settled as
+ * its usage chunk passes.
  *
  * Streams: when the caller did not ask for `stream_options.include_usage`, it is added so the
  * LLM tokens can be settled, and the extra usage chunk (`choices: []`) is removed from the stream
@@ -146,7 +161,8 @@ function install(source: ClientInternals, t: Throttle, overrides: Record<string,
   const proto = Object.getPrototypeOf(source) as ClientInternals;
   const given = overrides.fetch as Fetch | undefined;
   const inner: Fetch = given ?? (source as unknown as { [INNER_FETCH]?: Fetch })[INNER_FETCH] ?? source.fetch;
-  const copy = proto.withOptions.call(source, { ...overrides, fetch: t.wrapFetch(inner) });
+  const wrapped = t.wrapFetch(inner);
+  const copy = proto.withOptions.call(source, { ...overrides, fetch: wrapped });
   const prepareOptions = proto.prepareOptions;
   const prepareRequest = proto.prepareRequest;
   const own = (name: PropertyKey, value: unknown) =>
@@ -167,7 +183,10 @@ function install(source: ClientInternals, t: Throttle, overrides: Record<string,
     context: { url: string; options: RequestOptions },
   ): Promise<void> {
     await prepareRequest.call(this, init, context);
-    t.link(init, context.options);
+    // A client that replaced its fetch (openai 7 with X.509 workload identity) sends past the
+    // wrapper: count the attempt as sent, unobserved, so its slot is not held forever.
+    if (this.fetch === wrapped) t.link(init, context.options);
+    else t.unobserved(context.options);
   });
   own('withOptions', function (this: ClientInternals, options: Record<string, unknown> = {}): ClientInternals {
     return install(this, t, options);
@@ -250,6 +269,12 @@ class Throttle {
   }
 
   /** link ties the request's headers object (handed on to fetch) to its admitted attempt. */
+  /** unobserved counts the current attempt of `options` as sent, keeping its tokens, freeing its slot. */
+  unobserved(options: RequestOptions): void {
+    const attempt = this.#calls.get(options)?.current;
+    if (attempt?.send()) attempt.finish(undefined, false);
+  }
+
   link(init: { headers?: unknown }, options: RequestOptions): void {
     const attempt = this.#calls.get(options)?.current;
     const headers = init.headers;
@@ -330,6 +355,7 @@ class Attempt {
   #requestTaken = false;
   #llmReserved = 0;
   #usageSeen = false;
+  #unlisten: (() => void) | undefined;
   readonly #t: Throttle;
   readonly #call: Call;
 
@@ -380,7 +406,11 @@ class Attempt {
       if (first !== undefined) throw first.e;
       if (this.state !== 'admitting') return; // abandoned meanwhile
       this.state = 'ready';
-      callerSignal?.addEventListener('abort', () => this.abandon(), { once: true });
+      if (callerSignal !== undefined) {
+        const onAbort = () => this.abandon();
+        callerSignal.addEventListener('abort', onAbort, { once: true });
+        this.#unlisten = () => callerSignal.removeEventListener('abort', onAbort);
+      }
       t.admitted({ user, path, waitedMs: performance.now() - start, llmTokens: estimate, retry });
     } catch (e) {
       this.abandon();
@@ -395,6 +425,7 @@ class Attempt {
   send(): boolean {
     if (this.state !== 'ready') return false;
     this.state = 'sent';
+    this.#unlisten?.();
     return true;
   }
 
@@ -402,6 +433,7 @@ class Attempt {
   abandon(): void {
     if (this.state === 'sent' || this.state === 'done') return;
     this.state = 'done';
+    this.#unlisten?.();
     const { user } = this.#call;
     const t = this.#t;
     if (this.#requestTaken && t.requests !== undefined) t.background(t.requests.refund(user, 1));
