@@ -10,5 +10,8 @@ export default defineConfig({
     testTimeout: 30_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    // The machines have 2 cores, and the integration tests start redis-servers, clusters and child
+    // processes of their own: two test files at a time keeps timing assertions honest.
+    maxWorkers: 2,
   },
 });

@@ -20,7 +20,7 @@ export interface ContractTarget {
 }
 
 /** Timer and round-trip slack on a noisy 2-core machine. */
-export const SLACK_MS = 80;
+export const SLACK_MS = 120;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
