@@ -94,6 +94,37 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
     expect(await spent(llmTokens, 'streamed')).toBe(50);
   });
 
+  test('a stream cut into 5-byte pieces (split events, split UTF-8) is passed on intact', async () => {
+    const text = 'Grüße aus Köln ✓ — ok';
+    const server = await startFakeOpenAI({ chat: () => ({ content: text }), usage: { prompt_tokens: 7, completion_tokens: 3 } });
+    try {
+      // The caller's own fetch re-chunks the body; throttleOpenAI wraps it and keeps it.
+      const tinyChunks = async (url: string | URL | Request, init?: RequestInit): Promise<Response> => {
+        const res = await fetch(url, init);
+        const bytes = new Uint8Array(await res.arrayBuffer());
+        const body = new ReadableStream<Uint8Array>({
+          start(controller) {
+            for (let i = 0; i < bytes.length; i += 5) controller.enqueue(bytes.slice(i, i + 5));
+            controller.close();
+          },
+        });
+        return new Response(body, { status: res.status, headers: res.headers });
+      };
+      const llmTokens = newLimiter();
+      const client = throttleOpenAI(newClient(server.baseURL, { fetch: tinyChunks }), { llmTokens });
+      const chunks = await withUser('tiny', async () => {
+        const out = [];
+        for await (const chunk of await client.chat.completions.create({ ...ask, stream: true })) out.push(chunk);
+        return out;
+      });
+      expect(chunks.map((c) => c.choices[0]?.delta.content ?? '').join('')).toBe(text);
+      expect(chunks.every((c) => c.choices.length === 1)).toBe(true);
+      expect(await spent(llmTokens, 'tiny')).toBe(10);
+    } finally {
+      await server.close();
+    }
+  });
+
   test('a caller who asked for the usage chunk still gets it', async () => {
     const llmTokens = newLimiter();
     const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });

@@ -133,6 +133,28 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
     expect((fake.requests[1]?.time ?? 0) - t0).toBeGreaterThanOrEqual(190);
   });
 
+  test("the .parse() helper's request is throttled", async () => {
+    const json = await startFakeOpenAI({ chat: () => ({ content: '{"city":"Oslo"}' }) });
+    try {
+      const requests = limiter(1, '1h', 3);
+      const client = throttleOpenAI(newClient(json.baseURL), { requests });
+      const r = await withUser('parser', () =>
+        client.chat.completions.parse({
+          ...ask('city?'),
+          response_format: {
+            type: 'json_schema',
+            json_schema: { name: 'city', schema: { type: 'object', properties: { city: { type: 'string' } } } },
+          },
+        }),
+      );
+      expect(r.choices[0]?.message.parsed).toEqual({ city: 'Oslo' });
+      expect(json.requests).toHaveLength(1);
+      expect((await requests.tryAcquire('parser')).remaining).toBe(1); // 3 - 1 call - this probe
+    } finally {
+      await json.close();
+    }
+  });
+
   test('.withResponse(), .asResponse() and withOptions keep working, and stay throttled', async () => {
     const requests = limiter(1, '1h', 10);
     const client = throttleOpenAI(newClient(fake.baseURL), { requests });
