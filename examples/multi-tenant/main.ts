@@ -1,7 +1,7 @@
 /**
  * Multi-tenant agents with tiers — `pnpm demo`.
  *
- * Five tenants on the free, pro and enterprise tiers each run three agents at once. Every agent
+ * Five tenants on the free, pro and enterprise tiers each run four agents at once. Every agent
  * loops over support tasks: a model call through a throttled OpenAI client, the tool calls the
  * model asked for through throttled tools, the model again with the results. Each tier's quota is
  * a policy of @tollgate/core picked by a policy function (tenant → policy), so every tenant gets
@@ -22,8 +22,12 @@ import { type TenantStats, newStats } from './stats.ts';
 import { TENANTS, TIERS, quotaOf } from './tiers.ts';
 import { boundLine, createView, summaryTable } from './view.ts';
 
-/** Agents each tenant runs at once. */
-const AGENTS_PER_TENANT = 4;
+/**
+ * Agents each tenant runs at once: offline, enough to ask for more than every quota; on the real
+ * API, one, so that five tenants stay within a small account's requests per minute.
+ */
+const AGENTS_OFFLINE = 4;
+const AGENTS_REAL_API = 1;
 /** Model turns per task at most (the model may keep asking for tools). */
 const MAX_TURNS = 3;
 
@@ -96,7 +100,8 @@ async function main(): Promise<void> {
     throw e;
   });
   try {
-    await runDemo(args, store.label, endpoint.openai, endpoint.model, endpoint.where, store.backend);
+    const agents = endpoint.fake !== undefined ? AGENTS_OFFLINE : AGENTS_REAL_API;
+    await runDemo(args, store.label, store.backend, endpoint.openai, endpoint.model, endpoint.where, agents);
   } finally {
     await endpoint.close();
     await store.close();
@@ -106,10 +111,11 @@ async function main(): Promise<void> {
 async function runDemo(
   args: DemoArgs,
   backendLabel: string,
+  backend: Backend,
   openai: OpenAI,
   model: string,
   where: string,
-  backend: Backend,
+  agentsPerTenant: number,
 ): Promise<void> {
   // One limiter per kind of budget; the policy function picks each tenant's tier.
   const requests = new RateLimiter({ backend, name: 'requests', policy: (tenant) => quotaOf(tenant).requests });
@@ -184,12 +190,12 @@ async function runDemo(
   }
 
   const tiers = (['free', 'pro', 'enterprise'] as const)
-    .map((tier) => `${tier} ${TIERS[tier].tools.rate}/s (burst ${TIERS[tier].tools.capacity})`)
+    .map((tier, i) => `${tier} ${TIERS[tier].tools.rate}/s (${i === 0 ? 'burst ' : ''}${TIERS[tier].tools.capacity})`)
     .join(', ');
   process.stdout.write(
-    `Tollgate demo: ${stats.length} tenants × ${AGENTS_PER_TENANT} agents, backend ${backendLabel}\n` +
+    `Tollgate demo: ${stats.length} tenants × ${agentsPerTenant} agents, backend ${backendLabel}\n` +
       `Model calls go to ${where}.\n` +
-      `Tool calls per tenant: ${tiers}.\n\n`,
+      `Tool-call quotas: ${tiers}.\n\n`,
   );
   const view = createView({ plain: args.plain });
   const status = () =>
@@ -200,7 +206,7 @@ async function runDemo(
   render();
   const timer = setInterval(render, args.plain ? 250 : 100);
   try {
-    await Promise.all(stats.flatMap((s) => Array.from({ length: AGENTS_PER_TENANT }, () => agent(s))));
+    await Promise.all(stats.flatMap((s) => Array.from({ length: agentsPerTenant }, () => agent(s))));
   } finally {
     clearInterval(timer);
     render();
@@ -211,7 +217,7 @@ async function runDemo(
   process.stdout.write(`\nDone in ${elapsedS.toFixed(1)} s. Tool calls per tenant against its quota:\n`);
   process.stdout.write(`${summaryTable(stats, args.plain)}\n`);
   process.stdout.write('A token bucket admits at most burst + rate × T in a window of T seconds:\n');
-  for (const s of stats) process.stdout.write(`  ${boundLine(s)}\n`);
+  for (const s of stats) process.stdout.write(`${boundLine(s)}\n`);
   if (failures.length > 0) {
     process.stderr.write(`${failures.length} agents stopped on an error:\n  ${[...new Set(failures)].join('\n  ')}\n`);
     process.exitCode = 1;
