@@ -98,6 +98,7 @@ interface LoadResult {
   errors: number;
   first: number;
   last: number;
+  errorSample: string;
 }
 
 describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master cluster', () => {
@@ -106,35 +107,27 @@ describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master clus
     try {
       const policy = { rate: 200, per: '1s', capacity: 50 };
       const durationMs = 2500;
-      const startAt = Date.now() + 2500;
+      const startAt = Date.now() + 4000; // time for the children to boot and connect
       const ports = cluster.nodes.map((n) => n.port);
       const results = await Promise.all(
         Array.from({ length: 4 }, () =>
-          runTs('test/workers/try-load.ts', [
-            JSON.stringify({
-              port: 0,
-              cluster: ports,
-              backend,
-              prefix: `cl-${backend}:`,
-              key: 'shared',
-              policy,
-              startAt,
-              durationMs,
-              concurrency: 100,
-            }),
+          runTs('test/workers/cluster-load.ts', [
+            JSON.stringify({ cluster: ports, backend, prefix: `cl-${backend}:`, key: 'shared', policy, startAt, durationMs, concurrency: 100 }),
           ]).then((r) => lastJson<LoadResult>(r)),
         ),
       );
       const admitted = results.reduce((n, r) => n + r.admitted, 0);
       const errors = results.reduce((n, r) => n + r.errors, 0);
+      // T is the run as it happened (a child slow to boot on a busy machine starts late).
       const first = Math.min(...results.map((r) => r.first));
       const last = Math.max(...results.map((r) => r.last));
-      const nominal = policy.capacity + (policy.rate * durationMs) / 1000; // 550
-      const upper = policy.capacity + (policy.rate * (last - first)) / 1000 + 1;
-      debug('cluster load', backend, { admitted, upper, nominal, spanMs: last - first, rejected: results.map((r) => r.rejected) });
-      expect(errors).toBe(0);
-      expect(admitted).toBeLessThanOrEqual(upper);
-      expect(admitted).toBeGreaterThanOrEqual(0.99 * nominal);
+      const bT = policy.capacity + (policy.rate * (last - first)) / 1000; // ~550
+      debug('cluster load', backend, { admitted, bT, spanMs: last - first, per: results.map((r) => [r.admitted, r.rejected, r.first - first, last - r.last]) });
+      expect(errors, results.map((r) => r.errorSample).join(' ')).toBe(0);
+      expect(admitted).toBeLessThanOrEqual(bT + 1);
+      expect(admitted).toBeGreaterThanOrEqual(0.99 * bT);
+      // The run was long enough to mean something (a child may boot late on a busy machine).
+      expect(last - first).toBeGreaterThanOrEqual(durationMs / 2);
     } finally {
       await cluster.stop();
     }
