@@ -8,6 +8,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { parseDemoArgs } from '../../examples/multi-tenant/args.ts';
 import { type FakeOpenAI, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
 import { type RedisServer, startRedis } from '../support/redis.ts';
 
@@ -328,5 +329,38 @@ describe('README "Three uses"', () => {
     expect(named.length).toBeGreaterThanOrEqual(2);
     for (const name of named) expect(scripts[name], name).toBeDefined();
     expect(scripts.demo).toBe('tsx --conditions=tollgate-source multi-tenant/main.ts');
+  });
+});
+
+describe('the demo command line', () => {
+  test('defaults: memory, 8 s, live view on a TTY, plain lines elsewhere', () => {
+    expect(parseDemoArgs([], {}, true)).toEqual({
+      backend: 'memory',
+      redisUrl: 'redis://127.0.0.1:6379',
+      seconds: 8,
+      plain: false,
+      help: false,
+    });
+    expect(parseDemoArgs([], {}, false).plain).toBe(true);
+    expect(parseDemoArgs([], { REDIS_URL: 'redis://127.0.0.2:6380' }, true).redisUrl).toBe('redis://127.0.0.2:6380');
+  });
+
+  test('options, and the `--` that `pnpm demo -- …` passes', () => {
+    expect(parseDemoArgs(['--', '--backend', 'hybrid', '--redis-url', 'redis://h:1', '--seconds', '2.5', '--plain'], {}, true)).toEqual({
+      backend: 'hybrid',
+      redisUrl: 'redis://h:1',
+      seconds: 2.5,
+      plain: true,
+      help: false,
+    });
+    expect(parseDemoArgs(['-h'], {}, true).help).toBe(true);
+  });
+
+  test('a bad command line names the option and the value received', () => {
+    expect(() => parseDemoArgs(['--seconds', '0'])).toThrow('--seconds must be a number from 1 to 30 (received "0")');
+    expect(() => parseDemoArgs(['--redis-url', 'http://x'])).toThrow('--redis-url must start with redis:// or rediss://');
+    expect(() => parseDemoArgs(['--backend'])).toThrow(/--backend/);
+    expect(() => parseDemoArgs(['--tenants', '3'])).toThrow(/--tenants/);
+    expect(() => parseDemoArgs(['extra'])).toThrow(/extra/);
   });
 });
