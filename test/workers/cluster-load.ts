@@ -1,7 +1,8 @@
 /**
  * One process of the cluster load test: `concurrency` loops call tryAcquire on one key of a Redis
  * Cluster from `startAt` (epoch ms) for `durationMs`, and print
- * { admitted, rejected, errors, first, last, errorSample } as JSON.
+ * { admitted, rejected, errors, first, lastStart, last, errorSample } as JSON
+ * (epoch ms: the first call's start, the last call's start, the last call's end).
  * A rejected loop sleeps min(retryAfterMs, 5) ms, as a real caller would (never spinning on a
  * hybrid's local rejections, which would starve this process's Redis replies); 100 loops still
  * ask every few ms, so a token is taken within ms of appearing.
@@ -38,6 +39,7 @@ let errors = 0;
 let errorSample = '';
 let first = Number.POSITIVE_INFINITY;
 let last = 0;
+let lastStart = 0;
 const end = cfg.startAt + cfg.durationMs;
 await new Promise((r) => setTimeout(r, Math.max(0, cfg.startAt - Date.now())));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -46,6 +48,7 @@ async function loop(): Promise<void> {
   while (Date.now() < end) {
     const t = Date.now();
     if (t < first) first = t;
+    if (t > lastStart) lastStart = t;
     try {
       const d = await limiter.tryAcquire(cfg.key);
       if (d.allowed) admitted++;
@@ -61,5 +64,5 @@ async function loop(): Promise<void> {
   }
 }
 await Promise.all(Array.from({ length: cfg.concurrency }, loop));
-console.log(JSON.stringify({ admitted, rejected, errors, first, last, errorSample }));
+console.log(JSON.stringify({ admitted, rejected, errors, first, lastStart, last, errorSample }));
 client.disconnect();
