@@ -508,6 +508,13 @@ export class RateLimiter {
 
   #admit(q: KeyQueue, w: Waiter): void {
     if (w.state === 'done') return;
+    // Node's timers may fire up to ~1 ms early by performance.now(): never admit before the
+    // bucket has repaid the debt, or a caller could run a hair over its quota.
+    const early = w.state === 'holding' ? w.admitAt - now() : 0;
+    if (early > 0) {
+      arm(w, Math.ceil(early), () => this.#admit(q, w));
+      return;
+    }
     const waitedMs = now() - w.start;
     this.#finish(q, w);
     w.resolve({ waitedMs, remaining: w.remaining });
