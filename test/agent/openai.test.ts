@@ -6,6 +6,7 @@
  * (a throttle that lets calls through early is a bug).
  */
 import {
+  type AdmitEvent,
   ANONYMOUS_USER,
   QueueFullError,
   isQueueFullError,
@@ -77,7 +78,11 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
 
   test('every SDK retry after a 429 waits for its own token', async () => {
     // 5/s, burst 1: each attempt waits 200 ms. The server asks for no back-off (retry-after-ms 0).
-    const client = throttleOpenAI(newClient(fake.baseURL, { maxRetries: 3 }), { requests: limiter(5, '1s', 1) });
+    const admitted: AdmitEvent[] = [];
+    const client = throttleOpenAI(newClient(fake.baseURL, { maxRetries: 3 }), {
+      requests: limiter(5, '1s', 1),
+      onAdmit: (e) => admitted.push(e),
+    });
     fake.failNext(2, 429, { 'retry-after-ms': '0' });
     const t0 = performance.now();
     const r = await withUser('retry-user', () => client.chat.completions.create(ask('retried')));
@@ -86,6 +91,12 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
     expect(fake.requests.map((q) => q.status)).toEqual([429, 429, 200]);
     // Attempt k (from 0) is admitted at k * 200 ms, never earlier.
     for (const [k, q] of fake.requests.entries()) expect(q.time - t0).toBeGreaterThanOrEqual(k * 200 - 10);
+    expect(admitted.map((e) => [e.user, e.path, e.retry])).toEqual([
+      ['retry-user', '/chat/completions', false],
+      ['retry-user', '/chat/completions', true],
+      ['retry-user', '/chat/completions', true],
+    ]);
+    expect(admitted[1]?.waitedMs).toBeGreaterThanOrEqual(150); // each retry waited for its token
     expect(took).toBeGreaterThanOrEqual(390);
     expect(took).toBeLessThan(900);
   });

@@ -40,6 +40,7 @@ export interface ThrottleOpenAIOptions {
   /**
    * The longest one attempt may wait for its tokens, in ms. An attempt that would wait longer
    * fails at once with `MaxWaitExceededError` from @tollgate/core (not retried by the client).
+   * The wait for a per-user slot is bounded by `perUser.maxQueued` instead.
    * @default Infinity
    */
   maxWaitMs?: number;
@@ -268,13 +269,13 @@ class Throttle {
     this.#calls.get(options)?.current?.abandon();
   }
 
-  /** link ties the request's headers object (handed on to fetch) to its admitted attempt. */
   /** unobserved counts the current attempt of `options` as sent, keeping its tokens, freeing its slot. */
   unobserved(options: RequestOptions): void {
     const attempt = this.#calls.get(options)?.current;
     if (attempt?.send()) attempt.finish(undefined, false);
   }
 
+  /** link ties the request's headers object (handed on to fetch) to its admitted attempt. */
   link(init: { headers?: unknown }, options: RequestOptions): void {
     const attempt = this.#calls.get(options)?.current;
     const headers = init.headers;
@@ -305,7 +306,11 @@ class Throttle {
   }
 
   admitted(e: AdmitEvent): void {
-    this.#onAdmit?.(e);
+    try {
+      this.#onAdmit?.(e);
+    } catch (err) {
+      this.background(Promise.reject(err));
+    }
   }
 
   /** background runs work after a call whose failure must not reach anyone but onError. */
@@ -404,7 +409,10 @@ class Attempt {
       );
       const first = (await Promise.all(failures)).find((f) => f !== undefined);
       if (first !== undefined) throw first.e;
-      if (this.state !== 'admitting') return; // abandoned meanwhile
+      if (this.state !== 'admitting') {
+        this.#giveBack(); // abandoned while it waited
+        return;
+      }
       this.state = 'ready';
       if (callerSignal !== undefined) {
         const onAbort = () => this.abandon();
@@ -434,6 +442,10 @@ class Attempt {
     if (this.state === 'sent' || this.state === 'done') return;
     this.state = 'done';
     this.#unlisten?.();
+    this.#giveBack();
+  }
+
+  #giveBack(): void {
     const { user } = this.#call;
     const t = this.#t;
     if (this.#requestTaken && t.requests !== undefined) t.background(t.requests.refund(user, 1));
