@@ -94,7 +94,11 @@ export class AbortedError extends TollgateError {
   }
 }
 
-/** BackendUnavailableError: the storage backend failed and the limiter's policy is `fail-closed`. */
+/**
+ * BackendUnavailableError: the storage backend failed and the limiter's policy is `fail-closed`
+ * (its `cause` is the backend's error). {@link RedisBackend} also fails with it, at once, while
+ * its ioredis connection is known to be down; the limiter then applies `onBackendError`.
+ */
 export class BackendUnavailableError extends TollgateError {
   constructor(message: string, cause?: unknown) {
     super('ERR_TOLLGATE_BACKEND_UNAVAILABLE', message, { cause });
