@@ -1,6 +1,6 @@
 /**
  * One process of the load test: `concurrency` loops call tryAcquire on one key from `startAt`
- * (epoch ms) for `durationMs`, and print { admitted, rejected, errors, first, last } as JSON.
+ * (epoch ms) for `durationMs`, and print { admitted, rejected, errors, first, last, lastStart } as JSON.
  * argv: JSON { port, backend: 'redis'|'hybrid', cluster?: number[], prefix, key, policy, startAt, durationMs, concurrency }
  */
 import { HybridBackend, RateLimiter, RedisBackend } from '@tollgate/core';
@@ -37,14 +37,21 @@ let last = 0;
 const end = cfg.startAt + cfg.durationMs;
 await new Promise((r) => setTimeout(r, Math.max(0, cfg.startAt - Date.now())));
 
+let lastStart = 0;
 async function loop(): Promise<void> {
   while (Date.now() < end) {
     const t = Date.now();
     if (t < first) first = t;
+    lastStart = Math.max(lastStart, t);
     try {
       const d = await limiter.tryAcquire(cfg.key);
       if (d.allowed) admitted++;
-      else rejected++;
+      else {
+        rejected++;
+        // A client that honours retryAfterMs, capped so demand stays continuous. (Looping on
+        // hybrid's synchronous local rejections would starve this process's Redis replies.)
+        await new Promise((r) => setTimeout(r, Math.min(d.retryAfterMs, 5)));
+      }
     } catch {
       errors++;
     }
@@ -52,5 +59,5 @@ async function loop(): Promise<void> {
   }
 }
 await Promise.all(Array.from({ length: cfg.concurrency }, loop));
-console.log(JSON.stringify({ admitted, rejected, errors, first, last }));
+console.log(JSON.stringify({ admitted, rejected, errors, first, last, lastStart }));
 client.disconnect();
