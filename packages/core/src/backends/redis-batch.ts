@@ -155,6 +155,16 @@ interface Group {
   scheduled: boolean;
 }
 
+/** One script call in flight: its calls, their earliest deadline, and how to free its place. */
+interface Batch {
+  readonly items: Item[];
+  first: number;
+  release: () => void;
+}
+
+const noop = (): void => {};
+const RESOLVED = Promise.resolve();
+
 const definedOn = new WeakSet<object>();
 
 /**
@@ -174,6 +184,15 @@ export class ScriptBatcher {
   readonly #sendOne: SendOne;
   readonly #cluster: boolean;
   readonly #groups = new Map<number, Group>();
+  /** Script calls sent and not yet answered (nor timed out). */
+  readonly #inFlight = new Set<Batch>();
+  /**
+   * One timer for every call's timeout, armed for the earliest deadline in flight and left
+   * running when calls are answered (arming and clearing a timer per call would cost more than
+   * the rest of the call): when it fires it times out what is due and re-arms for the next.
+   */
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timerAt = Number.POSITIVE_INFINITY;
 
   constructor(client: Redis | Cluster, sendOne: SendOne) {
     this.#client = client;
@@ -202,9 +221,43 @@ export class ScriptBatcher {
       group.pending.push({ key, args, deadline: performance.now() + timeoutMs, timeoutMs, resolve, reject });
       if (!group.scheduled && group.inFlight < MAX_IN_FLIGHT) {
         group.scheduled = true;
-        queueMicrotask(() => this.#flush(slot, group));
+        // A microtask, as a resolved promise's reaction: Node's queueMicrotask wraps each
+        // callback in an AsyncResource, which costs more than the rest of the call.
+        RESOLVED.then(() => this.#flush(slot, group));
       }
     });
+  }
+
+  #arm(at: number): void {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timerAt = at;
+    this.#timer = setTimeout(() => this.#expire(), Math.max(1, at - performance.now()));
+    // The calls in flight keep the process alive through their connection, not this timer.
+    this.#timer.unref?.();
+  }
+
+  /** Times out every call past its deadline, and re-arms the timer for the next deadline. */
+  #expire(): void {
+    this.#timer = undefined;
+    this.#timerAt = Number.POSITIVE_INFINITY;
+    const now = performance.now();
+    let next = Number.POSITIVE_INFINITY;
+    for (const b of this.#inFlight) {
+      if (b.first > now + 0.5) {
+        if (b.first < next) next = b.first;
+        continue;
+      }
+      let live = Number.POSITIVE_INFINITY;
+      for (const it of b.items) {
+        if (it.deadline <= now + 0.5) it.reject(new BackendTimeoutError(it.timeoutMs));
+        else if (it.deadline < live) live = it.deadline;
+      }
+      b.first = live;
+      // A batch all of whose calls timed out stops counting as in flight.
+      if (live === Number.POSITIVE_INFINITY) b.release();
+      else if (live < next) next = live;
+    }
+    if (next !== Number.POSITIVE_INFINITY) this.#arm(next);
   }
 
   #flush(slot: number, g: Group): void {
@@ -219,11 +272,11 @@ export class ScriptBatcher {
 
   #send(slot: number, g: Group, items: Item[]): void {
     g.inFlight++;
-    let released = false;
-    const release = (): void => {
-      if (released) return;
-      released = true;
-      clearTimeout(timer);
+    let first = Number.POSITIVE_INFINITY;
+    for (const it of items) if (it.deadline < first) first = it.deadline;
+    const batch: Batch = { items, first, release: noop };
+    batch.release = (): void => {
+      if (!this.#inFlight.delete(batch)) return;
       g.inFlight--;
       if (g.pending.length > 0 && !g.scheduled) {
         // Still in a reply's callback: flush now, the calls made meanwhile are all gathered.
@@ -232,21 +285,9 @@ export class ScriptBatcher {
         this.#groups.delete(slot);
       }
     };
-    // Each call times out at its own deadline (one timer for the batch, re-armed for the next
-    // deadline); the batch stops counting as in flight once every call in it has timed out.
-    const expire = (): void => {
-      const now = performance.now();
-      let next = Number.POSITIVE_INFINITY;
-      for (const it of items) {
-        if (it.deadline <= now + 0.5) it.reject(new BackendTimeoutError(it.timeoutMs));
-        else if (it.deadline < next) next = it.deadline;
-      }
-      if (next === Number.POSITIVE_INFINITY) release();
-      else timer = setTimeout(expire, Math.max(1, next - now));
-    };
-    let first = Number.POSITIVE_INFINITY;
-    for (const it of items) if (it.deadline < first) first = it.deadline;
-    let timer = setTimeout(expire, Math.max(1, first - performance.now()));
+    this.#inFlight.add(batch);
+    if (first < this.#timerAt) this.#arm(first);
+    const release = batch.release;
     if (items.length === 1) {
       const it = items[0] as Item;
       this.#sendOne(it.key, it.args).then(
