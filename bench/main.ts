@@ -28,7 +28,7 @@ const { values: args } = parseArgs({
 });
 
 const full = args.full === true;
-const rounds = args.rounds !== undefined ? Number(args.rounds) : full ? 11 : 5;
+const rounds = args.rounds !== undefined ? Number(args.rounds) : full ? 7 : 5;
 if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be an integer >= 1 (received ${args.rounds})`);
 const only = args.only?.split(',').map((s) => s.trim());
 const log = (s: string): void => {
@@ -68,7 +68,7 @@ try {
   };
   log(`${machine.command}: ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}; median of ${rounds} rounds; ${pinned}`);
 
-  const openai = await openaiScenario(full ? 2000 : 400);
+  const openai = await openaiScenario(full ? 600 : 300);
   const all = [...(await scenarios(ctx, sizes)), openai.scenario, ...(full ? await scalingScenarios(ctx) : [])];
   const results: ScenarioResult[] = [];
   for (const s of all) {

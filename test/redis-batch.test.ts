@@ -11,6 +11,7 @@ import {
   type DecisionArgs,
   type DecisionReply,
   MAX_BATCH,
+  MAX_IN_FLIGHT,
   ScriptBatcher,
   keySlot,
 } from '../packages/core/src/backends/redis-batch.ts';
@@ -192,7 +193,7 @@ test('calls stuck behind a stalled server time out at their own deadline, and th
   const args: DecisionArgs = ['t', '0.01', '10', '1', '-1', '', ''];
   const t0 = performance.now();
   // More calls than MAX_IN_FLIGHT batches hold: some wait in line behind the stalled ones.
-  const calls = Array.from({ length: MAX_BATCH * 6 }, (_, i) =>
+  const calls = Array.from({ length: MAX_BATCH * (MAX_IN_FLIGHT + 4) }, (_, i) =>
     batcher.call(keyOf('stall:', i % 4), args, 150).then(
       () => 'answered',
       (e: unknown) => ((e as { code?: string }).code === 'ERR_TOLLGATE_BACKEND_TIMEOUT' ? performance.now() - t0 : e),
