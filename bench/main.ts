@@ -1,5 +1,5 @@
 /**
- * pnpm bench [--full] [--json] [--only id,id] [--rounds n]
+ * pnpm bench [--full] [--json] [--save file.json] [--only id,id] [--rounds n]
  *
  * One run measures Tollgate, its peers and the ceilings on the same scenarios, against its own
  * redis-server on a free loopback port, and prints the ratios Tollgate ÷ each from this run.
@@ -7,6 +7,7 @@
  * rounds, memory per key at 1M keys, and scaling with keys and with 1, 2, 4 processes.
  */
 import { execFileSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { parseArgs } from 'node:util';
 import Table from 'cli-table3';
@@ -21,6 +22,7 @@ const { values: args } = parseArgs({
   options: {
     full: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
+    save: { type: 'string' },
     only: { type: 'string' },
     rounds: { type: 'string' },
   },
@@ -116,8 +118,11 @@ try {
   ].filter((x) => x !== undefined);
 
   const seconds = (performance.now() - started) / 1000;
+  const json = `${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, perKey, burst, procs }, null, 2)}\n`;
+  // --save keeps the figures of the run whose table is printed.
+  if (args.save !== undefined) writeFileSync(args.save, json);
   if (args.json) {
-    process.stdout.write(`${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, perKey, burst, procs }, null, 2)}\n`);
+    process.stdout.write(json);
   } else {
     print(results, targets, extraTargets, perKey, burst, procs);
     console.log(`\n${machine.command} — ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}`);
