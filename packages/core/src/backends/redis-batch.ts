@@ -11,6 +11,7 @@
  */
 import type { Cluster, Redis } from 'ioredis';
 import { BackendTimeoutError } from '../errors.js';
+import { DECIDE_LUA } from './redis-script.js';
 
 /**
  * BATCH_SCRIPT runs a list of decisions, in order, each exactly as `BUCKET_SCRIPT` would (same
@@ -27,18 +28,12 @@ import { BackendTimeoutError } from '../errors.js';
  * each `<allowed> <tokens> <wait> <reset>` (allowed 1|0, or -1: past its deadline, nothing
  * changed); `now` is the server's ms. Numbers are %.17g strings, as in BUCKET_SCRIPT.
  */
-export const BATCH_SCRIPT = `
+export const BATCH_SCRIPT = `${DECIDE_LUA}
 local out = {}
 local servernow
 local now
--- %.17g of the last instant formatted: most decisions of a batch write the same 'u'.
-local lastnow
-local lastnowstr
 for i = 1, #KEYS do
   local mode, rate, cap, cost, maxw, nowarg, dl = string.match(ARGV[i], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
-  rate = tonumber(rate)
-  cap = tonumber(cap)
-  cost = tonumber(cost)
   if nowarg ~= '-' then
     now = tonumber(nowarg)
   else
@@ -52,56 +47,8 @@ for i = 1, #KEYS do
   if deadline ~= nil and now > deadline then
     out[i] = '-1 0 0 0'
   else
-    local key = KEYS[i]
-    local s = redis.call('HMGET', key, 't', 'u')
-    local tokens = tonumber(s[1])
-    local upd = tonumber(s[2])
-    if tokens == nil or upd == nil then
-      tokens = cap
-      upd = now
-    end
-    local elapsed = now - upd
-    if elapsed > 0 then
-      upd = now
-    else
-      elapsed = 0
-    end
-    tokens = math.min(cap, tokens + elapsed * rate)
-    local wait = 0
-    local allowed = 0
-    if mode == 'f' then
-      tokens = math.min(cap, tokens + cost)
-      allowed = 1
-    else
-      local deficit = cost - tokens
-      if deficit > cost * 1e-9 then
-        wait = math.ceil(deficit / rate)
-      end
-      if mode == 't' then
-        if wait == 0 then allowed = 1 end
-      else
-        local mw = tonumber(maxw)
-        if mw < 0 or wait <= mw then allowed = 1 end
-      end
-      if allowed == 1 then tokens = tokens - cost end
-    end
-    local reset = math.ceil((cap - tokens) / rate)
-    if reset < 0 then reset = 0 end
-    local tokstr = string.format('%.17g', tokens)
-    if allowed == 1 then
-      if upd ~= lastnow then
-        lastnow = upd
-        lastnowstr = string.format('%.17g', upd)
-      end
-      redis.call('HSET', key, 't', tokstr, 'u', lastnowstr)
-      local ttl = reset
-      if ttl < 1 then ttl = 1 end
-      if ttl > 1e13 then ttl = 1e13 end
-      redis.call('PEXPIRE', key, string.format('%d', ttl))
-    end
-    local waitstr = '0'
-    if wait ~= 0 then waitstr = string.format('%.17g', wait) end
-    out[i] = allowed .. ' ' .. tokstr .. ' ' .. waitstr .. ' ' .. string.format('%.17g', reset)
+    local allowed, tokens, wait, reset = decide(KEYS[i], mode, tonumber(rate), tonumber(cap), tonumber(cost), tonumber(maxw), now)
+    out[i] = allowed .. ' ' .. string.format('%.17g', tokens) .. ' ' .. string.format('%.17g', wait) .. ' ' .. string.format('%.17g', reset)
   end
 end
 return { table.concat(out, ','), string.format('%.17g', now or 0) }

@@ -26,10 +26,65 @@
  * ms until full (string), now (the server's ms, %.17g string) }.
  * Numbers go back as strings: Redis would truncate a Lua number reply to an integer.
  */
-export const BUCKET_SCRIPT = `
-local rate = tonumber(ARGV[2])
-local cap = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
+/**
+ * DECIDE_LUA defines `decide(key, mode, rate, cap, cost, maxw, now)`: the bucket arithmetic of
+ * `bucket.ts`, and the write, shared by {@link BUCKET_SCRIPT} and the batch script (so there is
+ * one copy of it in Lua). Returns allowed (1|0), tokens after, wait ms, ms until full.
+ */
+export const DECIDE_LUA = `
+-- %.17g of the last instant written: the decisions of one batch mostly write the same 'u'.
+local lastupd
+local lastupdstr
+local function decide(key, mode, rate, cap, cost, maxw, now)
+  local s = redis.call('HMGET', key, 't', 'u')
+  local tokens = tonumber(s[1])
+  local upd = tonumber(s[2])
+  if tokens == nil or upd == nil then
+    tokens = cap
+    upd = now
+  end
+  local elapsed = now - upd
+  if elapsed > 0 then
+    upd = now
+  else
+    elapsed = 0
+  end
+  tokens = math.min(cap, tokens + elapsed * rate)
+  local wait = 0
+  local allowed = 0
+  if mode == 'f' then
+    tokens = math.min(cap, tokens + cost)
+    allowed = 1
+  else
+    local deficit = cost - tokens
+    if deficit > cost * 1e-9 then
+      wait = math.ceil(deficit / rate)
+    end
+    if mode == 't' then
+      if wait == 0 then allowed = 1 end
+    else
+      if maxw < 0 or wait <= maxw then allowed = 1 end
+    end
+    if allowed == 1 then tokens = tokens - cost end
+  end
+  local reset = math.ceil((cap - tokens) / rate)
+  if reset < 0 then reset = 0 end
+  if allowed == 1 then
+    if upd ~= lastupd then
+      lastupd = upd
+      lastupdstr = string.format('%.17g', upd)
+    end
+    redis.call('HSET', key, 't', string.format('%.17g', tokens), 'u', lastupdstr)
+    local ttl = reset
+    if ttl < 1 then ttl = 1 end
+    if ttl > 1e13 then ttl = 1e13 end
+    redis.call('PEXPIRE', key, string.format('%d', ttl))
+  end
+  return allowed, tokens, wait, reset
+end
+`;
+
+export const BUCKET_SCRIPT = `${DECIDE_LUA}
 local now
 if ARGV[6] ~= '' then
   now = tonumber(ARGV[6])
@@ -41,47 +96,6 @@ local deadline = tonumber(ARGV[7] or '')
 if deadline ~= nil and now > deadline then
   return { -1, '0', '0', '0', string.format('%.17g', now) }
 end
-local s = redis.call('HMGET', KEYS[1], 't', 'u')
-local tokens = tonumber(s[1])
-local upd = tonumber(s[2])
-if tokens == nil or upd == nil then
-  tokens = cap
-  upd = now
-end
-local elapsed = now - upd
-if elapsed > 0 then
-  upd = now
-else
-  elapsed = 0
-end
-tokens = math.min(cap, tokens + elapsed * rate)
-local mode = ARGV[1]
-local wait = 0
-local allowed = 0
-if mode == 'f' then
-  tokens = math.min(cap, tokens + cost)
-  allowed = 1
-else
-  local deficit = cost - tokens
-  if deficit > cost * 1e-9 then
-    wait = math.ceil(deficit / rate)
-  end
-  if mode == 't' then
-    if wait == 0 then allowed = 1 end
-  else
-    local maxw = tonumber(ARGV[5])
-    if maxw < 0 or wait <= maxw then allowed = 1 end
-  end
-  if allowed == 1 then tokens = tokens - cost end
-end
-local reset = math.ceil((cap - tokens) / rate)
-if reset < 0 then reset = 0 end
-if allowed == 1 then
-  redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'u', string.format('%.17g', upd))
-  local ttl = reset
-  if ttl < 1 then ttl = 1 end
-  if ttl > 1e13 then ttl = 1e13 end
-  redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
-end
+local allowed, tokens, wait, reset = decide(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), now)
 return { allowed, string.format('%.17g', tokens), string.format('%.17g', wait), string.format('%.17g', reset), string.format('%.17g', now) }
 `;
