@@ -13,6 +13,7 @@ import {
   tryTake,
 } from '@tollgate/core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
+import { rng } from './support/random.ts';
 import { type RedisServer, startRedis } from './support/redis.ts';
 
 let srv: RedisServer;
@@ -21,17 +22,6 @@ beforeAll(async () => {
 });
 afterAll(() => srv.stop());
 
-/** A small deterministic PRNG (mulberry32), so a failure reproduces. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test.each([
   [1, { rate: 10, per: '1s', capacity: 25 }],

@@ -15,6 +15,7 @@ import {
   ScriptBatcher,
   keySlot,
 } from '../packages/core/src/backends/redis-batch.ts';
+import { rng } from './support/random.ts';
 import { type RedisServer, startRedis } from './support/redis.ts';
 
 let srv: RedisServer;
@@ -29,17 +30,6 @@ beforeAll(async () => {
 });
 afterAll(() => srv.stop());
 
-/** A small deterministic PRNG (mulberry32), so a failure reproduces. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // Policies whose buckets take at least ~50 ms of real time to expire after a write (the script
 // sets PEXPIRE on Redis's clock while these tests run on made-up instants), so that no bucket
