@@ -191,10 +191,12 @@ export class RateLimiter {
   /** Circuit breaker: 0 while the backend is trusted; else when to probe it next. */
   #downUntil = 0;
   #probing = false;
-  /** When the backend last came back (a success after failures): older calls' failures are stale. */
-  #upSince = Number.NEGATIVE_INFINITY;
-  /** When the breaker last opened. */
-  #downSince = 0;
+  /**
+   * Counts the breaker's changes (opened, or closed again). A call notes it when it goes to the
+   * backend; its failure counts only if the breaker has not changed since (an older call's
+   * failure is stale). A counter, not a time: no clock read on the hot path.
+   */
+  #epoch = 0;
   /** The last backend failure: the `cause` of errors decided while the breaker is open. */
   #lastError: unknown;
 
@@ -243,27 +245,29 @@ export class RateLimiter {
    */
   tryAcquire(key: string, options?: TryAcquireOptions): Promise<Decision> {
     try {
-      const cost = checkCost(options?.cost);
-      checkKey(key);
-      const policy = this.policyFor(key);
+      const cost = options === undefined ? 1 : checkCost(options.cost);
+      if (typeof key !== 'string') checkKey(key);
+      const policy = this.#staticPolicy ?? this.policyFor(key);
       if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
       // Most of the time no one waits anywhere: skip hashing the key a second time.
-      const q = this.#queues.size === 0 ? undefined : this.#queues.get(key);
-      if (q !== undefined) {
-        return Promise.resolve({
-          allowed: false,
-          remaining: 0,
-          retryAfterMs: Math.max(1, this.#queueEstimate(q, cost, policy)),
-          resetAfterMs: Math.max(1, this.#queueEstimate(q, policy.capacity, policy)),
-        });
+      if (this.#queues.size !== 0) {
+        const q = this.#queues.get(key);
+        if (q !== undefined) {
+          return Promise.resolve({
+            allowed: false,
+            remaining: 0,
+            retryAfterMs: Math.max(1, this.#queueEstimate(q, cost, policy)),
+            resetAfterMs: Math.max(1, this.#queueEstimate(q, policy.capacity, policy)),
+          });
+        }
       }
       if (this.#downUntil !== 0 && !this.#shouldProbe()) return this.#degradedTry(key, policy, cost, undefined);
       let r: Decision | Promise<Decision>;
-      const startedAt = now();
+      const epoch = this.#epoch;
       try {
         r = this.backend.tryTake(this.name, key, policy, cost);
       } catch (e) {
-        return this.#degradedTry(key, policy, cost, e, startedAt);
+        return this.#degradedTry(key, policy, cost, e, epoch);
       }
       if (r instanceof Promise) {
         return r.then(
@@ -271,7 +275,7 @@ export class RateLimiter {
             this.#backendUp();
             return d;
           },
-          (e: unknown) => this.#degradedTry(key, policy, cost, e, startedAt),
+          (e: unknown) => this.#degradedTry(key, policy, cost, e, epoch),
         );
       }
       return Promise.resolve(r);
@@ -310,6 +314,7 @@ export class RateLimiter {
     // Fast path: nobody waits on this key and the backend answers synchronously with no wait.
     if (q === undefined && this.#downUntil === 0) {
       let r: Reservation | Promise<Reservation> | undefined;
+      const epoch = this.#epoch;
       try {
         r = this.backend.reserve(this.name, key, policy, cost, maxWaitMs === Infinity ? -1 : maxWaitMs);
       } catch {
@@ -323,7 +328,7 @@ export class RateLimiter {
       }
       if (r !== undefined) {
         // An asynchronous backend: this caller is the head, its reservation in flight.
-        return this.#enqueue(key, cost, policy, maxWaitMs, signal, { backend: this.backend, pending: r });
+        return this.#enqueue(key, cost, policy, maxWaitMs, signal, { backend: this.backend, pending: r, epoch });
       }
     }
 
@@ -362,7 +367,7 @@ export class RateLimiter {
     policy: Policy,
     maxWaitMs: number,
     signal: AbortSignal | undefined,
-    head: { backend: Backend; reservation?: Reservation; pending?: Promise<Reservation> } | undefined,
+    head: { backend: Backend; reservation?: Reservation; pending?: Promise<Reservation>; epoch?: number } | undefined,
   ): Promise<Grant> {
     return new Promise<Grant>((resolve, reject) => {
       const start = now();
@@ -401,7 +406,7 @@ export class RateLimiter {
               this.#backendUp();
               this.#reserved(q as KeyQueue, w, head.backend, r);
             },
-            (e: unknown) => this.#reserveFailed(q as KeyQueue, w, e, w.start),
+            (e: unknown) => this.#reserveFailed(q as KeyQueue, w, e, head.epoch ?? this.#epoch),
           );
         return;
       }
@@ -459,11 +464,11 @@ export class RateLimiter {
         continue;
       }
       let r: Reservation | Promise<Reservation>;
-      const startedAt = now();
+      const epoch = this.#epoch;
       try {
         r = backend.reserve(this.name, w.key, w.policy, w.cost, maxWait);
       } catch (e) {
-        this.#reserveFailed(q, w, e, startedAt);
+        this.#reserveFailed(q, w, e, epoch);
         continue;
       }
       if (r instanceof Promise) {
@@ -472,7 +477,7 @@ export class RateLimiter {
             this.#backendUp();
             this.#reserved(q, w, backend, res);
           },
-          (e: unknown) => this.#reserveFailed(q, w, e, startedAt),
+          (e: unknown) => this.#reserveFailed(q, w, e, epoch),
         );
         return;
       }
@@ -526,8 +531,8 @@ export class RateLimiter {
     if (!q.pumping) this.#pump(q);
   }
 
-  #reserveFailed(q: KeyQueue, w: Waiter, error: unknown, startedAt: number): void {
-    this.#backendDown(error, startedAt);
+  #reserveFailed(q: KeyQueue, w: Waiter, error: unknown, epoch: number): void {
+    this.#backendDown(error, epoch);
     const maxWait = w.deadline === Infinity ? -1 : Math.max(0, w.deadline - now());
     this.#reserveDegraded(q, w, error, maxWait);
     this.#pumpSoon(q);
@@ -642,22 +647,20 @@ export class RateLimiter {
     if (this.#downUntil !== 0) {
       this.#downUntil = 0;
       this.#probing = false;
-      this.#upSince = now();
+      this.#epoch++;
     }
   }
 
   /**
-   * A backend call begun at `startedAt` failed: open the breaker (calls skip the backend until the
-   * next probe), or, when it is open, schedule the next probe. A failure of a call begun before
-   * the last change says nothing about the backend now (a timeout still running when a probe
-   * succeeded, or one of many calls in flight when the backend died), so it changes neither.
+   * A backend call begun at breaker epoch `epoch` failed: open the breaker (calls skip the backend
+   * until the next probe), or, when it is open, schedule the next probe. A failure of a call begun
+   * before the last change says nothing about the backend now (a timeout still running when a
+   * probe succeeded, or one of many calls in flight when the backend died), so it changes neither.
    */
-  #backendDown(error: unknown, startedAt: number): void {
-    const open = this.#downUntil !== 0;
-    if (open ? startedAt >= this.#downSince : startedAt >= this.#upSince) {
-      const t = now();
-      if (!open) this.#downSince = t;
-      this.#downUntil = t + this.probeIntervalMs;
+  #backendDown(error: unknown, epoch: number): void {
+    if (epoch === this.#epoch) {
+      if (this.#downUntil === 0) this.#epoch++;
+      this.#downUntil = now() + this.probeIntervalMs;
       this.#probing = false;
     }
     this.#lastError = error;
@@ -670,8 +673,8 @@ export class RateLimiter {
     }
   }
 
-  #degradedTry(key: string, policy: Policy, cost: number, error: unknown, startedAt = now()): Promise<Decision> {
-    if (error !== undefined) this.#backendDown(error, startedAt);
+  #degradedTry(key: string, policy: Policy, cost: number, error: unknown, epoch = this.#epoch): Promise<Decision> {
+    if (error !== undefined) this.#backendDown(error, epoch);
     switch (this.onBackendError) {
       case 'fail-open':
         return Promise.resolve({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 0 });
@@ -688,11 +691,11 @@ export class RateLimiter {
   }
 
   async #refundOn(backend: Backend, key: string, policy: Policy, amount: number): Promise<void> {
-    const startedAt = now();
+    const epoch = this.#epoch;
     try {
       await backend.refund(this.name, key, policy, amount);
     } catch (e) {
-      this.#backendDown(e, startedAt);
+      this.#backendDown(e, epoch);
       if (this.onBackendError === 'fallback') this.#fallbackBackend().refund(this.name, key, policy, amount);
     }
   }

@@ -4,7 +4,7 @@ import type { Decision, Reservation } from '../bucket.js';
 import { InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe } from '../policy.js';
-import { MemoryBackend } from './memory.js';
+import { HYBRID_LEARN, HYBRID_TRY, MemoryBackend } from './memory.js';
 import { RedisBackend, type RedisBackendOptions } from './redis.js';
 
 /** HybridBackendOptions configures a {@link HybridBackend}. */
@@ -47,15 +47,6 @@ export class HybridBackend implements Backend {
   readonly #scaled = new WeakMap<Policy, Policy>();
   #lastPolicy: Policy | undefined;
   #lastScaled: Policy | undefined;
-  /**
-   * Per name, per key: when Redis last said the bucket would be full (its clock's ms mapped onto
-   * ours). Since tokens never come back faster than the policy's rate, this gives the earliest
-   * moment Redis could grant a cost; it makes local rejections' retryAfterMs honest.
-   */
-  readonly #fullAt = new Map<string, Map<string, number>>();
-  #fullAtSize = 0;
-  #fullAtSweep = 1024;
-  readonly #clock: () => number;
 
   constructor(options: HybridBackendOptions) {
     const { headroom = DEFAULT_HYBRID_HEADROOM, clock, ...redisOptions } = (options ?? {}) as HybridBackendOptions;
@@ -68,20 +59,16 @@ export class HybridBackend implements Backend {
     this.redis = new RedisBackend(redisOptions as RedisBackendOptions);
     this.local = new MemoryBackend(clock ? { clock } : {});
     this.headroom = headroom;
-    this.#clock = clock ?? (() => performance.now());
   }
 
   tryTake(name: string, key: string, policy: Policy, cost: number): Decision | Promise<Decision> {
-    const redisWait = this.#redisWait(name, key, policy, cost);
-    if (redisWait > 0) return rejected(redisWait, policy, this.#redisReset(name, key));
-    const pre = this.local.tryTake(name, key, this.#local(policy), cost);
-    if (!pre.allowed) {
-      // The local bucket is looser than Redis's, so its "no" is certain; remaining is unknown
-      // without asking Redis and reported as 0.
-      return rejected(pre.retryAfterMs, policy, this.#redisReset(name, key));
-    }
+    // One clock read and one lookup: the local bucket's slot also holds when Redis last said the
+    // key's bucket would be full, which makes local rejections' retryAfterMs honest.
+    const local = this.#local(policy);
+    const no = this.local[HYBRID_TRY](name, key, local, policy, cost);
+    if (no !== undefined) return no;
     return this.redis.tryTake(name, key, policy, cost).then((d) => {
-      this.#learn(name, key, d.resetAfterMs);
+      this.local[HYBRID_LEARN](name, key, local, d.resetAfterMs);
       return d;
     });
   }
@@ -90,62 +77,22 @@ export class HybridBackend implements Backend {
     // Reservations are taken only by the head of a key's queue (one per process at a time), so
     // they go to Redis directly; the local bucket is charged too, into debt, to stay in step.
     const r = await this.redis.reserve(name, key, policy, cost, maxWaitMs);
-    if (r.ok) this.local.reserve(name, key, this.#local(policy), cost, -1);
-    this.#learn(name, key, r.resetAfterMs);
+    const local = this.#local(policy);
+    if (r.ok) this.local.reserve(name, key, local, cost, -1);
+    this.local[HYBRID_LEARN](name, key, local, r.resetAfterMs);
     return r;
   }
 
   async refund(name: string, key: string, policy: Policy, amount: number): Promise<void> {
-    this.local.refund(name, key, this.#local(policy), amount);
-    this.#fullAt.get(name)?.delete(key);
+    const local = this.#local(policy);
+    this.local.refund(name, key, local, amount);
+    this.local[HYBRID_LEARN](name, key, local, 0);
     await this.redis.refund(name, key, policy, amount);
   }
 
-  /** Ms before Redis could hold `cost` for this key, by its last answer (0: unknown or now). */
-  #redisWait(name: string, key: string, policy: Policy, cost: number): number {
-    const fullAt = this.#fullAt.get(name)?.get(key);
-    if (fullAt === undefined) return 0;
-    // fullAt came from a ceil'd resetAfterMs: 1 ms early is the honest bound.
-    const wait = Math.ceil(fullAt - 1 - (policy.capacity - cost) / policy.ratePerMs - this.#clock());
-    return wait > 0 ? wait : 0;
-  }
-
-  #redisReset(name: string, key: string): number {
-    const fullAt = this.#fullAt.get(name)?.get(key);
-    return fullAt === undefined ? 0 : Math.max(0, Math.ceil(fullAt - this.#clock()));
-  }
-
-  #learn(name: string, key: string, resetAfterMs: number): void {
-    let m = this.#fullAt.get(name);
-    if (m === undefined) {
-      m = new Map();
-      this.#fullAt.set(name, m);
-    }
-    if (resetAfterMs <= 0) {
-      if (m.delete(key)) this.#fullAtSize--;
-      return;
-    }
-    if (!m.has(key)) {
-      if (++this.#fullAtSize > this.#fullAtSweep) this.#sweepFullAt();
-    }
-    m.set(key, this.#clock() + resetAfterMs);
-  }
-
-  /** Drop what Redis told us about buckets that are full by now (they need no memory). */
-  #sweepFullAt(): void {
-    const now = this.#clock();
-    let size = 0;
-    for (const m of this.#fullAt.values()) {
-      for (const [k, at] of m) if (at <= now) m.delete(k);
-      size += m.size;
-    }
-    this.#fullAtSize = size;
-    this.#fullAtSweep = Math.max(1024, size * 2);
-  }
-
-  /** For benchmarks and tests: buckets this process holds knowledge of. */
+  /** For benchmarks and tests: buckets this process holds knowledge of (local bucket and Redis's reset, one slot). */
   get size(): number {
-    return this.local.size + this.#fullAtSize;
+    return this.local.size;
   }
 
   #local(policy: Policy): Policy {
@@ -166,8 +113,4 @@ export class HybridBackend implements Backend {
     this.#lastScaled = p;
     return p;
   }
-}
-
-function rejected(retryAfterMs: number, policy: Policy, resetAfterMs: number): Decision {
-  return { allowed: false, remaining: 0, retryAfterMs, resetAfterMs: Math.max(resetAfterMs, Math.ceil(1 / policy.ratePerMs)) };
 }

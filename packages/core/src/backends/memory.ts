@@ -1,5 +1,15 @@
 import type { Backend } from '../backend.js';
-import { type BucketState, type Decision, type Reservation, giveBack, reserve, tryTake } from '../bucket.js';
+import {
+  type BucketState,
+  COST_EPSILON,
+  type Decision,
+  type Reservation,
+  giveBack,
+  reserve,
+  resetAfter,
+  tryTake,
+  wholeTokens,
+} from '../bucket.js';
 import { InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe } from '../policy.js';
@@ -29,7 +39,19 @@ interface Store {
   readonly free: number[];
   /** Slots handed out so far (the high-water mark). */
   used: number;
+  /**
+   * Only in a HybridBackend's local buckets: per slot, when Redis last said the key's bucket
+   * would be full (-Infinity: unknown). A slot is not swept while this is in the future.
+   */
+  aux: Float64Array | undefined;
 }
+
+/**
+ * Internal to the package (not exported from its index): the hybrid's one-lookup rejection path
+ * and what it learns from Redis, kept in the local bucket's slot.
+ */
+export const HYBRID_TRY: unique symbol = Symbol('tollgate.hybridTry');
+export const HYBRID_LEARN: unique symbol = Symbol('tollgate.hybridLearn');
 
 /** Buckets are swept when the map has grown this much since the last sweep. */
 const MIN_SWEEP_SIZE = 1024;
@@ -79,25 +101,100 @@ export class MemoryBackend implements Backend {
 
   tryTake(name: string, key: string, policy: Policy, cost: number): Decision {
     const now = this.#clock();
-    const st = this.#store(name);
+    const st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
     const slot = st.index.get(key);
-    const b = this.#b;
     if (slot === undefined) {
+      const b = this.#b;
       b.tokens = policy.capacity;
       b.updatedAt = now;
       const d = tryTake(b, policy, now, cost);
-      this.#keep(st, key, policy);
+      this.#keep(st, key, policy, false);
       return d;
     }
+    // bucket.ts's tryTake, inlined on the slot (same operations in the same order).
     const data = st.data;
     const i = slot * 2;
-    b.tokens = data[i] as number;
-    b.updatedAt = data[i + 1] as number;
-    const d = tryTake(b, policy, now, cost);
-    data[i] = b.tokens;
-    data[i + 1] = b.updatedAt;
+    let elapsed = now - (data[i + 1] as number);
+    if (elapsed > 0) data[i + 1] = now;
+    else elapsed = 0;
+    let tokens = Math.min(policy.capacity, (data[i] as number) + elapsed * policy.ratePerMs);
+    const deficit = cost - tokens;
+    const wait = deficit > cost * COST_EPSILON ? Math.ceil(deficit / policy.ratePerMs) : 0;
+    if (wait === 0) tokens -= cost;
+    data[i] = tokens;
     if (st.policies[slot] !== policy) st.policies[slot] = policy;
-    return d;
+    return {
+      allowed: wait === 0,
+      remaining: wholeTokens(tokens),
+      retryAfterMs: wait,
+      resetAfterMs: resetAfter(tokens, policy),
+    };
+  }
+
+  /**
+   * The hybrid's pre-check, one clock read and one lookup: rejects (with an honest retryAfterMs)
+   * when Redis's last answer says the cost cannot be there yet or the local bucket (`local`, the
+   * policy with headroom) lacks it; otherwise charges the local bucket and returns undefined.
+   * @internal
+   */
+  [HYBRID_TRY](name: string, key: string, local: Policy, policy: Policy, cost: number): Decision | undefined {
+    const now = this.#clock();
+    const st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
+    const slot = st.index.get(key);
+    if (slot === undefined) {
+      // Nothing learnt from Redis for this key, and a full local bucket.
+      const b = this.#b;
+      b.tokens = local.capacity;
+      b.updatedAt = now;
+      const d = tryTake(b, local, now, cost);
+      this.#keep(st, key, local, false);
+      return d.allowed ? undefined : hybridRejection(d.retryAfterMs, policy, Number.NEGATIVE_INFINITY, now);
+    }
+    const fullAt = st.aux === undefined ? Number.NEGATIVE_INFINITY : (st.aux[slot] as number);
+    // fullAt came from a ceil'd resetAfterMs: 1 ms early is the honest bound. Tokens never come
+    // back faster than the policy's rate, so Redis cannot hold `cost` before this.
+    const redisWait = Math.ceil(fullAt - 1 - (policy.capacity - cost) / policy.ratePerMs - now);
+    if (redisWait > 0) return hybridRejection(redisWait, policy, fullAt, now);
+    const data = st.data;
+    const i = slot * 2;
+    let elapsed = now - (data[i + 1] as number);
+    if (elapsed > 0) data[i + 1] = now;
+    else elapsed = 0;
+    const tokens = Math.min(local.capacity, (data[i] as number) + elapsed * local.ratePerMs);
+    const deficit = cost - tokens;
+    if (st.policies[slot] !== local) st.policies[slot] = local;
+    if (deficit > cost * COST_EPSILON) {
+      data[i] = tokens;
+      // The local bucket is looser than Redis's, so its "no" is certain.
+      return hybridRejection(Math.ceil(deficit / local.ratePerMs), policy, fullAt, now);
+    }
+    data[i] = tokens - cost;
+    return undefined;
+  }
+
+  /**
+   * Records, in `key`'s local bucket slot, that Redis's bucket is full `resetAfterMs` from now
+   * (forgets it when <= 0). A slot holding such knowledge is kept until that moment passes.
+   * @internal
+   */
+  [HYBRID_LEARN](name: string, key: string, local: Policy, resetAfterMs: number): void {
+    const st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
+    let slot = st.index.get(key);
+    if (resetAfterMs <= 0) {
+      if (slot !== undefined && st.aux !== undefined) st.aux[slot] = Number.NEGATIVE_INFINITY;
+      return;
+    }
+    const now = this.#clock();
+    if (slot === undefined) {
+      const b = this.#b;
+      b.tokens = local.capacity;
+      b.updatedAt = now;
+      slot = this.#keep(st, key, local, true) as number;
+    }
+    if (st.aux === undefined) {
+      st.aux = new Float64Array(st.data.length / 2).fill(Number.NEGATIVE_INFINITY);
+    }
+    st.aux[slot] = now + resetAfterMs;
   }
 
   reserve(name: string, key: string, policy: Policy, cost: number, maxWaitMs: number): Reservation {
@@ -109,7 +206,7 @@ export class MemoryBackend implements Backend {
       b.tokens = policy.capacity;
       b.updatedAt = now;
       const r = reserve(b, policy, now, cost, maxWaitMs);
-      this.#keep(st, key, policy);
+      this.#keep(st, key, policy, false);
       return r;
     }
     const data = st.data;
@@ -146,7 +243,9 @@ export class MemoryBackend implements Backend {
       const data = st.data;
       for (const [key, slot] of st.index) {
         const p = st.policies[slot] as Policy;
-        const full = (data[slot * 2] as number) + (now - (data[slot * 2 + 1] as number)) * p.ratePerMs >= p.capacity;
+        const full =
+          (data[slot * 2] as number) + (now - (data[slot * 2 + 1] as number)) * p.ratePerMs >= p.capacity &&
+          (st.aux === undefined || (st.aux[slot] as number) <= now);
         if (full) {
           st.index.delete(key);
           st.policies[slot] = undefined;
@@ -176,7 +275,14 @@ export class MemoryBackend implements Backend {
     if (name === this.#lastName && this.#last !== undefined) return this.#last;
     let st = this.#stores.get(name);
     if (st === undefined) {
-      st = { index: new Map(), data: new Float64Array(INITIAL_SLOTS * 2), policies: [], free: [], used: 0 };
+      st = {
+        index: new Map(),
+        data: new Float64Array(INITIAL_SLOTS * 2),
+        policies: [],
+        free: [],
+        used: 0,
+        aux: undefined,
+      };
       this.#stores.set(name, st);
     }
     this.#lastName = name;
@@ -189,9 +295,9 @@ export class MemoryBackend implements Backend {
    * (a rejection cannot happen on a full bucket unless cost > capacity, which the limiter
    * refuses) need not be stored.
    */
-  #keep(st: Store, key: string, policy: Policy): void {
+  #keep(st: Store, key: string, policy: Policy, force: boolean): number | undefined {
     const b = this.#b;
-    if (!(b.tokens < policy.capacity)) return;
+    if (!force && !(b.tokens < policy.capacity)) return undefined;
     if (this.#size >= this.#sweepAt) {
       this.prune();
       // #store(name) just returned `st`, so #lastName is its name; the sweep drops a store left
@@ -208,14 +314,28 @@ export class MemoryBackend implements Backend {
         const grown = new Float64Array(st.data.length * 2);
         grown.set(st.data);
         st.data = grown;
+        if (st.aux !== undefined) {
+          const aux = new Float64Array(st.aux.length * 2).fill(Number.NEGATIVE_INFINITY);
+          aux.set(st.aux);
+          st.aux = aux;
+        }
       }
     }
     st.data[slot * 2] = b.tokens;
     st.data[slot * 2 + 1] = b.updatedAt;
     st.policies[slot] = policy;
+    if (st.aux !== undefined) st.aux[slot] = Number.NEGATIVE_INFINITY;
     st.index.set(key, slot);
     this.#size++;
+    return slot;
   }
+}
+
+/** A rejection of the hybrid's pre-check; Redis's bucket is full at `fullAt` (-Infinity: unknown). */
+function hybridRejection(retryAfterMs: number, policy: Policy, fullAt: number, now: number): Decision {
+  const reset = Math.ceil(fullAt - now);
+  const floor = Math.ceil(1 / policy.ratePerMs);
+  return { allowed: false, remaining: 0, retryAfterMs, resetAfterMs: reset > floor ? reset : floor };
 }
 
 const defaultClock = (): number => performance.now();
