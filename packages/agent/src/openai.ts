@@ -178,16 +178,24 @@ function install(source: ClientInternals, t: Throttle, overrides: Record<string,
       throw e;
     }
   });
-  own('prepareRequest', async function (
+  own('prepareRequest', function (
     this: ClientInternals,
     init: { headers?: unknown },
     context: { url: string; options: RequestOptions },
   ): Promise<void> {
-    await prepareRequest.call(this, init, context);
     // A client that replaced its fetch (openai 7 with X.509 workload identity) sends past the
     // wrapper: count the attempt as sent, unobserved, so its slot is not held forever.
-    if (this.fetch === wrapped) t.link(init, context.options);
-    else t.unobserved(context.options);
+    const after = () => {
+      if (this.fetch === wrapped) t.link(init, context.options);
+      else t.unobserved(context.options);
+    };
+    let prepared: Promise<void>;
+    try {
+      prepared = Promise.resolve(prepareRequest.call(this, init, context));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return prepared.then(after);
   });
   own('withOptions', function (this: ClientInternals, options: Record<string, unknown> = {}): ClientInternals {
     return install(this, t, options);
@@ -250,7 +258,7 @@ class Throttle {
   }
 
   /** beforeAttempt runs in the client's prepareOptions: it waits for a slot and the tokens. */
-  async beforeAttempt(options: RequestOptions): Promise<void> {
+  beforeAttempt(options: RequestOptions): Promise<void> {
     let call = this.#calls.get(options);
     const retry = call !== undefined;
     if (call === undefined) {
@@ -261,7 +269,7 @@ class Throttle {
     call.current?.abandon();
     const attempt = new Attempt(this, call);
     call.current = attempt;
-    await attempt.admit(options, retry);
+    return attempt.admit(options, retry);
   }
 
   /** abandon gives back what the current attempt of `options` took, if it was never sent. */
@@ -285,20 +293,31 @@ class Throttle {
   }
 
   wrapFetch(inner: Fetch): Fetch {
-    return async (input, init) => {
+    return (input, init) => {
       const headers = init?.headers;
       const attempt = typeof headers === 'object' && headers !== null ? this.#linked.get(headers) : undefined;
       if (attempt === undefined || !attempt.send()) return inner(input, init);
       this.#linked.delete(headers as object);
-      let response: Response;
+      let sent: Promise<Response>;
       try {
-        response = await inner(input, init);
+        sent = inner(input, init);
       } catch (e) {
         attempt.finish(undefined, true);
-        throw e;
+        return Promise.reject(e);
       }
-      return attempt.observe(response);
+      return sent.then(
+        (response) => attempt.observe(response),
+        (e: unknown) => {
+          attempt.finish(undefined, true);
+          throw e;
+        },
+      );
     };
+  }
+
+  /** True when an `onAdmit` callback wants the admit events. */
+  get watchesAdmits(): boolean {
+    return this.#onAdmit !== undefined;
   }
 
   estimate(path: string, body: unknown): number {
@@ -371,44 +390,50 @@ class Attempt {
 
   async admit(options: RequestOptions, retry: boolean): Promise<void> {
     const t = this.#t;
-    const { user, path } = this.#call;
+    const call = this.#call;
+    const { user, path } = call;
     const start = performance.now();
     const callerSignal = options.signal ?? undefined;
-    // One limiter failing (a deadline) stops the other's wait, which then gives its tokens back.
-    const stop = new AbortController();
-    const signal = callerSignal !== undefined ? AbortSignal.any([callerSignal, stop.signal]) : stop.signal;
     try {
       if (t.queues !== undefined) this.#release = await t.queues.enter(user, { signal: callerSignal, force: retry });
-      const waits: Promise<void>[] = [];
       const maxWaitMs = t.maxWaitMs;
-      if (t.requests !== undefined) {
-        waits.push(
-          t.requests.acquire(user, { signal, maxWaitMs }).then(() => {
-            this.#requestTaken = true;
-          }),
-        );
-      }
-      const llm = t.llmTokens;
+      const requests = t.requests;
+      const llm = call.spendsLLM ? t.llmTokens : undefined;
       let estimate = 0;
-      if (llm !== undefined && this.#call.spendsLLM) {
+      if (llm !== undefined) {
         estimate = Math.min(Math.max(1, Math.ceil(t.estimate(path, options.body))), llm.policyFor(user).capacity);
-        waits.push(
-          llm.acquire(user, { cost: estimate, signal, maxWaitMs }).then(() => {
-            this.#llmReserved = estimate;
-          }),
-        );
       }
-      const failures = waits.map((w) =>
-        w.then(
-          () => undefined,
-          (e: unknown) => {
-            stop.abort();
-            return { e };
-          },
-        ),
-      );
-      const first = (await Promise.all(failures)).find((f) => f !== undefined);
-      if (first !== undefined) throw first.e;
+      if (requests !== undefined && llm !== undefined) {
+        // Both buckets at once. One failing (a deadline) stops the other's wait, which then
+        // gives its tokens back; the first failure in this order is the one thrown.
+        const stop = new AbortController();
+        const signal = callerSignal !== undefined ? AbortSignal.any([callerSignal, stop.signal]) : stop.signal;
+        const failed = (e: unknown) => {
+          stop.abort();
+          return { e };
+        };
+        const r = requests.acquire(user, { signal, maxWaitMs }).then(() => {
+          this.#requestTaken = true;
+          return undefined;
+        }, failed);
+        const l = llm.acquire(user, { cost: estimate, signal, maxWaitMs }).then(() => {
+          this.#llmReserved = estimate;
+          return undefined;
+        }, failed);
+        const first = (await r) ?? (await l);
+        if (first !== undefined) {
+          await l; // settled before giving back what it took
+          throw first.e;
+        }
+      } else if (requests !== undefined) {
+        // One bucket: nothing else to stop, so the caller's signal is all it needs.
+        await requests.acquire(user, callerSignal !== undefined ? { signal: callerSignal, maxWaitMs } : { maxWaitMs });
+        this.#requestTaken = true;
+      } else if (llm !== undefined) {
+        const o = callerSignal !== undefined ? { cost: estimate, signal: callerSignal, maxWaitMs } : { cost: estimate, maxWaitMs };
+        await llm.acquire(user, o);
+        this.#llmReserved = estimate;
+      }
       if (this.state !== 'admitting') {
         this.#giveBack(); // abandoned while it waited
         return;
@@ -419,7 +444,7 @@ class Attempt {
         callerSignal.addEventListener('abort', onAbort, { once: true });
         this.#unlisten = () => callerSignal.removeEventListener('abort', onAbort);
       }
-      t.admitted({ user, path, waitedMs: performance.now() - start, llmTokens: estimate, retry });
+      if (t.watchesAdmits) t.admitted({ user, path, waitedMs: performance.now() - start, llmTokens: estimate, retry });
     } catch (e) {
       this.abandon();
       // Aborted by the caller: return, and the client throws its own APIUserAbortError before
@@ -456,7 +481,7 @@ class Attempt {
   }
 
   /** observe settles the attempt from its response, and returns the response the client sees. */
-  async observe(response: Response): Promise<Response> {
+  observe(response: Response): Response | Promise<Response> {
     if (!response.ok) {
       // The provider saw the attempt (429 included): the request token stays; the LLM tokens,
       // never used, go back.
@@ -474,17 +499,21 @@ class Attempt {
       return out;
     }
     if (type.includes('json') && this.#llmReserved > 0) {
-      // Read a copy to the end before handing the response on, so the bucket is settled by the
-      // time the caller has its result; the caller's body stays untouched (`.asResponse()` too).
-      let text: string;
-      try {
-        text = await response.clone().text();
-      } catch {
-        this.finish(undefined, true);
-        return response;
-      }
-      this.finish(usageOf(safeJSON(text)), false);
-      return response;
+      // Read the body to the end before handing the response on, so the bucket is settled by the
+      // time the caller has its result. Read once (no clone, whose tee costs more than the read):
+      // the response is handed on with its body replayed from those bytes (`.asResponse()` too).
+      return response.arrayBuffer().then(
+        (bytes) => {
+          const text = utf8.decode(bytes);
+          const parsed = safeJSON(text);
+          this.finish(usageOf(parsed), false);
+          return replayBody(response, bytes, text, parsed);
+        },
+        (e: unknown) => {
+          this.finish(undefined, true);
+          return failedBody(response, e);
+        },
+      );
     }
     this.finish(undefined, false);
     return response;
@@ -616,6 +645,122 @@ function rewriteSSE(
       return reader.cancel(reason);
     },
   });
+}
+
+const utf8 = new TextDecoder();
+
+/**
+ * replayBody makes `response`, whose body was read to `bytes`, readable again as if untouched:
+ * its own `json()`, `text()` and `arrayBuffer()` answer from what was read (the parse the
+ * settlement made included), and `body`, `bodyUsed`, `blob()`, `formData()`, `bytes()` and
+ * `clone()` go to a Response built from the bytes on first use. Cheaper than handing on a new
+ * Response (whose body is a new stream) or reading a clone (a tee): the client's usual
+ * `json()` / `text()` costs nothing more. The body can still be read only once.
+ */
+function replayBody(response: Response, bytes: ArrayBuffer, text: string, parsed: unknown): Response {
+  Object.setPrototypeOf(response, REPLAYED_RESPONSE);
+  (response as Replayed)[REPLAY] = { bytes, text, parsed, used: false, full: undefined };
+  return response;
+}
+
+const REPLAY = Symbol('tollgate.replay');
+
+interface Replay {
+  readonly bytes: ArrayBuffer;
+  readonly text: string;
+  /** The settlement's parse (undefined when the text is not JSON). */
+  readonly parsed: unknown;
+  /** Read through json(), text() or arrayBuffer(). */
+  used: boolean;
+  /** The Response built from the bytes for every other use of the body. */
+  full: Response | undefined;
+}
+
+type Replayed = Response & { [REPLAY]: Replay };
+
+const method = (value: (this: Replayed, ...args: never[]) => unknown): PropertyDescriptor => ({
+  value,
+  writable: true,
+  configurable: true,
+});
+
+/**
+ * The prototype of a response whose body Tollgate read ahead (see {@link replayBody}): below
+ * Response.prototype, so the response keeps its own internals (status, headers, url) and stays
+ * `instanceof Response`; only the body's members are replaced.
+ */
+const REPLAYED_RESPONSE: object = Object.create(Response.prototype, {
+  body: {
+    get(this: Replayed) {
+      return fullOf(this).body;
+    },
+    configurable: true,
+  },
+  bodyUsed: {
+    get(this: Replayed) {
+      const r = this[REPLAY];
+      return r.full !== undefined ? r.full.bodyUsed : r.used;
+    },
+    configurable: true,
+  },
+  // The settlement's parse when it succeeded (nothing else holds it); else JSON.parse's error.
+  json: method(function (this: Replayed) {
+    return take(this, (f) => f.json(), (r) => (r.parsed !== undefined ? r.parsed : JSON.parse(r.text)));
+  }),
+  text: method(function (this: Replayed) {
+    return take(this, (f) => f.text(), (r) => r.text);
+  }),
+  arrayBuffer: method(function (this: Replayed) {
+    return take(this, (f) => f.arrayBuffer(), (r) => r.bytes.slice(0));
+  }),
+  blob: method(function (this: Replayed) {
+    return fullOf(this).blob();
+  }),
+  formData: method(function (this: Replayed) {
+    return fullOf(this).formData();
+  }),
+  bytes: method(function (this: Replayed) {
+    return (fullOf(this) as unknown as { bytes(): Promise<Uint8Array> }).bytes();
+  }),
+  clone: method(function (this: Replayed) {
+    const copy = fullOf(this).clone();
+    Object.defineProperty(copy, 'url', { value: this.url });
+    return copy;
+  }),
+});
+if (typeof (Response.prototype as unknown as { bytes?: unknown }).bytes !== 'function') {
+  Reflect.deleteProperty(REPLAYED_RESPONSE, 'bytes');
+}
+
+/** take reads a replayed body once: from what was read, or from the full Response once built. */
+function take<T>(res: Replayed, read: (full: Response) => Promise<T>, value: (r: Replay) => T): Promise<T> {
+  const r = res[REPLAY];
+  if (r.full !== undefined) return read(r.full);
+  if (r.used) return Promise.reject(new TypeError('Body is unusable: Body has already been read'));
+  r.used = true;
+  try {
+    return Promise.resolve(value(r));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+function fullOf(res: Replayed): Response {
+  const r = res[REPLAY];
+  if (r.full === undefined) {
+    r.full = new Response(r.bytes, { status: res.status, statusText: res.statusText, headers: res.headers });
+    // Already read through json(), text() or arrayBuffer(): the built body is used too.
+    if (r.used) void r.full.arrayBuffer().catch(() => undefined);
+  }
+  return r.full;
+}
+
+/** failedBody hands on `response`, whose body failed to read with `error`, failing the same way. */
+function failedBody(response: Response, error: unknown): Response {
+  const body = new ReadableStream<Uint8Array>({ start: (c) => c.error(error) });
+  const out = new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  Object.defineProperty(out, 'url', { value: response.url });
+  return out;
 }
 
 function safeJSON(text: string): unknown {
