@@ -74,6 +74,9 @@ export class MemoryBackend implements Backend {
   readonly #clock: () => number;
   readonly #stores = new Map<string, Store>();
   #lastName = '';
+  /** The last key decided on and its slot in #last: a key called in a tight loop skips the Map. */
+  #lastKey: string | undefined;
+  #lastSlot = 0;
   #last: Store | undefined;
   #size = 0;
   #sweepAt = MIN_SWEEP_SIZE;
@@ -101,8 +104,19 @@ export class MemoryBackend implements Backend {
 
   tryTake(name: string, key: string, policy: Policy, cost: number): Decision {
     const now = this.#clock();
-    const st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
-    const slot = st.index.get(key);
+    let st: Store;
+    let slot: number | undefined;
+    if (key === this.#lastKey && name === this.#lastName) {
+      st = this.#last as Store;
+      slot = this.#lastSlot;
+    } else {
+      st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
+      slot = st.index.get(key);
+      if (slot !== undefined) {
+        this.#lastKey = key;
+        this.#lastSlot = slot;
+      }
+    }
     if (slot === undefined) {
       const b = this.#b;
       b.tokens = policy.capacity;
@@ -139,8 +153,19 @@ export class MemoryBackend implements Backend {
    */
   [HYBRID_TRY](name: string, key: string, local: Policy, policy: Policy, cost: number): Decision | undefined {
     const now = this.#clock();
-    const st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
-    const slot = st.index.get(key);
+    let st: Store;
+    let slot: number | undefined;
+    if (key === this.#lastKey && name === this.#lastName) {
+      st = this.#last as Store;
+      slot = this.#lastSlot;
+    } else {
+      st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
+      slot = st.index.get(key);
+      if (slot !== undefined) {
+        this.#lastKey = key;
+        this.#lastSlot = slot;
+      }
+    }
     if (slot === undefined) {
       // Nothing learnt from Redis for this key, and a full local bucket.
       const b = this.#b;
@@ -238,6 +263,7 @@ export class MemoryBackend implements Backend {
   /** prune drops every bucket that has refilled to capacity; returns how many it dropped. */
   prune(): number {
     const now = this.#clock();
+    this.#lastKey = undefined;
     let dropped = 0;
     for (const [name, st] of this.#stores) {
       const data = st.data;
@@ -265,6 +291,7 @@ export class MemoryBackend implements Backend {
 
   /** clear drops every bucket. */
   clear(): void {
+    this.#lastKey = undefined;
     this.#stores.clear();
     this.#last = undefined;
     this.#size = 0;
@@ -287,6 +314,7 @@ export class MemoryBackend implements Backend {
     }
     this.#lastName = name;
     this.#last = st;
+    this.#lastKey = undefined;
     return st;
   }
 
