@@ -269,19 +269,23 @@ export class RateLimiter {
       } catch (e) {
         return this.#degradedTry(key, policy, cost, e, epoch);
       }
-      if (r instanceof Promise) {
-        return r.then(
-          (d) => {
-            this.#backendUp();
-            return d;
-          },
-          (e: unknown) => this.#degradedTry(key, policy, cost, e, epoch),
-        );
-      }
+      // The asynchronous case is a method of its own: its closures would otherwise cost every
+      // call (synchronous ones too) a context allocation.
+      if (r instanceof Promise) return this.#tryAnswered(r, key, policy, cost, epoch);
       return Promise.resolve(r);
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  #tryAnswered(r: Promise<Decision>, key: string, policy: Policy, cost: number, epoch: number): Promise<Decision> {
+    return r.then(
+      (d) => {
+        this.#backendUp();
+        return d;
+      },
+      (e: unknown) => this.#degradedTry(key, policy, cost, e, epoch),
+    );
   }
 
   /**

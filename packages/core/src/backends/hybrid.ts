@@ -67,6 +67,11 @@ export class HybridBackend implements Backend {
     const local = this.#local(policy);
     const no = this.local[HYBRID_TRY](name, key, local, policy, cost);
     if (no !== undefined) return no;
+    return this.#ask(name, key, policy, local, cost);
+  }
+
+  /** Passed the local pre-check: Redis decides. (Its own method: the closure would cost every call a context.) */
+  #ask(name: string, key: string, policy: Policy, local: Policy, cost: number): Promise<Decision> {
     return this.redis.tryTake(name, key, policy, cost).then((d) => {
       this.local[HYBRID_LEARN](name, key, local, d.resetAfterMs);
       return d;
