@@ -115,9 +115,9 @@ const throttles = new WeakMap<object, Throttle>();
  * A caller-supplied `fetch` option is kept and wrapped. The order of waits is: the user's
  * queue slot, then the `requests` and `llmTokens` buckets together.
  *
- * Settlement happens before the caller sees the result: a JSON body is read (a copy) inside the
- * wrapped fetch, so its download counts against the client's timeout; a stream is settled as
- * its usage chunk passes.
+ * Settlement happens before the caller sees the result: a JSON body is read inside the wrapped
+ * fetch (once; the response is handed on with its body replayed from the bytes read), so its
+ * download counts against the client's timeout; a stream is settled as its usage chunk passes.
  *
  * Streams: when the caller did not ask for `stream_options.include_usage`, it is added so the
  * LLM tokens can be settled, and the extra usage chunk (`choices: []`) is removed from the stream
@@ -178,24 +178,16 @@ function install(source: ClientInternals, t: Throttle, overrides: Record<string,
       throw e;
     }
   });
-  own('prepareRequest', function (
+  own('prepareRequest', async function (
     this: ClientInternals,
     init: { headers?: unknown },
     context: { url: string; options: RequestOptions },
   ): Promise<void> {
+    await prepareRequest.call(this, init, context);
     // A client that replaced its fetch (openai 7 with X.509 workload identity) sends past the
     // wrapper: count the attempt as sent, unobserved, so its slot is not held forever.
-    const after = () => {
-      if (this.fetch === wrapped) t.link(init, context.options);
-      else t.unobserved(context.options);
-    };
-    let prepared: Promise<void>;
-    try {
-      prepared = Promise.resolve(prepareRequest.call(this, init, context));
-    } catch (e) {
-      return Promise.reject(e);
-    }
-    return prepared.then(after);
+    if (this.fetch === wrapped) t.link(init, context.options);
+    else t.unobserved(context.options);
   });
   own('withOptions', function (this: ClientInternals, options: Record<string, unknown> = {}): ClientInternals {
     return install(this, t, options);
@@ -315,6 +307,22 @@ class Throttle {
     };
   }
 
+  /** An AbortController never aborted, left by an attempt that no longer needs it. */
+  #spare: AbortController | undefined;
+
+  /** takeStop returns a fresh AbortController (or a spare one, never aborted). */
+  takeStop(): AbortController {
+    const spare = this.#spare;
+    if (spare === undefined) return new AbortController();
+    this.#spare = undefined;
+    return spare;
+  }
+
+  /** spareStop keeps `stop` for the next attempt, if it was never aborted. */
+  spareStop(stop: AbortController): void {
+    if (!stop.signal.aborted) this.#spare = stop;
+  }
+
   /** True when an `onAdmit` callback wants the admit events. */
   get watchesAdmits(): boolean {
     return this.#onAdmit !== undefined;
@@ -406,7 +414,7 @@ class Attempt {
       if (requests !== undefined && llm !== undefined) {
         // Both buckets at once. One failing (a deadline) stops the other's wait, which then
         // gives its tokens back; the first failure in this order is the one thrown.
-        const stop = new AbortController();
+        const stop = t.takeStop();
         const signal = callerSignal !== undefined ? AbortSignal.any([callerSignal, stop.signal]) : stop.signal;
         const failed = (e: unknown) => {
           stop.abort();
@@ -425,6 +433,9 @@ class Attempt {
           await l; // settled before giving back what it took
           throw first.e;
         }
+        // Both settled, neither failed: the controller was never aborted and nothing listens to
+        // it any more, so the next attempt may use it (one controller less per attempt).
+        if (callerSignal === undefined) t.spareStop(stop);
       } else if (requests !== undefined) {
         // One bucket: nothing else to stop, so the caller's signal is all it needs.
         await requests.acquire(user, callerSignal !== undefined ? { signal: callerSignal, maxWaitMs } : { maxWaitMs });
@@ -658,8 +669,12 @@ const utf8 = new TextDecoder();
  * `json()` / `text()` costs nothing more. The body can still be read only once.
  */
 function replayBody(response: Response, bytes: ArrayBuffer, text: string, parsed: unknown): Response {
-  Object.setPrototypeOf(response, REPLAYED_RESPONSE);
-  (response as Replayed)[REPLAY] = { bytes, text, parsed, used: false, full: undefined };
+  // Own members set the same way on every such response (one shared shape, shared functions):
+  // cheaper for the client's code that reads the response than a swapped prototype.
+  const r = response as unknown as Record<PropertyKey, unknown>;
+  r[REPLAY] = { bytes, text, parsed, used: false, full: undefined } satisfies Replay;
+  for (const [name, fn] of REPLAY_METHODS) r[name] = fn;
+  Object.defineProperties(response, REPLAY_ACCESSORS);
   return response;
 }
 
@@ -678,18 +693,59 @@ interface Replay {
 
 type Replayed = Response & { [REPLAY]: Replay };
 
-const method = (value: (this: Replayed, ...args: never[]) => unknown): PropertyDescriptor => ({
-  value,
-  writable: true,
-  configurable: true,
-});
+/** The body's methods of a replayed response (see {@link replayBody}). */
+const REPLAY_METHODS: [string, (this: Replayed) => unknown][] = [
+  // The settlement's parse when it succeeded (nothing else holds it); else JSON.parse's error.
+  [
+    'json',
+    function json(this: Replayed) {
+      return take(this, readJSON, replayedJSON);
+    },
+  ],
+  [
+    'text',
+    function text(this: Replayed) {
+      return take(this, readText, replayedText);
+    },
+  ],
+  [
+    'arrayBuffer',
+    function arrayBuffer(this: Replayed) {
+      return take(this, readArrayBuffer, replayedArrayBuffer);
+    },
+  ],
+  [
+    'blob',
+    function blob(this: Replayed) {
+      return fullOf(this).blob();
+    },
+  ],
+  [
+    'formData',
+    function formData(this: Replayed) {
+      return fullOf(this).formData();
+    },
+  ],
+  [
+    'clone',
+    function clone(this: Replayed) {
+      const copy = fullOf(this).clone();
+      Object.defineProperty(copy, 'url', { value: this.url });
+      return copy;
+    },
+  ],
+];
+if (typeof (Response.prototype as unknown as { bytes?: unknown }).bytes === 'function') {
+  REPLAY_METHODS.push([
+    'bytes',
+    function bytes(this: Replayed) {
+      return (fullOf(this) as unknown as { bytes(): Promise<Uint8Array> }).bytes();
+    },
+  ]);
+}
 
-/**
- * The prototype of a response whose body Tollgate read ahead (see {@link replayBody}): below
- * Response.prototype, so the response keeps its own internals (status, headers, url) and stays
- * `instanceof Response`; only the body's members are replaced.
- */
-const REPLAYED_RESPONSE: object = Object.create(Response.prototype, {
+/** The body's accessors of a replayed response. */
+const REPLAY_ACCESSORS: PropertyDescriptorMap = {
   body: {
     get(this: Replayed) {
       return fullOf(this).body;
@@ -703,34 +759,14 @@ const REPLAYED_RESPONSE: object = Object.create(Response.prototype, {
     },
     configurable: true,
   },
-  // The settlement's parse when it succeeded (nothing else holds it); else JSON.parse's error.
-  json: method(function (this: Replayed) {
-    return take(this, (f) => f.json(), (r) => (r.parsed !== undefined ? r.parsed : JSON.parse(r.text)));
-  }),
-  text: method(function (this: Replayed) {
-    return take(this, (f) => f.text(), (r) => r.text);
-  }),
-  arrayBuffer: method(function (this: Replayed) {
-    return take(this, (f) => f.arrayBuffer(), (r) => r.bytes.slice(0));
-  }),
-  blob: method(function (this: Replayed) {
-    return fullOf(this).blob();
-  }),
-  formData: method(function (this: Replayed) {
-    return fullOf(this).formData();
-  }),
-  bytes: method(function (this: Replayed) {
-    return (fullOf(this) as unknown as { bytes(): Promise<Uint8Array> }).bytes();
-  }),
-  clone: method(function (this: Replayed) {
-    const copy = fullOf(this).clone();
-    Object.defineProperty(copy, 'url', { value: this.url });
-    return copy;
-  }),
-});
-if (typeof (Response.prototype as unknown as { bytes?: unknown }).bytes !== 'function') {
-  Reflect.deleteProperty(REPLAYED_RESPONSE, 'bytes');
-}
+};
+
+const readJSON = (f: Response): Promise<unknown> => f.json();
+const readText = (f: Response): Promise<string> => f.text();
+const readArrayBuffer = (f: Response): Promise<ArrayBuffer> => f.arrayBuffer();
+const replayedJSON = (r: Replay): unknown => (r.parsed !== undefined ? r.parsed : JSON.parse(r.text));
+const replayedText = (r: Replay): string => r.text;
+const replayedArrayBuffer = (r: Replay): ArrayBuffer => r.bytes.slice(0);
 
 /** take reads a replayed body once: from what was read, or from the full Response once built. */
 function take<T>(res: Replayed, read: (full: Response) => Promise<T>, value: (r: Replay) => T): Promise<T> {
