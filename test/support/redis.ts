@@ -350,13 +350,17 @@ export async function startCluster(options: ClusterOptions = {}): Promise<RedisC
       const id = (await nodeCommand(p, 'CLUSTER', 'MYID')).trim();
       info.set(p, { id, role: 'master', masterPort: undefined });
     }
-    const byId = new Map([...info].map(([p, i]) => [i.id, p]));
-    const nodesText = await nodeCommand(ports[0] as number, 'CLUSTER', 'NODES');
-    for (const line of nodesText.split('\n')) {
-      const f = line.split(' ');
-      if (f.length < 8 || !(f[2] ?? '').includes('slave')) continue;
-      const port = byId.get(f[0] as string);
-      if (port !== undefined) info.set(port, { ...(info.get(port) as NodeInfo), role: 'replica', masterPort: byId.get(f[3] as string) });
+    // Each node's own word on its role (another node's CLUSTER NODES may not have heard yet
+    // through gossip which nodes became replicas).
+    for (const p of ports) {
+      const repl = await nodeCommand(p, 'INFO', 'replication');
+      const masterPort = /master_port:(\d+)/.exec(repl)?.[1];
+      if (repl.includes('role:slave') && masterPort !== undefined) {
+        info.set(p, { ...(info.get(p) as NodeInfo), role: 'replica', masterPort: Number(masterPort) });
+      }
+    }
+    if (replicas > 0 && [...info.values()].filter((i) => i.role === 'replica').length !== masters * replicas) {
+      throw new Error('redis-cli --cluster create did not make the expected replicas');
     }
     // Replicas take a full sync first: until then a failover would lose every write.
     const until = Date.now() + 20_000;
