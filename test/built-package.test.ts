@@ -2,9 +2,10 @@
  * What an outside user gets: `pnpm build` output imported by plain node (no TypeScript, no
  * source condition), driving all three backends against a redis-server of its own.
  */
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { type RedisServer, startRedis } from './support/redis.ts';
 import { ROOT } from './support/spawn.ts';
@@ -63,3 +64,45 @@ client.disconnect();
     expect(out[kind].maxWait).toBe('ERR_TOLLGATE_MAX_WAIT_EXCEEDED');
   }
 }, 30_000);
+
+test('the built @tollgate/agent loads in plain node and throttles a real openai client per user', async () => {
+  execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'packages/agent/tsconfig.build.json'], {
+    cwd: ROOT,
+    stdio: 'pipe',
+  });
+  const { startFakeOpenAI } = await import('../examples/support/fake-openai.ts');
+  const fake = await startFakeOpenAI();
+  const dir = mkdtempSync(join(ROOT, 'test', '.tmp-outside-'));
+  const script = join(dir, 'outside-agent.mjs');
+  writeFileSync(
+    script,
+    `
+import { createRequire } from 'node:module';
+const require = createRequire(${JSON.stringify(join(ROOT, 'test', 'package.json'))});
+const { MemoryBackend, RateLimiter } = await import(require.resolve('@tollgate/core'));
+const { throttleOpenAI, withUser } = await import(require.resolve('@tollgate/agent'));
+const { default: OpenAI } = await import(require.resolve('openai'));
+const requests = new RateLimiter({ backend: new MemoryBackend(), policy: { rate: 10, per: '1s', capacity: 1 }, name: 'requests' });
+const client = throttleOpenAI(new OpenAI({ baseURL: ${JSON.stringify(fake.baseURL)}, apiKey: 'test', maxRetries: 0 }), { requests });
+const t0 = Date.now();
+const at = [];
+await withUser('u1', () => Promise.all([0, 1, 2].map(() =>
+  client.chat.completions.create({ model: 'm', messages: [{ role: 'user', content: 'hi' }] }).then(() => at.push(Date.now() - t0)))));
+console.log(JSON.stringify({ resolved: require.resolve('@tollgate/agent'), at }));
+`,
+  );
+  let stdout: string;
+  try {
+    // Asynchronously: the fake server answers from this process's event loop.
+    ({ stdout } = await promisify(execFile)(process.execPath, [script], { cwd: dir, encoding: 'utf8', timeout: 30_000 }));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await fake.close();
+  }
+  const { resolved, at } = JSON.parse(stdout.trim().split('\n').pop() as string) as { resolved: string; at: number[] };
+  expect(resolved).toMatch(/packages\/agent\/dist\/index\.js$/);
+  // capacity 1 at 10 per second: the three calls of one user come 100 ms apart.
+  expect(at).toHaveLength(3);
+  expect(at[2] as number).toBeGreaterThanOrEqual(190);
+  expect(at[2] as number).toBeLessThan(1000);
+}, 60_000);
