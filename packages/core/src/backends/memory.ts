@@ -78,6 +78,8 @@ export class MemoryBackend implements Backend {
   #lastKey: string | undefined;
   #lastSlot = 0;
   #last: Store | undefined;
+  /** The store #locate looked in (a field, so the hot path allocates no pair). */
+  #found: Store | undefined;
   #size = 0;
   #sweepAt = MIN_SWEEP_SIZE;
   /** One bucket lent to the math of bucket.ts, loaded from and stored back to a slot. */
@@ -97,6 +99,25 @@ export class MemoryBackend implements Backend {
     this.#clock = clock;
   }
 
+  /**
+   * The slot of (`name`, `key`), or undefined; the store it was looked up in is left in #found.
+   * The last key found is remembered, so a key called again at once skips the Map.
+   */
+  #locate(name: string, key: string): number | undefined {
+    if (key === this.#lastKey && name === this.#lastName) {
+      this.#found = this.#last;
+      return this.#lastSlot;
+    }
+    const st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
+    this.#found = st;
+    const slot = st.index.get(key);
+    if (slot !== undefined) {
+      this.#lastKey = key;
+      this.#lastSlot = slot;
+    }
+    return slot;
+  }
+
   /** The number of buckets held (full ones not yet swept included). */
   get size(): number {
     return this.#size;
@@ -104,19 +125,8 @@ export class MemoryBackend implements Backend {
 
   tryTake(name: string, key: string, policy: Policy, cost: number): Decision {
     const now = this.#clock();
-    let st: Store;
-    let slot: number | undefined;
-    if (key === this.#lastKey && name === this.#lastName) {
-      st = this.#last as Store;
-      slot = this.#lastSlot;
-    } else {
-      st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
-      slot = st.index.get(key);
-      if (slot !== undefined) {
-        this.#lastKey = key;
-        this.#lastSlot = slot;
-      }
-    }
+    const slot = this.#locate(name, key);
+    const st = this.#found as Store;
     if (slot === undefined) {
       const b = this.#b;
       b.tokens = policy.capacity;
@@ -125,17 +135,8 @@ export class MemoryBackend implements Backend {
       this.#keep(st, key, policy, false);
       return d;
     }
-    // bucket.ts's tryTake, inlined on the slot (same operations in the same order).
-    const data = st.data;
-    const i = slot * 2;
-    let elapsed = now - (data[i + 1] as number);
-    if (elapsed > 0) data[i + 1] = now;
-    else elapsed = 0;
-    let tokens = Math.min(policy.capacity, (data[i] as number) + elapsed * policy.ratePerMs);
-    const deficit = cost - tokens;
-    const wait = deficit > cost * COST_EPSILON ? Math.ceil(deficit / policy.ratePerMs) : 0;
-    if (wait === 0) tokens -= cost;
-    data[i] = tokens;
+    const wait = take(st.data, slot * 2, policy, now, cost);
+    const tokens = st.data[slot * 2] as number;
     if (st.policies[slot] !== policy) st.policies[slot] = policy;
     return {
       allowed: wait === 0,
@@ -153,19 +154,8 @@ export class MemoryBackend implements Backend {
    */
   [HYBRID_TRY](name: string, key: string, local: Policy, policy: Policy, cost: number): Decision | undefined {
     const now = this.#clock();
-    let st: Store;
-    let slot: number | undefined;
-    if (key === this.#lastKey && name === this.#lastName) {
-      st = this.#last as Store;
-      slot = this.#lastSlot;
-    } else {
-      st = name === this.#lastName && this.#last !== undefined ? this.#last : this.#store(name);
-      slot = st.index.get(key);
-      if (slot !== undefined) {
-        this.#lastKey = key;
-        this.#lastSlot = slot;
-      }
-    }
+    const slot = this.#locate(name, key);
+    const st = this.#found as Store;
     if (slot === undefined) {
       // Nothing learnt from Redis for this key, and a full local bucket.
       const b = this.#b;
@@ -180,21 +170,10 @@ export class MemoryBackend implements Backend {
     // back faster than the policy's rate, so Redis cannot hold `cost` before this.
     const redisWait = Math.ceil(fullAt - 1 - (policy.capacity - cost) / policy.ratePerMs - now);
     if (redisWait > 0) return hybridRejection(redisWait, policy, fullAt, now);
-    const data = st.data;
-    const i = slot * 2;
-    let elapsed = now - (data[i + 1] as number);
-    if (elapsed > 0) data[i + 1] = now;
-    else elapsed = 0;
-    const tokens = Math.min(local.capacity, (data[i] as number) + elapsed * local.ratePerMs);
-    const deficit = cost - tokens;
+    const wait = take(st.data, slot * 2, local, now, cost);
     if (st.policies[slot] !== local) st.policies[slot] = local;
-    if (deficit > cost * COST_EPSILON) {
-      data[i] = tokens;
-      // The local bucket is looser than Redis's, so its "no" is certain.
-      return hybridRejection(Math.ceil(deficit / local.ratePerMs), policy, fullAt, now);
-    }
-    data[i] = tokens - cost;
-    return undefined;
+    // The local bucket is looser than Redis's, so its "no" is certain.
+    return wait === 0 ? undefined : hybridRejection(wait, policy, fullAt, now);
   }
 
   /**
@@ -367,3 +346,19 @@ function hybridRejection(retryAfterMs: number, policy: Policy, fullAt: number, n
 }
 
 const defaultClock = (): number => performance.now();
+
+/**
+ * take is bucket.ts's tryTake on a slot of `data` (tokens at i, updatedAt at i + 1), with the same
+ * operations in the same order: refill, then take `cost` if it is there. Returns the wait (0 when
+ * taken); the tokens after are left in data[i].
+ */
+function take(data: Float64Array, i: number, policy: Policy, now: number, cost: number): number {
+  let elapsed = now - (data[i + 1] as number);
+  if (elapsed > 0) data[i + 1] = now;
+  else elapsed = 0;
+  const tokens = Math.min(policy.capacity, (data[i] as number) + elapsed * policy.ratePerMs);
+  const deficit = cost - tokens;
+  const wait = deficit > cost * COST_EPSILON ? Math.ceil(deficit / policy.ratePerMs) : 0;
+  data[i] = wait === 0 ? tokens - cost : tokens;
+  return wait;
+}
