@@ -112,8 +112,8 @@ describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master clus
       const ports = cluster.nodes.map((n) => n.port);
       const results = await Promise.all(
         Array.from({ length: 4 }, () =>
-          runTs('test/workers/cluster-load.ts', [
-            JSON.stringify({ cluster: ports, backend, prefix: `cl-${backend}:`, key: 'shared', policy, startAt, durationMs, concurrency: 100 }),
+          runTs('test/workers/try-load.ts', [
+            JSON.stringify({ cluster: ports, backend, prefix: `cl-${backend}:`, key: 'shared', policy, startAt, durationMs, concurrency: 100, timeoutMs: 2000 }),
           ]).then((r) => lastJson<LoadResult>(r)),
         ),
       );
