@@ -7,7 +7,7 @@ import Bottleneck from 'bottleneck';
 import { Redis } from 'ioredis';
 import { RateLimiter as JhLimiter } from 'limiter';
 import { RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible';
-import { InlineBucket, RawEvalsha } from './ceilings.js';
+import { InlineBucket, RawEvalsha, clockAndAwait } from './ceilings.js';
 import { type Contender, type Scenario, inFlight } from './harness.js';
 
 /** A target: Tollgate ÷ `against` must be ≥ `min` (from the same run). */
@@ -36,6 +36,7 @@ const JH = 'limiter';
 const BN = 'bottleneck';
 const INLINE_AWAITED = 'inline Map bucket, awaited';
 const INLINE_SYNC = 'inline Map bucket, sync';
+const FLOOR = 'clock read + await, nothing else';
 const RAW = 'raw EVALSHA (same script)';
 const PING = 'PING';
 
@@ -128,6 +129,13 @@ function memoryContenders(keys: string[]): Contender[] {
       },
     },
     {
+      name: FLOOR,
+      role: 'ceiling',
+      run: async (n) => {
+        for (let i = 0; i < n; i++) await clockAndAwait();
+      },
+    },
+    {
       name: INLINE_SYNC,
       role: 'ceiling',
       run: (n) => {
@@ -177,6 +185,13 @@ function memoryRejected(): Contender[] {
       role: 'ceiling',
       run: async (n) => {
         for (let i = 0; i < n; i++) await inlineA.take(key);
+      },
+    },
+    {
+      name: FLOOR,
+      role: 'ceiling',
+      run: async (n) => {
+        for (let i = 0; i < n; i++) await clockAndAwait();
       },
     },
     {

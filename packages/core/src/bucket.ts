@@ -14,17 +14,19 @@ export interface BucketState {
 }
 
 /**
- * Decision is the answer to `tryAcquire`. Every field is in tokens or ms.
+ * Decision is the answer to `tryAcquire`. Every field is in tokens or ms. Read-only: a backend
+ * may answer a repeated rejection with the same frozen object (MemoryBackend and the hybrid's
+ * local pre-check do, so a rejection storm allocates nothing).
  */
 export interface Decision {
   /** Whether the cost was taken. */
-  allowed: boolean;
+  readonly allowed: boolean;
   /** Whole tokens left in the bucket after this decision (never negative). */
-  remaining: number;
+  readonly remaining: number;
   /** When rejected: ms until the cost could be taken (at least 1). When allowed: 0. */
-  retryAfterMs: number;
+  readonly retryAfterMs: number;
   /** Ms until the bucket is full again if nothing more is taken. */
-  resetAfterMs: number;
+  readonly resetAfterMs: number;
 }
 
 /**

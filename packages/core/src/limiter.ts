@@ -197,6 +197,9 @@ export class RateLimiter {
    * failure is stale). A counter, not a time: no clock read on the hot path.
    */
   #epoch = 0;
+  /** The last rejection the backend answered synchronously, and the promise made for it. */
+  #rejected: Decision | undefined;
+  #rejectedP: Promise<Decision> = Promise.resolve({ allowed: false, remaining: 0, retryAfterMs: 1, resetAfterMs: 1 });
   /** The last backend failure: the `cause` of errors decided while the breaker is open. */
   #lastError: unknown;
 
@@ -272,7 +275,13 @@ export class RateLimiter {
       // The asynchronous case is a method of its own: its closures would otherwise cost every
       // call (synchronous ones too) a context allocation.
       if (r instanceof Promise) return this.#tryAnswered(r, key, policy, cost, epoch);
-      return Promise.resolve(r);
+      if (r.allowed) return Promise.resolve(r);
+      // A backend answers a repeated rejection with the same frozen Decision: so the same promise.
+      if (r !== this.#rejected) {
+        this.#rejected = r;
+        this.#rejectedP = Promise.resolve(r);
+      }
+      return this.#rejectedP;
     } catch (e) {
       return Promise.reject(e);
     }

@@ -84,6 +84,10 @@ export class MemoryBackend implements Backend {
   #sweepAt = MIN_SWEEP_SIZE;
   /** One bucket lent to the math of bucket.ts, loaded from and stored back to a slot. */
   readonly #b: BucketState = { tokens: 0, updatedAt: 0 };
+  /** The last rejection and the store and slot it was for: an identical one is answered with it. */
+  #rejected: Decision = REJECTED_NONE;
+  #rejectedStore: Store | undefined;
+  #rejectedSlot = -1;
 
   constructor(options: MemoryBackendOptions = {}) {
     if (typeof options !== 'object' || options === null) {
@@ -138,12 +142,31 @@ export class MemoryBackend implements Backend {
     const wait = take(st.data, slot * 2, policy, now, cost);
     const tokens = st.data[slot * 2] as number;
     if (st.policies[slot] !== policy) st.policies[slot] = policy;
-    return {
-      allowed: wait === 0,
-      remaining: wholeTokens(tokens),
-      retryAfterMs: wait,
-      resetAfterMs: resetAfter(tokens, policy),
-    };
+    if (wait === 0) return { allowed: true, remaining: wholeTokens(tokens), retryAfterMs: 0, resetAfterMs: resetAfter(tokens, policy) };
+    return this.#rejection(st, slot, wholeTokens(tokens), wait, resetAfter(tokens, policy));
+  }
+
+  /**
+   * A rejection. Over-limit callers hammer one key with the same answer for a millisecond at a
+   * time: the same frozen Decision is handed out again while nothing in it changed, so a
+   * rejection storm allocates nothing (RateLimiter then reuses the promise it made for it too).
+   */
+  #rejection(st: Store, slot: number, remaining: number, retryAfterMs: number, resetAfterMs: number): Decision {
+    const last = this.#rejected;
+    if (
+      last.retryAfterMs === retryAfterMs &&
+      last.resetAfterMs === resetAfterMs &&
+      last.remaining === remaining &&
+      this.#rejectedSlot === slot &&
+      this.#rejectedStore === st
+    ) {
+      return last;
+    }
+    const d = Object.freeze({ allowed: false, remaining, retryAfterMs, resetAfterMs });
+    this.#rejected = d;
+    this.#rejectedStore = st;
+    this.#rejectedSlot = slot;
+    return d;
   }
 
   /**
@@ -163,17 +186,18 @@ export class MemoryBackend implements Backend {
       b.updatedAt = now;
       const d = tryTake(b, local, now, cost);
       this.#keep(st, key, local, false);
-      return d.allowed ? undefined : hybridRejection(d.retryAfterMs, policy, Number.NEGATIVE_INFINITY, now);
+      if (d.allowed) return undefined;
+      return { allowed: false, remaining: 0, retryAfterMs: d.retryAfterMs, resetAfterMs: hybridReset(policy, Number.NEGATIVE_INFINITY, now) };
     }
     const fullAt = st.aux === undefined ? Number.NEGATIVE_INFINITY : (st.aux[slot] as number);
     // fullAt came from a ceil'd resetAfterMs: 1 ms early is the honest bound. Tokens never come
     // back faster than the policy's rate, so Redis cannot hold `cost` before this.
     const redisWait = Math.ceil(fullAt - 1 - (policy.capacity - cost) / policy.ratePerMs - now);
-    if (redisWait > 0) return hybridRejection(redisWait, policy, fullAt, now);
+    if (redisWait > 0) return this.#rejection(st, slot, 0, redisWait, hybridReset(policy, fullAt, now));
     const wait = take(st.data, slot * 2, local, now, cost);
     if (st.policies[slot] !== local) st.policies[slot] = local;
     // The local bucket is looser than Redis's, so its "no" is certain.
-    return wait === 0 ? undefined : hybridRejection(wait, policy, fullAt, now);
+    return wait === 0 ? undefined : this.#rejection(st, slot, 0, wait, hybridReset(policy, fullAt, now));
   }
 
   /**
@@ -338,14 +362,15 @@ export class MemoryBackend implements Backend {
   }
 }
 
-/** A rejection of the hybrid's pre-check; Redis's bucket is full at `fullAt` (-Infinity: unknown). */
-function hybridRejection(retryAfterMs: number, policy: Policy, fullAt: number, now: number): Decision {
+/** resetAfterMs of a hybrid pre-check rejection; Redis's bucket is full at `fullAt` (-Infinity: unknown). */
+function hybridReset(policy: Policy, fullAt: number, now: number): number {
   const reset = Math.ceil(fullAt - now);
   const floor = Math.ceil(1 / policy.ratePerMs);
-  return { allowed: false, remaining: 0, retryAfterMs, resetAfterMs: reset > floor ? reset : floor };
+  return reset > floor ? reset : floor;
 }
 
 const defaultClock = (): number => performance.now();
+const REJECTED_NONE: Decision = Object.freeze({ allowed: false, remaining: -1, retryAfterMs: -1, resetAfterMs: -1 });
 
 /**
  * take is bucket.ts's tryTake on a slot of `data` (tokens at i, updatedAt at i + 1), with the same
