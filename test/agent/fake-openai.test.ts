@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type FakeOpenAI, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
-import { OPENAI_MAJOR, newClient } from './openai-client.ts';
+import { finalText, OPENAI_MAJOR, newClient } from './openai-client.ts';
 
 let fake: FakeOpenAI;
 beforeAll(async () => {
@@ -73,7 +73,7 @@ describe(`the fake OpenAI server speaks the real client's protocol (openai ${OPE
     expect(r.usage?.total_tokens).toBe(10);
     const s = client.responses.stream({ model: 'm', input: 'abcd' });
     const final = await s.finalResponse();
-    expect(final.output_text).toBe('Hello from the fake OpenAI server.');
+    expect(finalText(final)).toBe('Hello from the fake OpenAI server.');
     const e = await client.embeddings.create({
       model: 'e',
       input: ['abcd', 'efgh'],

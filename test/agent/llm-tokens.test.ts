@@ -8,7 +8,7 @@ import { estimateLLMTokens, throttleOpenAI, withUser } from '@tollgate/agent';
 import { MemoryBackend, RateLimiter } from '@tollgate/core';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { type FakeOpenAI, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
-import { OPENAI_MAJOR, newClient } from './openai-client.ts';
+import { finalText, OPENAI_MAJOR, newClient } from './openai-client.ts';
 
 let fake: FakeOpenAI;
 beforeAll(async () => {
@@ -159,7 +159,7 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
     const final = await withUser('resp-stream', () =>
       client.responses.stream({ model: 'm', input: PROMPT, max_output_tokens: 500 }).finalResponse(),
     );
-    expect(final.output_text).toBe('Hello from the fake OpenAI server.');
+    expect(finalText(final)).toBe('Hello from the fake OpenAI server.');
     expect(await spent(llmTokens, 'resp-stream')).toBe(50);
     await withUser('emb', () => client.embeddings.create({ model: 'e', input: PROMPT }));
     expect(await spent(llmTokens, 'emb')).toBe(20); // embeddings usage: 20 prompt tokens
@@ -172,7 +172,7 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
     const err = await withUser('failed', () => client.chat.completions.create(ask)).catch((e: unknown) => e);
     expect((err as { status?: number }).status).toBe(400);
     expect(await spent(llmTokens, 'failed')).toBe(0);
-    fake.failNext(1, 429, { 'retry-after-ms': '0' });
+    fake.failNext(1, 429, { 'retry-after-ms': '1' }); // not 0: openai 5 reads 0 as no hint and backs off 0.5 s
     await withUser('retried', () => client.chat.completions.create(ask));
     expect(fake.requests.map((r) => r.status)).toEqual([400, 429, 200]);
     expect(await spent(llmTokens, 'retried')).toBe(50);

@@ -77,13 +77,14 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
   });
 
   test('every SDK retry after a 429 waits for its own token', async () => {
-    // 5/s, burst 1: each attempt waits 200 ms. The server asks for no back-off (retry-after-ms 0).
+    // 5/s, burst 1: each attempt waits 200 ms. The server asks for a 1 ms back-off (not 0, which
+    // openai 5 ignores in favour of its default 0.5 s, 1 s back-off).
     const admitted: AdmitEvent[] = [];
     const client = throttleOpenAI(newClient(fake.baseURL, { maxRetries: 3 }), {
       requests: limiter(5, '1s', 1),
       onAdmit: (e) => admitted.push(e),
     });
-    fake.failNext(2, 429, { 'retry-after-ms': '0' });
+    fake.failNext(2, 429, { 'retry-after-ms': '1' });
     const t0 = performance.now();
     const r = await withUser('retry-user', () => client.chat.completions.create(ask('retried')));
     const took = performance.now() - t0;
@@ -107,7 +108,7 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
     // Capacity 5, no refill to speak of: one call answered 429, 429, 200 takes 3 tokens.
     const requests = limiter(1, '1h', 5);
     const client = throttleOpenAI(newClient(fake.baseURL), { requests });
-    fake.failNext(2, 429, { 'retry-after-ms': '0' });
+    fake.failNext(2, 429, { 'retry-after-ms': '1' });
     await withUser('u429', () => client.chat.completions.create(ask('x')));
     expect(fake.requests).toHaveLength(3);
     const d = await requests.tryAcquire('u429');
