@@ -53,6 +53,14 @@ export interface RateLimiterOptions {
 }
 
 /** DEFAULT_LIMITER_OPTIONS holds the defaults of {@link RateLimiterOptions}. */
+/**
+ * The key of {@link RateLimiter}'s `acquire` that answers a grant made at once synchronously.
+ * A registered symbol, not exported from the package: internal, for @tollgate/agent (which
+ * finds it with `Symbol.for`); not part of the public API.
+ * @internal
+ */
+export const ACQUIRE_NOW: unique symbol = Symbol.for('tollgate.acquireNow') as never;
+
 export const DEFAULT_LIMITER_OPTIONS = {
   name: 'default',
   onBackendError: 'fallback',
@@ -307,6 +315,16 @@ export class RateLimiter {
    * back and the next caller moves up at once).
    */
   acquire(key: string, options?: AcquireOptions): Promise<Grant> {
+    const g = this[ACQUIRE_NOW](key, options);
+    return g instanceof Promise ? g : Promise.resolve(g);
+  }
+
+  /**
+   * {@link acquire}, answering with the grant itself, not a promise of it, when it is granted at
+   * once without waiting (the fast path of a synchronous backend such as MemoryBackend).
+   * @internal for @tollgate/agent, whose per-request admission is cheaper without the promise.
+   */
+  [ACQUIRE_NOW](key: string, options?: AcquireOptions): Grant | Promise<Grant> {
     let cost: number;
     let policy: Policy;
     let maxWaitMs: number;
@@ -334,7 +352,7 @@ export class RateLimiter {
         r = undefined;
       }
       if (r !== undefined && !(r instanceof Promise)) {
-        if (r.ok && r.waitMs === 0) return Promise.resolve({ waitedMs: 0, remaining: r.remaining });
+        if (r.ok && r.waitMs === 0) return { waitedMs: 0, remaining: r.remaining };
         if (!r.ok) return Promise.reject(new MaxWaitExceededError(key, r.waitMs, maxWaitMs));
         // Reserved with a wait: queue it as the head already holding its reservation.
         return this.#enqueue(key, cost, policy, maxWaitMs, signal, { backend: this.backend, reservation: r });
@@ -356,14 +374,18 @@ export class RateLimiter {
    * refund gives `amount` tokens back to `key`'s bucket (capped at capacity): a call that did
    * not happen, or LLM-token reconciliation after a call used fewer than estimated.
    */
-  async refund(key: string, amount: number): Promise<void> {
-    checkKey(key);
-    if (typeof amount !== 'number' || !Number.isFinite(amount) || amount < 0) {
-      throw new InvalidArgumentError(`amount must be a finite number >= 0 (received ${describe(amount)})`);
+  refund(key: string, amount: number): Promise<void> {
+    try {
+      checkKey(key);
+      if (typeof amount !== 'number' || !Number.isFinite(amount) || amount < 0) {
+        throw new InvalidArgumentError(`amount must be a finite number >= 0 (received ${describe(amount)})`);
+      }
+      if (amount === 0) return Promise.resolve();
+      const policy = this.policyFor(key);
+      return this.#refundOn(this.#downUntil !== 0 ? this.#fallbackBackend() : this.backend, key, policy, amount);
+    } catch (e) {
+      return Promise.reject(e);
     }
-    if (amount === 0) return;
-    const policy = this.policyFor(key);
-    await this.#refundOn(this.#downUntil !== 0 ? this.#fallbackBackend() : this.backend, key, policy, amount);
   }
 
   /** The number of callers of this process waiting on `key` (the head included). */
@@ -703,14 +725,23 @@ export class RateLimiter {
     }
   }
 
-  async #refundOn(backend: Backend, key: string, policy: Policy, amount: number): Promise<void> {
+  /** A synchronous backend's refund is done when this returns (no async function, fewer promises). */
+  #refundOn(backend: Backend, key: string, policy: Policy, amount: number): Promise<void> {
     const epoch = this.#epoch;
+    let r: void | Promise<void>;
     try {
-      await backend.refund(this.name, key, policy, amount);
+      r = backend.refund(this.name, key, policy, amount);
     } catch (e) {
-      this.#backendDown(e, epoch);
-      if (this.onBackendError === 'fallback') this.#fallbackBackend().refund(this.name, key, policy, amount);
+      this.#refundFailed(e, epoch, key, policy, amount);
+      return Promise.resolve();
     }
+    if (r instanceof Promise) return r.then(undefined, (e: unknown) => this.#refundFailed(e, epoch, key, policy, amount));
+    return Promise.resolve();
+  }
+
+  #refundFailed(e: unknown, epoch: number, key: string, policy: Policy, amount: number): void {
+    this.#backendDown(e, epoch);
+    if (this.onBackendError === 'fallback') this.#fallbackBackend().refund(this.name, key, policy, amount);
   }
 
   #refundQuietly(backend: Backend, key: string, policy: Policy, amount: number): void {
