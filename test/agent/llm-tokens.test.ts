@@ -178,6 +178,39 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
     expect(await spent(llmTokens, 'retried')).toBe(50);
   });
 
+  test('a JSON body is settled when the client parses it; one never read keeps its estimate', async () => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens, perUser: { concurrency: 1 } });
+    await withUser('unread', async () => {
+      // .asResponse() hands the raw response over unread: the estimate (600) is held.
+      const raw = await client.chat.completions.create(ask).asResponse();
+      expect(await spent(llmTokens, 'unread')).toBe(600);
+      // Its slot is free all the same: the next call is not held behind the unread body.
+      const next = await client.chat.completions.create(ask);
+      expect(next.usage?.total_tokens).toBe(50);
+      expect(await spent(llmTokens, 'unread')).toBe(600 + 50);
+      // Reading it (json(), text(), arrayBuffer() or bytes()) settles it: 600 -> 50.
+      const body = (await raw.json()) as { usage: { total_tokens: number } };
+      expect(body.usage.total_tokens).toBe(50);
+      expect(await spent(llmTokens, 'unread')).toBe(50 + 50);
+      // A body left unread for good keeps its estimate.
+      await client.chat.completions.create(ask).asResponse();
+      expect(await spent(llmTokens, 'unread')).toBe(50 + 50 + 600);
+    });
+  });
+
+  test('a raw response read with text() is settled too', async () => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    await withUser('text', async () => {
+      const raw = await client.chat.completions.create(ask).asResponse();
+      expect(await spent(llmTokens, 'text')).toBe(600);
+      expect(JSON.parse(await raw.text()).usage.total_tokens).toBe(50);
+      expect(await spent(llmTokens, 'text')).toBe(50);
+      await expect(raw.text()).rejects.toThrow(TypeError); // a body is still read once
+    });
+  });
+
   test('a user over the LLM-token budget waits until the bucket refills', async () => {
     // 1000 LLM tokens per second, capacity 1000; every call estimates and uses 800.
     const server = await startFakeOpenAI({ usage: { prompt_tokens: 100, completion_tokens: 700 } });

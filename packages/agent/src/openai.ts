@@ -1,4 +1,4 @@
-import { InvalidOptionsError, type RateLimiter } from '@tollgate/core';
+import { type AcquireOptions, type Grant, InvalidOptionsError, type RateLimiter } from '@tollgate/core';
 import { estimateLLMTokens, spendsLLMTokens, usageOf } from './llm-tokens.js';
 import { type PerUserOptions, PerUserQueues, type Release } from './per-user-queue.js';
 import { ANONYMOUS_USER, currentUser } from './user-context.js';
@@ -17,8 +17,10 @@ export interface ThrottleOpenAIOptions {
    * an estimate is taken before each attempt ({@link estimateLLMTokens}, capped at the bucket's
    * capacity) and settled to the response's `usage`: the difference goes back, or an excess is
    * charged (it waits in the user's queue, so the user's next calls repay it). A failed attempt
-   * (no response, or a non-2xx status) gives its estimate back. A stream that ends without a
-   * usage chunk keeps its estimate.
+   * (no response, or a non-2xx status) gives its estimate back. A JSON response is settled when
+   * the client parses its body, before the call's promise resolves; a body never read (an
+   * `.asResponse()` left unread, a call never awaited) keeps its estimate. A stream that ends
+   * without a usage chunk keeps its estimate.
    * @example new RateLimiter({ backend, policy: { rate: 40_000, per: '1m' }, name: 'llm-tokens' })
    */
   llmTokens?: RateLimiter;
@@ -29,8 +31,8 @@ export interface ThrottleOpenAIOptions {
    */
   user?: (body: unknown) => string | undefined;
   /**
-   * Per user, bounds the HTTP attempts in flight (from admission until the response body is read
-   * to the end, or a stream is finished or left) and those waiting for a slot: a p-queue per
+   * Per user, bounds the HTTP attempts in flight (from admission until the response arrives, or,
+   * for a stream, until it is finished or left) and those waiting for a slot: a p-queue per
    * user, freed when idle. A call beyond `maxQueued` rejects at once with {@link QueueFullError};
    * an SDK retry of an admitted call queues again but is never rejected as full.
    * Without `perUser`, there is no per-user queue (the limiters alone decide).
@@ -115,9 +117,11 @@ const throttles = new WeakMap<object, Throttle>();
  * A caller-supplied `fetch` option is kept and wrapped. The order of waits is: the user's
  * queue slot, then the `requests` and `llmTokens` buckets together.
  *
- * Settlement happens before the caller sees the result: a JSON body is read inside the wrapped
- * fetch (once; the response is handed on with its body replayed from the bytes read), so its
- * download counts against the client's timeout; a stream is settled as its usage chunk passes.
+ * Settlement happens before the caller sees the result, from the body the client reads anyway:
+ * a JSON response is handed on unread, and its `json()` / `text()` (what openai 5–6 / 7 call to
+ * parse it; `arrayBuffer()` and `bytes()` too) settles the estimate to the `usage` of what it
+ * returns, so the body is read and parsed once, by the client. A body never read that way keeps
+ * its estimate; one whose read fails gives it back. A stream is settled as its usage chunk passes.
  *
  * Streams: when the caller did not ask for `stream_options.include_usage`, it is added so the
  * LLM tokens can be settled, and the extra usage chunk (`choices: []`) is removed from the stream
@@ -169,31 +173,57 @@ function install(source: ClientInternals, t: Throttle, overrides: Record<string,
   const own = (name: PropertyKey, value: unknown) =>
     Object.defineProperty(copy, name, { value, writable: true, configurable: true, enumerable: false });
   own(INNER_FETCH, inner);
-  own('prepareOptions', async function (this: ClientInternals, options: RequestOptions): Promise<void> {
-    await t.beforeAttempt(options);
+  // Plain functions chaining the client's own promise (no async function, no await): each
+  // promise less is a little less work on every request.
+  own('prepareOptions', function (this: ClientInternals, options: RequestOptions): Promise<void> {
+    let admitted: Promise<void> | undefined;
     try {
-      await prepareOptions.call(this, options);
+      admitted = t.beforeAttempt(options);
     } catch (e) {
+      return Promise.reject(e);
+    }
+    const prepared = admitted === undefined ? callPrepare(prepareOptions, this, options) : admitted.then(() => prepareOptions.call(this, options));
+    return prepared.then(undefined, (e: unknown) => {
       t.abandon(options);
       throw e;
-    }
+    });
   });
-  own('prepareRequest', async function (
+  own('prepareRequest', function (
     this: ClientInternals,
     init: { headers?: unknown },
     context: { url: string; options: RequestOptions },
   ): Promise<void> {
-    await prepareRequest.call(this, init, context);
-    // A client that replaced its fetch (openai 7 with X.509 workload identity) sends past the
-    // wrapper: count the attempt as sent, unobserved, so its slot is not held forever.
-    if (this.fetch === wrapped) t.link(init, context.options);
-    else t.unobserved(context.options);
+    return callPrepare(prepareRequest, this, init, context).then(
+      () => {
+        // A client that replaced its fetch (openai 7 with X.509 workload identity) sends past the
+        // wrapper: count the attempt as sent, unobserved, so its slot is not held forever.
+        if (this.fetch === wrapped) t.link(init, context.options);
+        else t.unobserved(context.options);
+      },
+      (e: unknown) => {
+        t.abandon(context.options); // never sent
+        throw e;
+      },
+    );
   });
   own('withOptions', function (this: ClientInternals, options: Record<string, unknown> = {}): ClientInternals {
     return install(this, t, options);
   });
   throttles.set(copy, t);
   return copy;
+}
+
+/** callPrepare calls one of the client's prepare hooks, as a promise even if it throws. */
+function callPrepare<A extends unknown[]>(
+  hook: (this: ClientInternals, ...args: A) => Promise<void>,
+  client: ClientInternals,
+  ...args: A
+): Promise<void> {
+  try {
+    return Promise.resolve(hook.apply(client, args));
+  } catch (e) {
+    return Promise.reject(e);
+  }
 }
 
 /** One logical call: the client's options object, shared by all its attempts. */
@@ -249,8 +279,11 @@ class Throttle {
     this.#onError = o.onError;
   }
 
-  /** beforeAttempt runs in the client's prepareOptions: it waits for a slot and the tokens. */
-  beforeAttempt(options: RequestOptions): Promise<void> {
+  /**
+   * beforeAttempt runs in the client's prepareOptions: it waits for a slot and the tokens.
+   * Undefined when admitted at once (no per-user queue, every bucket granted synchronously).
+   */
+  beforeAttempt(options: RequestOptions): Promise<void> | undefined {
     let call = this.#calls.get(options);
     const retry = call !== undefined;
     if (call === undefined) {
@@ -396,73 +429,163 @@ class Attempt {
     this.#call = call;
   }
 
-  async admit(options: RequestOptions, retry: boolean): Promise<void> {
+  /**
+   * admit takes the attempt's slot and tokens: undefined when done at once (no per-user queue,
+   * every bucket granting synchronously, as MemoryBackend does when the tokens are there), else
+   * a promise settled when admitted (or resolved without admitting when the caller aborted).
+   */
+  admit(options: RequestOptions, retry: boolean): Promise<void> | undefined {
+    const t = this.#t;
+    if (t.queues !== undefined) return this.#admitQueued(options, retry);
+    const start = t.watchesAdmits ? performance.now() : 0;
+    let taking: Promise<void> | undefined;
+    try {
+      taking = this.#take(options);
+    } catch (e) {
+      return this.#failed(e, options);
+    }
+    if (taking === undefined) {
+      this.#ready(options, retry, start);
+      return undefined;
+    }
+    return taking.then(
+      () => this.#ready(options, retry, start),
+      (e: unknown) => this.#failed(e, options),
+    );
+  }
+
+  async #admitQueued(options: RequestOptions, retry: boolean): Promise<void> {
+    const start = performance.now();
+    try {
+      this.#release = await (this.#t.queues as PerUserQueues).enter(this.#call.user, {
+        signal: options.signal ?? undefined,
+        force: retry,
+      });
+      await this.#take(options);
+    } catch (e) {
+      return this.#failed(e, options);
+    }
+    this.#ready(options, retry, start);
+  }
+
+  /**
+   * #take takes the tokens from the buckets: undefined when all were granted at once, else a
+   * promise settled when all are (rejected with the first failure; what was taken is recorded
+   * in #requestTaken / #llmReserved, for #giveBack).
+   */
+  #take(options: RequestOptions): Promise<void> | undefined {
     const t = this.#t;
     const call = this.#call;
-    const { user, path } = call;
-    const start = performance.now();
+    const user = call.user;
     const callerSignal = options.signal ?? undefined;
-    try {
-      if (t.queues !== undefined) this.#release = await t.queues.enter(user, { signal: callerSignal, force: retry });
-      const maxWaitMs = t.maxWaitMs;
-      const requests = t.requests;
-      const llm = call.spendsLLM ? t.llmTokens : undefined;
-      let estimate = 0;
-      if (llm !== undefined) {
-        estimate = Math.min(Math.max(1, Math.ceil(t.estimate(path, options.body))), llm.policyFor(user).capacity);
-      }
-      if (requests !== undefined && llm !== undefined) {
-        // Both buckets at once. One failing (a deadline) stops the other's wait, which then
-        // gives its tokens back; the first failure in this order is the one thrown.
-        const stop = t.takeStop();
-        const signal = callerSignal !== undefined ? AbortSignal.any([callerSignal, stop.signal]) : stop.signal;
-        const failed = (e: unknown) => {
-          stop.abort();
-          return { e };
-        };
-        const r = requests.acquire(user, { signal, maxWaitMs }).then(() => {
-          this.#requestTaken = true;
-          return undefined;
-        }, failed);
-        const l = llm.acquire(user, { cost: estimate, signal, maxWaitMs }).then(() => {
-          this.#llmReserved = estimate;
-          return undefined;
-        }, failed);
-        const first = (await r) ?? (await l);
-        if (first !== undefined) {
-          await l; // settled before giving back what it took
-          throw first.e;
-        }
-        // Both settled, neither failed: the controller was never aborted and nothing listens to
-        // it any more, so the next attempt may use it (one controller less per attempt).
-        if (callerSignal === undefined) t.spareStop(stop);
-      } else if (requests !== undefined) {
-        // One bucket: nothing else to stop, so the caller's signal is all it needs.
-        await requests.acquire(user, callerSignal !== undefined ? { signal: callerSignal, maxWaitMs } : { maxWaitMs });
-        this.#requestTaken = true;
-      } else if (llm !== undefined) {
-        const o = callerSignal !== undefined ? { cost: estimate, signal: callerSignal, maxWaitMs } : { cost: estimate, maxWaitMs };
-        await llm.acquire(user, o);
-        this.#llmReserved = estimate;
-      }
-      if (this.state !== 'admitting') {
-        this.#giveBack(); // abandoned while it waited
-        return;
-      }
-      this.state = 'ready';
-      if (callerSignal !== undefined) {
-        const onAbort = () => this.abandon();
-        callerSignal.addEventListener('abort', onAbort, { once: true });
-        this.#unlisten = () => callerSignal.removeEventListener('abort', onAbort);
-      }
-      if (t.watchesAdmits) t.admitted({ user, path, waitedMs: performance.now() - start, llmTokens: estimate, retry });
-    } catch (e) {
-      this.abandon();
-      // Aborted by the caller: return, and the client throws its own APIUserAbortError before
-      // sending, exactly as it would without Tollgate.
-      if (callerSignal?.aborted) return;
-      throw e;
+    const maxWaitMs = t.maxWaitMs;
+    const requests = t.requests;
+    const llm = call.spendsLLM ? t.llmTokens : undefined;
+    let estimate = 0;
+    if (llm !== undefined) {
+      estimate = Math.min(Math.max(1, Math.ceil(t.estimate(call.path, options.body))), llm.policyFor(user).capacity);
     }
+    if (requests !== undefined && llm !== undefined) {
+      // Both buckets at once. One failing (a deadline) stops the other's wait, which then
+      // gives its tokens back; the first failure in this order is the one thrown.
+      const stop = t.takeStop();
+      const signal = callerSignal !== undefined ? AbortSignal.any([callerSignal, stop.signal]) : stop.signal;
+      const r = acquireNow(requests, user, { signal, maxWaitMs });
+      const l = acquireNow(llm, user, { cost: estimate, signal, maxWaitMs });
+      if (!(r instanceof Promise)) this.#requestTaken = true;
+      if (!(l instanceof Promise)) this.#llmReserved = estimate;
+      if (r instanceof Promise || l instanceof Promise) return this.#takeBoth(r, l, stop, estimate, callerSignal);
+      // Neither waited: the controller was never aborted and nothing listens to it any more, so
+      // the next attempt may use it (one controller less per attempt).
+      if (callerSignal === undefined) t.spareStop(stop);
+      return undefined;
+    }
+    if (requests !== undefined) {
+      // One bucket: nothing else to stop, so the caller's signal is all it needs.
+      const r = acquireNow(requests, user, callerSignal !== undefined ? { signal: callerSignal, maxWaitMs } : { maxWaitMs });
+      if (!(r instanceof Promise)) {
+        this.#requestTaken = true;
+        return undefined;
+      }
+      return r.then(() => {
+        this.#requestTaken = true;
+      });
+    }
+    if (llm !== undefined) {
+      const o = callerSignal !== undefined ? { cost: estimate, signal: callerSignal, maxWaitMs } : { cost: estimate, maxWaitMs };
+      const l = acquireNow(llm, user, o);
+      if (!(l instanceof Promise)) {
+        this.#llmReserved = estimate;
+        return undefined;
+      }
+      return l.then(() => {
+        this.#llmReserved = estimate;
+      });
+    }
+    return undefined;
+  }
+
+  /** The waiting part of #take with both buckets, one of them or both still pending. */
+  async #takeBoth(
+    r: Grant | Promise<Grant>,
+    l: Grant | Promise<Grant>,
+    stop: AbortController,
+    estimate: number,
+    callerSignal: AbortSignal | undefined,
+  ): Promise<void> {
+    const failed = (e: unknown) => {
+      stop.abort();
+      return { e };
+    };
+    const rp =
+      r instanceof Promise
+        ? r.then(() => {
+            this.#requestTaken = true;
+            return undefined;
+          }, failed)
+        : undefined;
+    const lp =
+      l instanceof Promise
+        ? l.then(() => {
+            this.#llmReserved = estimate;
+            return undefined;
+          }, failed)
+        : undefined;
+    const first = (await rp) ?? (await lp);
+    if (first !== undefined) {
+      await lp; // settled before giving back what it took
+      throw first.e;
+    }
+    if (callerSignal === undefined) this.#t.spareStop(stop);
+  }
+
+  /** #ready marks the attempt admitted (or gives back what it took if abandoned meanwhile). */
+  #ready(options: RequestOptions, retry: boolean, start: number): void {
+    if (this.state !== 'admitting') {
+      this.#giveBack(); // abandoned while it waited
+      return;
+    }
+    this.state = 'ready';
+    const callerSignal = options.signal ?? undefined;
+    if (callerSignal !== undefined) {
+      const onAbort = () => this.abandon();
+      callerSignal.addEventListener('abort', onAbort, { once: true });
+      this.#unlisten = () => callerSignal.removeEventListener('abort', onAbort);
+    }
+    const t = this.#t;
+    if (t.watchesAdmits) {
+      const { user, path } = this.#call;
+      t.admitted({ user, path, waitedMs: performance.now() - start, llmTokens: this.#llmReserved, retry });
+    }
+  }
+
+  /** #failed gives back what was taken; the caller's abort resolves (the client then throws its own error). */
+  #failed(e: unknown, options: RequestOptions): Promise<void> {
+    this.abandon();
+    // Aborted by the caller: resolve, and the client throws its own APIUserAbortError before
+    // sending, exactly as it would without Tollgate.
+    if (options.signal?.aborted) return Promise.resolve();
+    return Promise.reject(e);
   }
 
   /** send marks the attempt as handed to fetch; false when it was abandoned meanwhile. */
@@ -510,21 +633,14 @@ class Attempt {
       return out;
     }
     if (type.includes('json') && this.#llmReserved > 0) {
-      // Read the body to the end before handing the response on, so the bucket is settled by the
-      // time the caller has its result. Read once (no clone, whose tee costs more than the read):
-      // the response is handed on with its body replayed from those bytes (`.asResponse()` too).
-      return response.arrayBuffer().then(
-        (bytes) => {
-          const text = utf8.decode(bytes);
-          const parsed = safeJSON(text);
-          this.finish(usageOf(parsed), false);
-          return replayBody(response, bytes, text, parsed);
-        },
-        (e: unknown) => {
-          this.finish(undefined, true);
-          return failedBody(response, e);
-        },
-      );
+      // Settled when the client parses the body (see settleOnParse), not read here: the slot is
+      // free now, the estimate stays reserved until then.
+      const reserved = this.#llmReserved;
+      this.#llmReserved = 0;
+      this.state = 'done';
+      this.#release?.();
+      settleOnParse(response, { t: this.#t, user: this.#call.user, reserved, done: false });
+      return response;
     }
     this.finish(undefined, false);
     return response;
@@ -568,6 +684,21 @@ class Attempt {
  * back, or the excess is charged. The charge is an `acquire` left to run in the background: it
  * waits its turn in the user's queue, so the user's next calls pay for it, never this one.
  */
+/**
+ * The key of RateLimiter's internal `acquire` that answers a grant made at once without a
+ * promise (@tollgate/core's limiter.ts; a registered symbol, not exported).
+ */
+const ACQUIRE_NOW = Symbol.for('tollgate.acquireNow');
+
+type AcquireNow = (this: RateLimiter, key: string, options: AcquireOptions) => Grant | Promise<Grant>;
+
+/** acquireNow is the limiter's acquire, answering a grant made at once without a promise. */
+function acquireNow(limiter: RateLimiter, key: string, options: AcquireOptions): Grant | Promise<Grant> {
+  // A limiter of an older @tollgate/core (or a look-alike) has only acquire.
+  const now = (limiter as unknown as Record<symbol, AcquireNow | undefined>)[ACQUIRE_NOW];
+  return typeof now === 'function' ? now.call(limiter, key, options) : limiter.acquire(key, options);
+}
+
 function settle(t: Throttle, llm: RateLimiter, user: string, reserved: number, actual: number): void {
   const diff = actual - reserved;
   if (diff < 0) {
@@ -660,143 +791,113 @@ function rewriteSSE(
 
 const utf8 = new TextDecoder();
 
+/** The LLM-token reservation of a JSON response, settled once its body is parsed or read. */
+interface PendingSettlement {
+  readonly t: Throttle;
+  readonly user: string;
+  readonly reserved: number;
+  done: boolean;
+}
+
+const SETTLEMENT = Symbol('tollgate.settlement');
+
+type Settling = Response & { [SETTLEMENT]: PendingSettlement };
+
 /**
- * replayBody makes `response`, whose body was read to `bytes`, readable again as if untouched:
- * its own `json()`, `text()` and `arrayBuffer()` answer from what was read (the parse the
- * settlement made included), and `body`, `bodyUsed`, `blob()`, `formData()`, `bytes()` and
- * `clone()` go to a Response built from the bytes on first use. Cheaper than handing on a new
- * Response (whose body is a new stream) or reading a clone (a tee): the client's usual
- * `json()` / `text()` costs nothing more. The body can still be read only once.
+ * settleOnParse makes `response` settle its LLM-token reservation from the body the client reads
+ * anyway, instead of reading it a second time: its own `json()` (openai 5 and 6), `text()`
+ * (openai 7), `arrayBuffer()` and `bytes()` settle to the `usage` of what they return. The body
+ * is read once, by the client, and only then; the response is otherwise untouched. A body read
+ * in another way (`body`, `blob()`, `formData()`, a `clone()`), never read, or without `usage`,
+ * keeps the estimate; a body whose read fails gives the estimate back.
  */
-function replayBody(response: Response, bytes: ArrayBuffer, text: string, parsed: unknown): Response {
-  // Own members set the same way on every such response (one shared shape, shared functions):
-  // cheaper for the client's code that reads the response than a swapped prototype.
+function settleOnParse(response: Response, pending: PendingSettlement): void {
+  // Own members set the same way on every such response (one shared shape, shared functions).
   const r = response as unknown as Record<PropertyKey, unknown>;
-  r[REPLAY] = { bytes, text, parsed, used: false, full: undefined } satisfies Replay;
-  for (const [name, fn] of REPLAY_METHODS) r[name] = fn;
-  Object.defineProperties(response, REPLAY_ACCESSORS);
-  return response;
+  r[SETTLEMENT] = pending;
+  for (const [name, fn] of SETTLING_METHODS) r[name] = fn;
 }
 
-const REPLAY = Symbol('tollgate.replay');
-
-interface Replay {
-  readonly bytes: ArrayBuffer;
-  readonly text: string;
-  /** The settlement's parse (undefined when the text is not JSON). */
-  readonly parsed: unknown;
-  /** Read through json(), text() or arrayBuffer(). */
-  used: boolean;
-  /** The Response built from the bytes for every other use of the body. */
-  full: Response | undefined;
+/** Settles `pending` once: to `usage` when known (else the estimate stays), or back when `failed`. */
+function settleOnce(pending: PendingSettlement, usage: number | undefined, failed: boolean): void {
+  if (pending.done) return;
+  pending.done = true;
+  const { t, user, reserved } = pending;
+  const llm = t.llmTokens;
+  if (llm === undefined) return;
+  if (failed) t.background(llm.refund(user, reserved));
+  else if (usage !== undefined) settle(t, llm, user, reserved, usage);
 }
 
-type Replayed = Response & { [REPLAY]: Replay };
+/** A read that failed gives the estimate back (nothing was received); a body that is not JSON keeps it. */
+function readFailed(pending: PendingSettlement, e: unknown): never {
+  settleOnce(pending, undefined, !(e instanceof SyntaxError));
+  throw e;
+}
 
-/** The body's methods of a replayed response (see {@link replayBody}). */
-const REPLAY_METHODS: [string, (this: Replayed) => unknown][] = [
-  // The settlement's parse when it succeeded (nothing else holds it); else JSON.parse's error.
+const proto = Response.prototype as unknown as Record<string, (this: Response) => Promise<unknown>>;
+const protoJSON = proto.json as (this: Response) => Promise<unknown>;
+const protoText = proto.text as (this: Response) => Promise<string>;
+const protoArrayBuffer = proto.arrayBuffer as (this: Response) => Promise<ArrayBuffer>;
+const protoBytes = proto.bytes as ((this: Response) => Promise<Uint8Array>) | undefined;
+
+/** The body readers of a settling response (see {@link settleOnParse}). */
+const SETTLING_METHODS: [string, (this: Settling) => Promise<unknown>][] = [
   [
     'json',
-    function json(this: Replayed) {
-      return take(this, readJSON, replayedJSON);
+    function json(this: Settling) {
+      const pending = this[SETTLEMENT];
+      return protoJSON.call(this).then(
+        (parsed) => {
+          settleOnce(pending, usageOf(parsed), false);
+          return parsed;
+        },
+        (e: unknown) => readFailed(pending, e),
+      );
     },
   ],
   [
     'text',
-    function text(this: Replayed) {
-      return take(this, readText, replayedText);
+    function text(this: Settling) {
+      const pending = this[SETTLEMENT];
+      return protoText.call(this).then(
+        (body) => {
+          if (!pending.done) settleOnce(pending, usageOf(safeJSON(body)), false);
+          return body;
+        },
+        (e: unknown) => readFailed(pending, e),
+      );
     },
   ],
   [
     'arrayBuffer',
-    function arrayBuffer(this: Replayed) {
-      return take(this, readArrayBuffer, replayedArrayBuffer);
-    },
-  ],
-  [
-    'blob',
-    function blob(this: Replayed) {
-      return fullOf(this).blob();
-    },
-  ],
-  [
-    'formData',
-    function formData(this: Replayed) {
-      return fullOf(this).formData();
-    },
-  ],
-  [
-    'clone',
-    function clone(this: Replayed) {
-      const copy = fullOf(this).clone();
-      Object.defineProperty(copy, 'url', { value: this.url });
-      return copy;
+    function arrayBuffer(this: Settling) {
+      const pending = this[SETTLEMENT];
+      return protoArrayBuffer.call(this).then(
+        (bytes) => {
+          if (!pending.done) settleOnce(pending, usageOf(safeJSON(utf8.decode(bytes))), false);
+          return bytes;
+        },
+        (e: unknown) => readFailed(pending, e),
+      );
     },
   ],
 ];
-if (typeof (Response.prototype as unknown as { bytes?: unknown }).bytes === 'function') {
-  REPLAY_METHODS.push([
+if (protoBytes !== undefined) {
+  const readBytes = protoBytes;
+  SETTLING_METHODS.push([
     'bytes',
-    function bytes(this: Replayed) {
-      return (fullOf(this) as unknown as { bytes(): Promise<Uint8Array> }).bytes();
+    function bytes(this: Settling) {
+      const pending = this[SETTLEMENT];
+      return readBytes.call(this).then(
+        (bytes) => {
+          if (!pending.done) settleOnce(pending, usageOf(safeJSON(utf8.decode(bytes))), false);
+          return bytes;
+        },
+        (e: unknown) => readFailed(pending, e),
+      );
     },
   ]);
-}
-
-/** The body's accessors of a replayed response. */
-const REPLAY_ACCESSORS: PropertyDescriptorMap = {
-  body: {
-    get(this: Replayed) {
-      return fullOf(this).body;
-    },
-    configurable: true,
-  },
-  bodyUsed: {
-    get(this: Replayed) {
-      const r = this[REPLAY];
-      return r.full !== undefined ? r.full.bodyUsed : r.used;
-    },
-    configurable: true,
-  },
-};
-
-const readJSON = (f: Response): Promise<unknown> => f.json();
-const readText = (f: Response): Promise<string> => f.text();
-const readArrayBuffer = (f: Response): Promise<ArrayBuffer> => f.arrayBuffer();
-const replayedJSON = (r: Replay): unknown => (r.parsed !== undefined ? r.parsed : JSON.parse(r.text));
-const replayedText = (r: Replay): string => r.text;
-const replayedArrayBuffer = (r: Replay): ArrayBuffer => r.bytes.slice(0);
-
-/** take reads a replayed body once: from what was read, or from the full Response once built. */
-function take<T>(res: Replayed, read: (full: Response) => Promise<T>, value: (r: Replay) => T): Promise<T> {
-  const r = res[REPLAY];
-  if (r.full !== undefined) return read(r.full);
-  if (r.used) return Promise.reject(new TypeError('Body is unusable: Body has already been read'));
-  r.used = true;
-  try {
-    return Promise.resolve(value(r));
-  } catch (e) {
-    return Promise.reject(e);
-  }
-}
-
-function fullOf(res: Replayed): Response {
-  const r = res[REPLAY];
-  if (r.full === undefined) {
-    r.full = new Response(r.bytes, { status: res.status, statusText: res.statusText, headers: res.headers });
-    // Already read through json(), text() or arrayBuffer(): the built body is used too.
-    if (r.used) void r.full.arrayBuffer().catch(() => undefined);
-  }
-  return r.full;
-}
-
-/** failedBody hands on `response`, whose body failed to read with `error`, failing the same way. */
-function failedBody(response: Response, error: unknown): Response {
-  const body = new ReadableStream<Uint8Array>({ start: (c) => c.error(error) });
-  const out = new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
-  Object.defineProperty(out, 'url', { value: response.url });
-  return out;
 }
 
 function safeJSON(text: string): unknown {
