@@ -61,6 +61,9 @@ export interface RateLimiterOptions {
  */
 export const ACQUIRE_NOW: unique symbol = Symbol.for('tollgate.acquireNow') as never;
 
+/** The key of {@link RateLimiter}'s synchronous `refund` (same terms as ACQUIRE_NOW). @internal */
+export const REFUND_NOW: unique symbol = Symbol.for('tollgate.refundNow') as never;
+
 export const DEFAULT_LIMITER_OPTIONS = {
   name: 'default',
   onBackendError: 'fallback',
@@ -376,16 +379,25 @@ export class RateLimiter {
    */
   refund(key: string, amount: number): Promise<void> {
     try {
-      checkKey(key);
-      if (typeof amount !== 'number' || !Number.isFinite(amount) || amount < 0) {
-        throw new InvalidArgumentError(`amount must be a finite number >= 0 (received ${describe(amount)})`);
-      }
-      if (amount === 0) return Promise.resolve();
-      const policy = this.policyFor(key);
-      return this.#refundOn(this.#downUntil !== 0 ? this.#fallbackBackend() : this.backend, key, policy, amount);
+      return this[REFUND_NOW](key, amount) ?? Promise.resolve();
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  /**
+   * {@link refund}, done synchronously (undefined) when the backend is: no promise at all. Throws
+   * what `refund` rejects with; a returned promise never rejects.
+   * @internal for @tollgate/agent, which settles LLM tokens after every request.
+   */
+  [REFUND_NOW](key: string, amount: number): Promise<void> | undefined {
+    checkKey(key);
+    if (typeof amount !== 'number' || !Number.isFinite(amount) || amount < 0) {
+      throw new InvalidArgumentError(`amount must be a finite number >= 0 (received ${describe(amount)})`);
+    }
+    if (amount === 0) return undefined;
+    const policy = this.policyFor(key);
+    return this.#refundOn(this.#downUntil !== 0 ? this.#fallbackBackend() : this.backend, key, policy, amount);
   }
 
   /** The number of callers of this process waiting on `key` (the head included). */
@@ -725,18 +737,18 @@ export class RateLimiter {
     }
   }
 
-  /** A synchronous backend's refund is done when this returns (no async function, fewer promises). */
-  #refundOn(backend: Backend, key: string, policy: Policy, amount: number): Promise<void> {
+  /** Undefined when done synchronously; a returned promise never rejects. */
+  #refundOn(backend: Backend, key: string, policy: Policy, amount: number): Promise<void> | undefined {
     const epoch = this.#epoch;
     let r: void | Promise<void>;
     try {
       r = backend.refund(this.name, key, policy, amount);
     } catch (e) {
       this.#refundFailed(e, epoch, key, policy, amount);
-      return Promise.resolve();
+      return undefined;
     }
     if (r instanceof Promise) return r.then(undefined, (e: unknown) => this.#refundFailed(e, epoch, key, policy, amount));
-    return Promise.resolve();
+    return undefined;
   }
 
   #refundFailed(e: unknown, epoch: number, key: string, policy: Policy, amount: number): void {
