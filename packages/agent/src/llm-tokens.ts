@@ -74,8 +74,13 @@ function firstCount(...values: unknown[]): number | undefined {
 function textChars(value: unknown, depth = 0): number {
   if (typeof value === 'string') return value.startsWith('data:') ? 0 : value.length;
   if (depth > 32 || value === null || typeof value !== 'object') return 0;
+  // Index and for-in loops: no iterator or values array per object (this runs on every request).
   let n = 0;
-  if (Array.isArray(value)) for (const v of value) n += textChars(v, depth + 1);
-  else for (const v of Object.values(value)) n += textChars(v, depth + 1);
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) n += textChars(value[i], depth + 1);
+  } else {
+    const o = value as Record<string, unknown>;
+    for (const k in o) if (Object.hasOwn(o, k)) n += textChars(o[k], depth + 1);
+  }
   return n;
 }

@@ -74,6 +74,8 @@ interface RequestOptions {
   path: string;
   body?: unknown;
   signal?: AbortSignal | null;
+  /** Set by the client's streaming methods: it parses the response as server-sent events. */
+  stream?: boolean | undefined;
 }
 
 type Fetch = (input: unknown, init?: { headers?: unknown } & Record<string, unknown>) => Promise<Response>;
@@ -233,6 +235,8 @@ interface Call {
   readonly spendsLLM: boolean;
   /** True when this wrapper added `stream_options.include_usage` (its chunk is then removed). */
   readonly injectedUsage: boolean;
+  /** True when the client reads the response as a stream (`stream: true` in its options or body). */
+  readonly streams: boolean;
   current: Attempt | undefined;
 }
 
@@ -373,6 +377,24 @@ class Throttle {
     }
   }
 
+  /**
+   * refund gives `amount` back to `limiter` in the background (failures go to onError), with no
+   * promise when the backend refunds synchronously (RateLimiter's internal REFUND_NOW).
+   */
+  refund(limiter: RateLimiter, user: string, amount: number): void {
+    const now = (limiter as unknown as Record<symbol, RefundNow | undefined>)[REFUND_NOW];
+    if (typeof now !== 'function') {
+      this.background(limiter.refund(user, amount));
+      return;
+    }
+    try {
+      const pending = now.call(limiter, user, amount);
+      if (pending !== undefined) this.background(pending);
+    } catch (e) {
+      this.background(Promise.reject(e));
+    }
+  }
+
   /** background runs work after a call whose failure must not reach anyone but onError. */
   background(work: Promise<unknown>): void {
     work.catch((e: unknown) => {
@@ -397,7 +419,8 @@ class Throttle {
         injectedUsage = true;
       }
     }
-    return { user: this.#userOf(body), path, spendsLLM, injectedUsage, current: undefined };
+    const streams = options.stream === true || (isRecord(body) && body.stream === true);
+    return { user: this.#userOf(body), path, spendsLLM, injectedUsage, streams, current: undefined };
   }
 
   #userOf(body: unknown): string {
@@ -607,8 +630,8 @@ class Attempt {
   #giveBack(): void {
     const { user } = this.#call;
     const t = this.#t;
-    if (this.#requestTaken && t.requests !== undefined) t.background(t.requests.refund(user, 1));
-    if (this.#llmReserved > 0 && t.llmTokens !== undefined) t.background(t.llmTokens.refund(user, this.#llmReserved));
+    if (this.#requestTaken && t.requests !== undefined) t.refund(t.requests, user, 1);
+    if (this.#llmReserved > 0 && t.llmTokens !== undefined) t.refund(t.llmTokens, user, this.#llmReserved);
     this.#requestTaken = false;
     this.#llmReserved = 0;
     this.#release?.();
@@ -622,7 +645,10 @@ class Attempt {
       this.finish(undefined, true);
       return response;
     }
-    const type = response.headers.get('content-type') ?? '';
+    // Only a call the client reads as a stream (`stream: true`) can need the SSE rewrite: any
+    // other is read with json() or text(), so its content type need not be looked up.
+    const call = this.#call;
+    const type = call.streams ? (response.headers.get('content-type') ?? '') : '';
     if (type.includes('text/event-stream') && response.body !== null) {
       const body = rewriteSSE(response.body, {
         onData: (data) => this.#onStreamData(data),
@@ -632,14 +658,14 @@ class Attempt {
       Object.defineProperty(out, 'url', { value: response.url });
       return out;
     }
-    if (type.includes('json') && this.#llmReserved > 0) {
+    if (this.#llmReserved > 0 && (!call.streams || type.includes('json'))) {
       // Settled when the client parses the body (see settleOnParse), not read here: the slot is
       // free now, the estimate stays reserved until then.
       const reserved = this.#llmReserved;
       this.#llmReserved = 0;
       this.state = 'done';
       this.#release?.();
-      settleOnParse(response, { t: this.#t, user: this.#call.user, reserved, done: false });
+      settleOnParse(response, { t: this.#t, user: call.user, reserved, done: false });
       return response;
     }
     this.finish(undefined, false);
@@ -656,7 +682,7 @@ class Attempt {
     this.#llmReserved = 0;
     if (llm !== undefined && reserved > 0) {
       const user = this.#call.user;
-      if (failed) t.background(llm.refund(user, reserved));
+      if (failed) t.refund(llm, user, reserved);
       else if (usage !== undefined) settle(t, llm, user, reserved, usage);
     }
     this.#release?.();
@@ -690,6 +716,11 @@ class Attempt {
  */
 const ACQUIRE_NOW = Symbol.for('tollgate.acquireNow');
 
+/** The key of RateLimiter's internal synchronous `refund` (undefined when done at once). */
+const REFUND_NOW = Symbol.for('tollgate.refundNow');
+
+type RefundNow = (this: RateLimiter, key: string, amount: number) => Promise<void> | undefined;
+
 type AcquireNow = (this: RateLimiter, key: string, options: AcquireOptions) => Grant | Promise<Grant>;
 
 /** acquireNow is the limiter's acquire, answering a grant made at once without a promise. */
@@ -702,7 +733,7 @@ function acquireNow(limiter: RateLimiter, key: string, options: AcquireOptions):
 function settle(t: Throttle, llm: RateLimiter, user: string, reserved: number, actual: number): void {
   const diff = actual - reserved;
   if (diff < 0) {
-    t.background(llm.refund(user, -diff));
+    t.refund(llm, user, -diff);
     return;
   }
   const capacity = llm.policyFor(user).capacity;
@@ -825,7 +856,7 @@ function settleOnce(pending: PendingSettlement, usage: number | undefined, faile
   const { t, user, reserved } = pending;
   const llm = t.llmTokens;
   if (llm === undefined) return;
-  if (failed) t.background(llm.refund(user, reserved));
+  if (failed) t.refund(llm, user, reserved);
   else if (usage !== undefined) settle(t, llm, user, reserved, usage);
 }
 
