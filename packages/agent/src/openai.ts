@@ -638,7 +638,7 @@ class Attempt {
   }
 
   /** observe settles the attempt from its response, and returns the response the client sees. */
-  observe(response: Response): Response | Promise<Response> {
+  observe(response: Response): Response {
     if (!response.ok) {
       // The provider saw the attempt (429 included): the request token stays; the LLM tokens,
       // never used, go back.
