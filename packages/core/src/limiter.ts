@@ -52,7 +52,6 @@ export interface RateLimiterOptions {
   onError?: (error: unknown) => void;
 }
 
-/** DEFAULT_LIMITER_OPTIONS holds the defaults of {@link RateLimiterOptions}. */
 /**
  * The key of {@link RateLimiter}'s `acquire` that answers a grant made at once synchronously.
  * A registered symbol, not exported from the package: internal, for @tollgate/agent (which
@@ -64,6 +63,7 @@ export const ACQUIRE_NOW: unique symbol = Symbol.for('tollgate.acquireNow') as n
 /** The key of {@link RateLimiter}'s synchronous `refund` (same terms as ACQUIRE_NOW). @internal */
 export const REFUND_NOW: unique symbol = Symbol.for('tollgate.refundNow') as never;
 
+/** DEFAULT_LIMITER_OPTIONS holds the defaults of {@link RateLimiterOptions}. */
 export const DEFAULT_LIMITER_OPTIONS = {
   name: 'default',
   onBackendError: 'fallback',
@@ -747,7 +747,9 @@ export class RateLimiter {
       this.#refundFailed(e, epoch, key, policy, amount);
       return undefined;
     }
-    if (r instanceof Promise) return r.then(undefined, (e: unknown) => this.#refundFailed(e, epoch, key, policy, amount));
+    if (r !== undefined && typeof (r as PromiseLike<void>).then === 'function') {
+      return Promise.resolve(r).then(undefined, (e: unknown) => this.#refundFailed(e, epoch, key, policy, amount));
+    }
     return undefined;
   }
 
