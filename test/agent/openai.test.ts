@@ -349,6 +349,24 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
       }
     });
 
+    test('a request that fails before it is sent (a body that cannot be serialized) gives back its slot and tokens', async () => {
+      const requests = limiter(1, '1h', 5);
+      const llmTokens = limiter(1, '1h', 10_000, 'llm-tokens');
+      const client = throttleOpenAI(newClient(fake.baseURL), { requests, llmTokens, perUser: { concurrency: 1 } });
+      await withUser('bigint', async () => {
+        for (let i = 0; i < 3; i++) {
+          // JSON.stringify throws on a BigInt while the client builds the request, after admission.
+          const bad = { ...ask('x'), metadata: { n: 1n } } as unknown as ReturnType<typeof ask>;
+          await expect(client.chat.completions.create(bad)).rejects.toThrow(TypeError);
+          expect(perUserStats(client, 'bigint')).toEqual({ queued: 0, inFlight: 0 });
+        }
+        // Nothing was sent: all 5 request tokens and all LLM tokens are still there.
+        expect(fake.requests).toHaveLength(0);
+        expect((await requests.tryAcquire('bigint', { cost: 5 })).allowed).toBe(true);
+        expect((await llmTokens.tryAcquire('bigint', { cost: 10_000 })).allowed).toBe(true);
+      });
+    });
+
     test('a stream left early gives its slot back at once', async () => {
       const slow = await startFakeOpenAI({ chunkDelayMs: 40 });
       try {

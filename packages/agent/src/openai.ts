@@ -86,6 +86,8 @@ interface ClientInternals {
   withOptions(options: Record<string, unknown>): ClientInternals;
   prepareOptions(options: RequestOptions): Promise<void>;
   prepareRequest(init: { headers?: unknown }, context: { url: string; options: RequestOptions }): Promise<void>;
+  /** The client's one request (all attempts); absent from a client this wrapper does not know. */
+  makeRequest?: (this: ClientInternals, optionsInput: unknown, ...rest: unknown[]) => Promise<unknown>;
 }
 
 /** Any OpenAI client (or subclass such as AzureOpenAI) of openai 5, 6 or 7. */
@@ -208,6 +210,19 @@ function install(source: ClientInternals, t: Throttle, overrides: Record<string,
       },
     );
   });
+  // Between prepareOptions (admission) and fetch the client still builds the request (its body
+  // serialized), and may ask a credentials provider: an error there ends the call unsent. Give
+  // back what its attempt took, or its per-user slot would be held for good.
+  const makeRequest = proto.makeRequest;
+  if (typeof makeRequest === 'function') {
+    own('makeRequest', function (this: ClientInternals, optionsInput: unknown, ...rest: unknown[]): Promise<unknown> {
+      return makeRequest.call(this, optionsInput, ...rest).then(undefined, (e: unknown) => {
+        if (optionsInput instanceof Promise) optionsInput.then((o: RequestOptions) => t.abandon(o), () => {});
+        else t.abandon(optionsInput as RequestOptions);
+        throw e;
+      });
+    });
+  }
   own('withOptions', function (this: ClientInternals, options: Record<string, unknown> = {}): ClientInternals {
     return install(this, t, options);
   });
