@@ -67,7 +67,13 @@ export class RawEvalsha {
     this.#sha = (await this.client.script('LOAD', this.script)) as string;
   }
 
+  #last: [string, string, string, string] = ['', '', '', ''];
+
+  /** One decision of cost 1, no max wait, no deadline; the spec string is made once per policy. */
   call(key: string, mode: string, ratePerMs: string, capacity: string): Promise<unknown> {
-    return this.client.evalsha(this.#sha, 1, key, mode, ratePerMs, capacity, '1', '-1', '');
+    const l = this.#last;
+    if (l[0] !== mode || l[1] !== ratePerMs || l[2] !== capacity) this.#last = [mode, ratePerMs, capacity, `${mode} ${ratePerMs} ${capacity} 1 -1`];
+    const spec = this.#last[3];
+    return this.client.evalsha(this.#sha, 1, key, spec, '');
   }
 }

@@ -15,6 +15,7 @@ import {
 import type { Redis } from 'ioredis';
 import { describe, expect, test } from 'vitest';
 import { type Call, Watched, failOnUnhandledRejections, load, percentile, sleep, within } from './support/faults.ts';
+import { decodeBucket } from '../packages/core/src/backends/redis-script.ts';
 import { startRedis } from './support/redis.ts';
 
 failOnUnhandledRejections();
@@ -115,8 +116,7 @@ describe.each(['fail-open', 'fail-closed', 'fallback'] as BackendErrorPolicy[])(
 
 /** Redis's view of a bucket: its tokens, or undefined when the key does not exist (full). */
 async function tokensInRedis(admin: Redis, prefix: string, key: string): Promise<number | undefined> {
-  const t = await admin.hget(redisKey(prefix, key, 'default'), 't');
-  return t === null ? undefined : Number(t);
+  return decodeBucket(await admin.getBuffer(redisKey(prefix, key, 'default')))?.tokens;
 }
 
 describe.each([

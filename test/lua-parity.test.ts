@@ -13,6 +13,7 @@ import {
   tryTake,
 } from '@tollgate/core';
 import { afterAll, beforeAll, expect, test } from 'vitest';
+import { decodeBucket } from '../packages/core/src/backends/redis-script.ts';
 import { rng } from './support/random.ts';
 import { type RedisServer, startRedis } from './support/redis.ts';
 
@@ -60,10 +61,9 @@ test.each([
   }
   // The stored bucket holds what the memory bucket holds (a rejection refills in memory but
   // writes nothing to Redis, so compare the tokens at `now`, not the raw fields).
-  const [t, u] = await client.hmget(`parity${seed}:{k}:b`, 't', 'u');
-  if (t !== null && u !== null) {
-    const stored = tokensAt({ tokens: Number(t), updatedAt: Number(u) }, policy, now);
-    expect(stored).toBeCloseTo(tokensAt(state, policy, now), 6);
+  const stored = decodeBucket(await client.getBuffer(`parity${seed}:{k}:b`));
+  if (stored !== undefined) {
+    expect(tokensAt(stored, policy, now)).toBeCloseTo(tokensAt(state, policy, now), 6);
   }
 });
 
@@ -89,4 +89,23 @@ test('the script ioredis sends is the one Redis loads: its SHA1 matches SCRIPT L
   const client = srv.client();
   const sha = await client.script('LOAD', BUCKET_SCRIPT);
   expect(sha).toBe(createHash('sha1').update(BUCKET_SCRIPT).digest('hex'));
+});
+
+test('a bucket an older version left as a hash {t, u} is read as that bucket, then replaced by the string', async () => {
+  const client = srv.client();
+  const backend = new RedisBackend({ client, prefix: 'old:' });
+  const policy = normalizePolicy({ rate: 10, per: '1s', capacity: 20 });
+  let now = 1_700_000_000_000.25;
+  backend.useClockForTests(() => now);
+  const state: BucketState = { tokens: 3.5, updatedAt: now - 100 };
+  await client.hset('old:{u}:b', 't', '3.5', 'u', String(now - 100));
+  await client.pexpire('old:{u}:b', 60_000);
+  // A rejection writes nothing: the hash stays, and is read again next time.
+  expect(await backend.tryTake('b', 'u', policy, 6)).toEqual(tryTake(state, policy, now, 6));
+  expect(await client.type('old:{u}:b')).toBe('hash');
+  now += 10;
+  expect(await backend.tryTake('b', 'u', policy, 2)).toEqual(tryTake(state, policy, now, 2));
+  expect(await client.type('old:{u}:b')).toBe('string');
+  expect(decodeBucket(await client.getBuffer('old:{u}:b'))).toEqual(state);
+  expect(await client.pttl('old:{u}:b')).toBeLessThanOrEqual(Math.ceil((20 - state.tokens) / policy.ratePerMs));
 });

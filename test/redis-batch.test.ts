@@ -15,6 +15,7 @@ import {
   ScriptBatcher,
   keySlot,
 } from '../packages/core/src/backends/redis-batch.ts';
+import { decisionSpec } from '../packages/core/src/backends/redis-script.ts';
 import { rng } from './support/random.ts';
 import { type RedisServer, startRedis } from './support/redis.ts';
 
@@ -61,12 +62,9 @@ function sequence(seed: number, n: number): Step[] {
     const cost = Math.max(0.5, Math.round(random() * p.capacity * 100) / 100);
     const op = random();
     const mode = op < 0.45 ? 't' : op < 0.85 ? 'r' : 'f';
-    const maxWait = mode === 'r' && random() < 0.5 ? String(Math.floor(random() * fill)) : '-1';
+    const maxWait = mode === 'r' && random() < 0.5 ? Math.floor(random() * fill) : -1;
     const deadline = random() < 0.1 ? String(now - 1) : random() < 0.5 ? String(now + 1000) : '';
-    steps.push({
-      key,
-      args: [mode, String(p.ratePerMs), String(p.capacity), String(cost), maxWait, String(now), deadline],
-    });
+    steps.push({ key, args: [decisionSpec(mode, p.ratePerMs, p.capacity, cost, maxWait), deadline, String(now)] });
   }
   return steps;
 }
@@ -76,7 +74,7 @@ const keyOf = (prefix: string, k: number): string => `${prefix}{user-${k}}:b`;
 async function runSingle(prefix: string, steps: Step[]): Promise<string[][]> {
   const out: string[][] = [];
   for (const s of steps) {
-    const r = (await client.evalsha(singleSha, 1, keyOf(prefix, s.key), ...s.args)) as Array<number | string>;
+    const r = (await client.evalsha(singleSha, 1, keyOf(prefix, s.key), ...(s.args as readonly string[]))) as Array<number | string>;
     out.push(r.slice(0, 4).map(String));
   }
   return out;
@@ -86,9 +84,10 @@ async function runBatch(prefix: string, chunk: Step[]): Promise<string[][]> {
   const out: string[][] = [];
   {
     const keys = chunk.map((s) => keyOf(prefix, s.key));
-    const argv = chunk.map((s) => s.args.map((a) => (a === '' ? '-' : a)).join(' '));
-    const [decisions] = (await client.evalsha(batchSha, keys.length, ...keys, ...argv)) as [string, string];
-    for (const d of decisions.split(',')) out.push(d.split(' '));
+    const argv = [0, 1, 2].flatMap((j) => chunk.map((s) => s.args[j] as string));
+    const reply = (await client.evalsha(batchSha, keys.length, ...keys, ...argv)) as Array<number | string>;
+    expect(reply).toHaveLength(4 * chunk.length + 1);
+    for (let i = 0; i < chunk.length; i++) out.push(reply.slice(4 * i, 4 * i + 4).map(String));
   }
   return out;
 }
@@ -106,8 +105,9 @@ async function bothWays(steps: Step[], random: () => number, single: string, bat
   return { single: a, batched: b };
 }
 
-async function buckets(prefix: string): Promise<Array<Record<string, string>>> {
-  return Promise.all([0, 1, 2, 3].map((k) => client.hgetall(keyOf(prefix, k))));
+/** The stored buckets, byte for byte (hex; null when absent). */
+async function buckets(prefix: string): Promise<Array<string | null>> {
+  return Promise.all([0, 1, 2, 3].map(async (k) => (await client.getBuffer(keyOf(prefix, k)))?.toString('hex') ?? null));
 }
 
 test.each([1, 2, 3, 4, 5, 6])('seed %i: the batch script decides 600 random calls as the single script does', async (seed) => {
@@ -121,6 +121,7 @@ test.each([1, 2, 3, 4, 5, 6])('seed %i: the batch script decides 600 random call
   expect(await buckets(`batch${seed}:`)).toEqual(await buckets(`single${seed}:`));
   // Each decision kind happened, including refusals past the deadline.
   const allowed = new Set(single.map((r) => r[0]));
+  expect(single.some((r) => r[0] === '1' && r[1] !== '0')).toBe(true);
   expect(allowed).toEqual(new Set(['1', '0', '-1']));
 });
 
@@ -128,7 +129,7 @@ test('the batcher groups concurrent calls into few script calls, in call order, 
   const steps = sequence(42, 1200);
   const c = srv.client();
   const sendOne = (key: string, args: DecisionArgs): Promise<DecisionReply> =>
-    c.evalsha(singleSha, 1, key, ...args) as Promise<DecisionReply>;
+    c.evalsha(singleSha, 1, key, ...(args as readonly string[])) as Promise<DecisionReply>;
   const batcher = new ScriptBatcher(c, sendOne);
   await c.ping();
   const scriptCalls = async (): Promise<number> => {
@@ -151,9 +152,9 @@ test('the batcher groups concurrent calls into few script calls, in call order, 
 
   // A lone call goes alone, as the single script (one script call, no batch).
   const b2 = await scriptCalls();
-  const lone = await batcher.call(keyOf('lone:', 0), ['t', '0.01', '10', '1', '-1', '', ''], 1000);
+  const lone = await batcher.call(keyOf('lone:', 0), [decisionSpec('t', 0.01, 10, 1, -1), ''], 1000);
   expect(lone[0]).toBe(1);
-  expect(lone[1]).toBe('9');
+  expect(lone[1]).toBe(9);
   expect(Number(lone[4])).toBeGreaterThan(1.6e12);
   expect((await scriptCalls()) - b2).toBe(1);
 });
@@ -174,13 +175,13 @@ test('keySlot is the Redis Cluster slot: CRC16 of the hash tag, or of the whole 
 test('calls stuck behind a stalled server time out at their own deadline, and the batcher recovers', async () => {
   const c = srv.client();
   const sendOne = (key: string, args: DecisionArgs): Promise<DecisionReply> =>
-    c.evalsha(singleSha, 1, key, ...args) as Promise<DecisionReply>;
+    c.evalsha(singleSha, 1, key, ...(args as readonly string[])) as Promise<DecisionReply>;
   const batcher = new ScriptBatcher(c, sendOne);
   await c.ping();
   const admin = srv.client();
   const sleeping = admin.call('DEBUG', 'SLEEP', '0.6');
   await new Promise((r) => setTimeout(r, 50));
-  const args: DecisionArgs = ['t', '0.01', '10', '1', '-1', '', ''];
+  const args: DecisionArgs = [decisionSpec('t', 0.01, 10, 1, -1), ''];
   const t0 = performance.now();
   // More calls than MAX_IN_FLIGHT batches hold: some wait in line behind the stalled ones.
   const calls = Array.from({ length: MAX_BATCH * (MAX_IN_FLIGHT + 4) }, (_, i) =>

@@ -131,7 +131,7 @@ export function normalizePolicy(input: unknown, optionPath = 'policy'): Policy {
     );
   }
   const cap = capacity ?? rate;
-  // Redis expires an idle bucket when it would be full (PEXPIRE, at most MAX_REFILL_MS): a bucket
+  // Redis expires an idle bucket when it would be full (SET … PX, at most MAX_REFILL_MS): a bucket
   // taking longer to refill would come back full too early.
   if (cap / ratePerMs > MAX_REFILL_MS) {
     throw new InvalidOptionsError(

@@ -19,23 +19,47 @@ import { DECIDE_LUA } from './redis-script.js';
  * decisions are identical on random sequences). All decisions of one call share one instant of
  * the server's clock: TIME is read once.
  *
- * KEYS[i]  the bucket hash of decision i (all in one Cluster slot)
- * ARGV[i]  decision i, its BUCKET_SCRIPT arguments joined by single spaces:
- *          `<mode> <rate per ms> <capacity> <cost> <max wait ms> <now> <deadline>`, where `now`
- *          and `deadline` are '-' when absent (now: the server's TIME; deadline: none)
+ * With n decisions:
+ * KEYS[i]      the bucket of decision i (all in one Cluster slot)
+ * ARGV[i]      decision i's spec, as BUCKET_SCRIPT's ARGV[1] (`<mode> <rate> <cap> <cost> <max
+ *              wait>`). Calls of one limiter send the same spec, so it is parsed only when it
+ *              differs from the previous decision's (Lua strings are interned: the comparison
+ *              is one pointer).
+ * ARGV[n+i]    decision i's deadline, ms on the server's clock ('': none), likewise parsed only
+ *              when it changes
+ * ARGV[2n+i]   tests only, present or absent for the whole call: a fixed now ('': TIME)
  *
- * Returns { decisions, now }: `decisions` is one string, the decisions' replies joined by ',',
- * each `<allowed> <tokens> <wait> <reset>` (allowed 1|0, or -1: past its deadline, nothing
- * changed); `now` is the server's ms. Numbers are %.17g strings, as in BUCKET_SCRIPT.
+ * Returns a flat array: for each decision, in order, allowed (1|0, or -1: past its deadline,
+ * nothing changed), remaining, wait ms, ms until full, as BUCKET_SCRIPT returns them; then the
+ * server's now in ms (a %.17g string).
  */
 export const BATCH_SCRIPT = `${DECIDE_LUA}
+local n = #KEYS
+local fixed = #ARGV > 2 * n
 local out = {}
-local servernow
-local now
-for i = 1, #KEYS do
-  local mode, rate, cap, cost, maxw, nowarg, dl = string.match(ARGV[i], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
-  if nowarg ~= '-' then
-    now = tonumber(nowarg)
+local j = 0
+local servernow, now
+local lastspec, mode, rate, cap, cost, maxw
+local lastdl, deadline
+for i = 1, n do
+  local spec = ARGV[i]
+  if spec ~= lastspec then
+    lastspec = spec
+    local m, r, c, k, w = string.match(spec, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+    mode = m
+    rate = tonumber(r)
+    cap = tonumber(c)
+    cost = tonumber(k)
+    maxw = tonumber(w)
+  end
+  local dl = ARGV[n + i]
+  if dl ~= lastdl then
+    lastdl = dl
+    deadline = tonumber(dl)
+  end
+  local f = fixed and ARGV[2 * n + i] or ''
+  if f ~= '' then
+    now = tonumber(f)
   else
     if servernow == nil then
       local t = redis.call('TIME')
@@ -43,36 +67,43 @@ for i = 1, #KEYS do
     end
     now = servernow
   end
-  local deadline = tonumber(dl)
   if deadline ~= nil and now > deadline then
-    out[i] = '-1 0 0 0'
+    out[j + 1] = -1
+    out[j + 2] = 0
+    out[j + 3] = 0
+    out[j + 4] = 0
   else
-    local allowed, tokens, wait, reset = decide(KEYS[i], mode, tonumber(rate), tonumber(cap), tonumber(cost), tonumber(maxw), now)
-    out[i] = allowed .. ' ' .. string.format('%.17g', tokens) .. ' ' .. string.format('%.17g', wait) .. ' ' .. string.format('%.17g', reset)
+    local allowed, remaining, wait, reset = decide(KEYS[i], mode, rate, cap, cost, maxw, now)
+    out[j + 1] = allowed
+    out[j + 2] = int(remaining)
+    out[j + 3] = int(wait)
+    out[j + 4] = int(reset)
   end
+  j = j + 4
 end
-return { table.concat(out, ','), string.format('%.17g', now or 0) }
+out[j + 1] = string.format('%.17g', now or 0)
+return out
 `;
 
 /** The batch script's name on the ioredis client (versioned like the single one). */
-const BATCH_COMMAND = 'tollgateBatchV1';
+const BATCH_COMMAND = 'tollgateBatchV2';
 
 /**
  * One decision's reply, as the single script returns it: allowed (1, 0; -1: past its deadline),
- * tokens, wait ms, ms until full, the server's now in ms.
+ * remaining, wait ms, ms until full (numbers; a string beyond 2^53), the server's now in ms.
  */
-export type DecisionReply = [number, string, string, string, string];
+export type DecisionReply = [number, number | string, number | string, number | string, string];
 
 /**
- * The single script's arguments after the key: mode, rate per ms, capacity, cost, max wait ms,
- * now ('' = TIME), deadline ('' = none).
+ * The single script's arguments after the key: the decision's spec (see `decisionSpec`), the
+ * deadline ('' = none) and, in tests only, a fixed now ('' or absent = TIME).
  */
-export type DecisionArgs = readonly [string, string, string, string, string, string, string];
+export type DecisionArgs = readonly [spec: string, deadline: string, now?: string];
 
 /** Sends one decision as the single-decision script. */
 export type SendOne = (key: string, args: DecisionArgs) => Promise<DecisionReply>;
 
-type BatchClient = { [BATCH_COMMAND](numKeys: number, ...keysAndArgs: string[]): Promise<[string, string]> };
+type BatchClient = { [BATCH_COMMAND](numKeys: number, ...keysAndArgs: string[]): Promise<Array<number | string>> };
 
 /**
  * Most decisions in one script call. A script blocks Redis while it runs (about 4 µs a
@@ -251,15 +282,19 @@ export class ScriptBatcher {
       );
       return;
     }
-    const argv: string[] = new Array(items.length * 2);
-    for (let i = 0; i < items.length; i++) {
+    const n = items.length;
+    let fixed = false;
+    for (let i = 0; i < n; i++) if ((items[i] as Item).args.length > 2) fixed = true;
+    const argv: string[] = new Array(fixed ? n * 4 : n * 3);
+    for (let i = 0; i < n; i++) {
       const it = items[i] as Item;
       const a = it.args;
       argv[i] = it.key;
-      argv[items.length + i] =
-        `${a[0]} ${a[1]} ${a[2]} ${a[3]} ${a[4]} ${a[5] === '' ? '-' : a[5]} ${a[6] === '' ? '-' : a[6]}`;
+      argv[n + i] = a[0];
+      argv[2 * n + i] = a[1];
+      if (fixed) argv[3 * n + i] = a[2] ?? '';
     }
-    (this.#client as unknown as BatchClient)[BATCH_COMMAND](items.length, ...argv).then(
+    (this.#client as unknown as BatchClient)[BATCH_COMMAND](n, ...argv).then(
       (reply) => {
         release();
         settle(items, reply);
@@ -272,17 +307,16 @@ export class ScriptBatcher {
   }
 }
 
-function settle(items: Item[], reply: [string, string]): void {
-  const decisions = reply[0].split(',');
-  const now = reply[1];
-  if (decisions.length !== items.length) {
-    const e = new Error(`tollgate batch script answered ${decisions.length} decisions for ${items.length} calls`);
+function settle(items: Item[], reply: Array<number | string>): void {
+  const n = items.length;
+  if (reply.length !== 4 * n + 1) {
+    const e = new Error(`tollgate batch script answered ${(reply.length - 1) / 4} decisions for ${n} calls`);
     for (const it of items) it.reject(e);
     return;
   }
-  for (let i = 0; i < items.length; i++) {
-    const d = (decisions[i] as string).split(' ');
-    (items[i] as Item).resolve([Number(d[0]), d[1] as string, d[2] as string, d[3] as string, now]);
+  const now = reply[4 * n] as string;
+  for (let i = 0, j = 0; i < n; i++, j += 4) {
+    (items[i] as Item).resolve([reply[j] as number, reply[j + 1] as number, reply[j + 2] as number, reply[j + 3] as number, now]);
   }
 }
 

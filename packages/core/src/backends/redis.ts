@@ -5,8 +5,8 @@ import type { Decision, Reservation } from '../bucket.js';
 import { BackendTimeoutError, BackendUnavailableError, InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe, toOptionsError } from '../policy.js';
-import { ScriptBatcher } from './redis-batch.js';
-import { BUCKET_SCRIPT } from './redis-script.js';
+import { type DecisionReply, ScriptBatcher } from './redis-batch.js';
+import { BUCKET_SCRIPT, decisionSpec } from './redis-script.js';
 
 /** RedisBackendOptions configures a {@link RedisBackend}. */
 export interface RedisBackendOptions {
@@ -32,10 +32,13 @@ export interface RedisBackendOptions {
 export const DEFAULT_REDIS_OPTIONS = { prefix: 'tollgate:', timeoutMs: 1000 } as const;
 
 /** The script's name on the ioredis client (versioned: a changed script gets a new name). */
-const COMMAND = 'tollgateBucketV2';
+const COMMAND = 'tollgateBucketV3';
 
-/** allowed (1, 0; -1: ran after the deadline), tokens, wait ms, ms until full, server now ms. */
-type ScriptReply = [number, string, string, string, string];
+/**
+ * allowed (1, 0; -1: ran after the deadline), remaining, wait ms, ms until full (numbers; strings
+ * beyond 2^53), server now ms.
+ */
+type ScriptReply = DecisionReply;
 
 /**
  * Replies slower than this (ms, round trip) do not update the estimate of the server's clock:
@@ -142,7 +145,10 @@ export class RedisBackend implements Backend {
     this.timeoutMs = o.timeoutMs;
     defineScript(o.client);
     this.#script = o.client as unknown as ScriptClient;
-    this.#batcher = new ScriptBatcher(o.client, (key, a) => this.#script[COMMAND](key, ...a));
+    const script = this.#script;
+    this.#batcher = new ScriptBatcher(o.client, (key, a) =>
+      a[2] === undefined ? script[COMMAND](key, a[0], a[1]) : script[COMMAND](key, a[0], a[1], a[2]),
+    );
   }
 
   /**
@@ -155,41 +161,46 @@ export class RedisBackend implements Backend {
   }
 
   async tryTake(name: string, key: string, policy: Policy, cost: number): Promise<Decision> {
-    const r = await this.#run(redisKey(this.prefix, key, name), 't', policy, cost, -1);
-    const tokens = Number(r[1]);
-    const allowed = r[0] === 1;
-    return {
-      allowed,
-      remaining: tokens > 0 ? Math.floor(tokens + 1e-9) : 0,
-      retryAfterMs: Number(r[2]),
-      resetAfterMs: Number(r[3]),
-    };
+    const r = await this.#run(redisKey(this.prefix, key, name), this.#spec('t', policy, cost, -1));
+    return { allowed: r[0] === 1, remaining: Number(r[1]), retryAfterMs: Number(r[2]), resetAfterMs: Number(r[3]) };
   }
 
   async reserve(name: string, key: string, policy: Policy, cost: number, maxWaitMs: number): Promise<Reservation> {
     const maxw = maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs;
-    const r = await this.#run(redisKey(this.prefix, key, name), 'r', policy, cost, maxw);
-    const tokens = Number(r[1]);
-    return {
-      ok: r[0] === 1,
-      waitMs: Number(r[2]),
-      remaining: tokens > 0 ? Math.floor(tokens + 1e-9) : 0,
-      resetAfterMs: Number(r[3]),
-    };
+    const r = await this.#run(redisKey(this.prefix, key, name), this.#spec('r', policy, cost, maxw));
+    return { ok: r[0] === 1, waitMs: Number(r[2]), remaining: Number(r[1]), resetAfterMs: Number(r[3]) };
   }
 
   async refund(name: string, key: string, policy: Policy, amount: number): Promise<void> {
-    await this.#run(redisKey(this.prefix, key, name), 'f', policy, amount, -1);
+    await this.#run(redisKey(this.prefix, key, name), this.#spec('f', policy, amount, -1));
+  }
+
+  // The last spec built: one limiter sends the same one call after call, and formatting its
+  // numbers costs more than the rest of building the command.
+  #specPolicy: Policy | undefined;
+  #specMode = '';
+  #specCost = 0;
+  #specMaxWait = 0;
+  #specText = '';
+
+  #spec(mode: 't' | 'r' | 'f', policy: Policy, cost: number, maxWaitMs: number): string {
+    if (policy !== this.#specPolicy || mode !== this.#specMode || cost !== this.#specCost || maxWaitMs !== this.#specMaxWait) {
+      this.#specText = decisionSpec(mode, policy.ratePerMs, policy.capacity, cost, maxWaitMs);
+      this.#specPolicy = policy;
+      this.#specMode = mode;
+      this.#specCost = cost;
+      this.#specMaxWait = maxWaitMs;
+    }
+    return this.#specText;
   }
 
   /**
    * One script call, bounded by timeoutMs, carrying its deadline on Redis's clock so that Redis
    * ignores it once its caller has stopped waiting.
    */
-  async #run(redisKey: string, mode: string, policy: Policy, cost: number, maxWaitMs: number): Promise<ScriptReply> {
-    const args = [mode, String(policy.ratePerMs), String(policy.capacity), String(cost), String(maxWaitMs)];
+  async #run(redisKey: string, spec: string): Promise<ScriptReply> {
     if (this.#nowForTests) {
-      return withTimeout(this.#script[COMMAND](redisKey, ...args, String(this.#nowForTests())), this.timeoutMs);
+      return withTimeout(this.#script[COMMAND](redisKey, spec, '', String(this.#nowForTests())), this.timeoutMs);
     }
     // A connection known to be down fails at once instead of filling ioredis's offline queue.
     const status = (this.client as { status?: string }).status;
@@ -197,22 +208,21 @@ export class RedisBackend implements Backend {
       throw new BackendUnavailableError(`the Redis connection is ${status}`);
     }
     const sentAt = Date.now();
-    let r = await this.#call(redisKey, args, sentAt, this.timeoutMs);
+    let r = await this.#call(redisKey, spec, sentAt, this.timeoutMs);
     if (r[0] === -1) {
       // Redis judged us past the deadline while we still wait: the clock estimate was off. It
       // is corrected now (from this reply); try once more in the time left.
       const left = this.timeoutMs - (Date.now() - sentAt);
-      if (left > 0) r = await this.#call(redisKey, args, Date.now(), left);
+      if (left > 0) r = await this.#call(redisKey, spec, Date.now(), left);
       if (r[0] === -1) throw new BackendTimeoutError(this.timeoutMs);
     }
     return r;
   }
 
-  async #call(redisKey: string, args: string[], sentAt: number, timeoutMs: number): Promise<ScriptReply> {
+  async #call(redisKey: string, spec: string, sentAt: number, timeoutMs: number): Promise<ScriptReply> {
     const deadline = this.#clockOffset === undefined ? '' : String(sentAt + timeoutMs + this.#clockOffset);
-    const [mode, rate, cap, cost, maxw] = args as [string, string, string, string, string];
     // The batcher bounds the call by timeoutMs (one timer per script call, not per call).
-    const r = await this.#batcher.call(redisKey, [mode, rate, cap, cost, maxw, '', deadline], timeoutMs);
+    const r = await this.#batcher.call(redisKey, [spec, deadline], timeoutMs);
     const receivedAt = Date.now();
     const rtt = receivedAt - sentAt;
     if (rtt <= CLOCK_SAMPLE_MAX_RTT_MS || rtt < this.#clockRtt) {
