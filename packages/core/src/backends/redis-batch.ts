@@ -22,11 +22,10 @@ import { DECIDE_LUA } from './redis-script.js';
  * With n decisions:
  * KEYS[i]      the bucket of decision i (all in one Cluster slot)
  * ARGV[i]      decision i's spec, as BUCKET_SCRIPT's ARGV[1] (`<mode> <rate> <cap> <cost> <max
- *              wait>`). Calls of one limiter send the same spec, so it is parsed only when it
- *              differs from the previous decision's (Lua strings are interned: the comparison
- *              is one pointer).
- * ARGV[n+i]    decision i's deadline, ms on the server's clock ('': none), likewise parsed only
- *              when it changes
+ *              wait>`), or '=' for the same as decision i-1's: calls of one limiter mostly send
+ *              the same spec, so it travels and is parsed once per call of the script
+ * ARGV[n+i]    decision i's deadline, ms on the server's clock ('': none), or '=' likewise (the
+ *              calls made in one ms share it)
  * ARGV[2n+i]   tests only, present or absent for the whole call: a fixed now ('': TIME)
  *
  * Returns a flat array: for each decision, in order, allowed (1|0, or -1: past its deadline,
@@ -43,7 +42,7 @@ local lastspec, mode, rate, cap, cost, maxw
 local lastdl, deadline
 for i = 1, n do
   local spec = ARGV[i]
-  if spec ~= lastspec then
+  if spec ~= '=' and spec ~= lastspec then
     lastspec = spec
     local m, r, c, k, w = string.match(spec, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
     mode = m
@@ -53,7 +52,7 @@ for i = 1, n do
     maxw = tonumber(w)
   end
   local dl = ARGV[n + i]
-  if dl ~= lastdl then
+  if dl ~= '=' and dl ~= lastdl then
     lastdl = dl
     deadline = tonumber(dl)
   end
@@ -100,8 +99,31 @@ export type DecisionReply = [number, number | string, number | string, number | 
  */
 export type DecisionArgs = readonly [spec: string, deadline: string, now?: string];
 
-/** Sends one decision as the single-decision script. */
-export type SendOne = (key: string, args: DecisionArgs) => Promise<DecisionReply>;
+/**
+ * Sends one decision as the single-decision script; resolves with its reply (allowed, remaining,
+ * wait, ms until full, now: the shape of a batch reply of one decision).
+ */
+export type SendOne = (key: string, args: DecisionArgs) => Promise<ReadonlyArray<number | string>>;
+
+/**
+ * One call handed to {@link ScriptBatcher.submit}: what to decide, and how to answer it (a
+ * method, not a promise: one object per call is all the batcher allocates for it).
+ */
+export interface BatchCall {
+  readonly key: string;
+  args: DecisionArgs;
+  /** Set by the batcher: when the caller stops waiting (performance.now ms), and its timeout. */
+  deadline: number;
+  timeoutMs: number;
+  /**
+   * The script answered: this call's decision is `reply[at]` (allowed) to `reply[at + 3]`
+   * (ms until full); the server's now is the reply's last element. May come after {@link fail}
+   * (a reply later than the call's timeout): the call must ignore it then.
+   */
+  answer(reply: ReadonlyArray<number | string>, at: number): void;
+  /** The script call failed, or no reply came by `deadline` ({@link BackendTimeoutError}). */
+  fail(e: unknown): void;
+}
 
 type BatchClient = { [BATCH_COMMAND](numKeys: number, ...keysAndArgs: string[]): Promise<Array<number | string>> };
 
@@ -118,15 +140,7 @@ export const MAX_BATCH = 32;
  */
 export const MAX_IN_FLIGHT = 8;
 
-interface Item {
-  key: string;
-  args: DecisionArgs;
-  /** When the caller stops waiting (performance.now ms), and the timeout it was given. */
-  deadline: number;
-  timeoutMs: number;
-  resolve: (r: DecisionReply) => void;
-  reject: (e: unknown) => void;
-}
+type Item = BatchCall;
 
 /** The calls of one Cluster slot (or of a whole standalone Redis). */
 interface Group {
@@ -151,10 +165,11 @@ const definedOn = new WeakSet<object>();
  * ScriptBatcher sends decisions to Redis, several in one script call when calls overlap. Its
  * replies are exactly what the single script would have answered, one per call, in call order.
  *
- * A call is sent at the end of the current tick (a microtask) together with every other call made
- * in it, unless {@link MAX_IN_FLIGHT} script calls of its slot are already in flight: then it
- * waits for one of them to come back, and goes with the calls that gathered meanwhile. So a lone
- * caller pays no delay, and a crowd pays one script call per batch. A batch that has not come
+ * A call that finds its slot idle (nothing in flight, nothing waiting) is sent at once, alone. Any
+ * other call is sent at the end of the current tick (a microtask) together with every other call
+ * made in it, unless {@link MAX_IN_FLIGHT} script calls of its slot are already in flight: then
+ * it waits for one of them to come back, and goes with the calls that gathered meanwhile. So a
+ * lone caller pays no delay, and a crowd pays one script call per batch. A batch that has not come
  * back by a call's deadline rejects that call with {@link BackendTimeoutError}, and stops
  * counting as in flight once all its calls have, so a stalled connection cannot hold the calls
  * behind it; one timer per script call, not per call.
@@ -190,22 +205,56 @@ export class ScriptBatcher {
    * rejects with {@link BackendTimeoutError} when no reply came within `timeoutMs`.
    */
   call(key: string, args: DecisionArgs, timeoutMs: number): Promise<DecisionReply> {
-    const slot = this.#cluster ? keySlot(key) : 0;
+    return new Promise<DecisionReply>((resolve, reject) => {
+      let done = false;
+      this.submit(
+        {
+          key,
+          args,
+          deadline: 0,
+          timeoutMs: 0,
+          answer: (reply, at) => {
+            if (done) return;
+            done = true;
+            const now = reply[reply.length - 1] as string;
+            resolve([reply[at] as number, reply[at + 1] as number, reply[at + 2] as number, reply[at + 3] as number, now]);
+          },
+          fail: (e) => {
+            done = true;
+            reject(e);
+          },
+        },
+        timeoutMs,
+      );
+    });
+  }
+
+  /**
+   * submit decides `c`, alone or in a batch, and answers it through `c.answer` or `c.fail` (with
+   * {@link BackendTimeoutError} when no reply came within `timeoutMs`).
+   */
+  submit(c: BatchCall, timeoutMs: number): void {
+    const slot = this.#cluster ? keySlot(c.key) : 0;
     let g = this.#groups.get(slot);
     if (g === undefined) {
       g = { pending: [], inFlight: 0, scheduled: false };
       this.#groups.set(slot, g);
     }
-    const group = g;
-    return new Promise<DecisionReply>((resolve, reject) => {
-      group.pending.push({ key, args, deadline: performance.now() + timeoutMs, timeoutMs, resolve, reject });
-      if (!group.scheduled && group.inFlight < MAX_IN_FLIGHT) {
-        group.scheduled = true;
-        // A microtask, as a resolved promise's reaction: Node's queueMicrotask wraps each
-        // callback in an AsyncResource, which costs more than the rest of the call.
-        RESOLVED.then(() => this.#flush(slot, group));
-      }
-    });
+    c.deadline = performance.now() + timeoutMs;
+    c.timeoutMs = timeoutMs;
+    if (g.inFlight === 0 && !g.scheduled && g.pending.length === 0) {
+      // Nothing in flight, nothing waiting: a lone call goes at once.
+      this.#send(slot, g, [c]);
+      return;
+    }
+    g.pending.push(c);
+    if (!g.scheduled && g.inFlight < MAX_IN_FLIGHT) {
+      g.scheduled = true;
+      const group = g;
+      // A microtask, as a resolved promise's reaction: Node's queueMicrotask wraps each
+      // callback in an AsyncResource, which costs more than the rest of the call.
+      RESOLVED.then(() => this.#flush(slot, group));
+    }
   }
 
   #arm(at: number): void {
@@ -229,7 +278,7 @@ export class ScriptBatcher {
       }
       let live = Number.POSITIVE_INFINITY;
       for (const it of b.items) {
-        if (it.deadline <= now + 0.5) it.reject(new BackendTimeoutError(it.timeoutMs));
+        if (it.deadline <= now + 0.5) it.fail(new BackendTimeoutError(it.timeoutMs));
         else if (it.deadline < live) live = it.deadline;
       }
       b.first = live;
@@ -273,11 +322,11 @@ export class ScriptBatcher {
       this.#sendOne(it.key, it.args).then(
         (r) => {
           release();
-          it.resolve(r);
+          it.answer(r, 0);
         },
         (e: unknown) => {
           release();
-          it.reject(e);
+          it.fail(e);
         },
       );
       return;
@@ -286,12 +335,17 @@ export class ScriptBatcher {
     let fixed = false;
     for (let i = 0; i < n; i++) if ((items[i] as Item).args.length > 2) fixed = true;
     const argv: string[] = new Array(fixed ? n * 4 : n * 3);
+    let spec = '';
+    let dl = '';
     for (let i = 0; i < n; i++) {
       const it = items[i] as Item;
       const a = it.args;
       argv[i] = it.key;
-      argv[n + i] = a[0];
-      argv[2 * n + i] = a[1];
+      // '=': the previous decision's (one limiter's calls mostly share both).
+      if (i > 0 && a[0] === spec) argv[n + i] = '=';
+      else argv[n + i] = spec = a[0];
+      if (i > 0 && a[1] === dl) argv[2 * n + i] = '=';
+      else argv[2 * n + i] = dl = a[1];
       if (fixed) argv[3 * n + i] = a[2] ?? '';
     }
     (this.#client as unknown as BatchClient)[BATCH_COMMAND](n, ...argv).then(
@@ -301,7 +355,7 @@ export class ScriptBatcher {
       },
       (e: unknown) => {
         release();
-        for (const it of items) it.reject(e);
+        for (const it of items) it.fail(e);
       },
     );
   }
@@ -311,13 +365,10 @@ function settle(items: Item[], reply: Array<number | string>): void {
   const n = items.length;
   if (reply.length !== 4 * n + 1) {
     const e = new Error(`tollgate batch script answered ${(reply.length - 1) / 4} decisions for ${n} calls`);
-    for (const it of items) it.reject(e);
+    for (const it of items) it.fail(e);
     return;
   }
-  const now = reply[4 * n] as string;
-  for (let i = 0, j = 0; i < n; i++, j += 4) {
-    (items[i] as Item).resolve([reply[j] as number, reply[j + 1] as number, reply[j + 2] as number, reply[j + 3] as number, now]);
-  }
+  for (let i = 0; i < n; i++) (items[i] as Item).answer(reply, 4 * i);
 }
 
 /**

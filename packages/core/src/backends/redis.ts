@@ -5,7 +5,7 @@ import type { Decision, Reservation } from '../bucket.js';
 import { BackendTimeoutError, BackendUnavailableError, InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe, toOptionsError } from '../policy.js';
-import { type DecisionReply, ScriptBatcher } from './redis-batch.js';
+import { type BatchCall, type DecisionArgs, type DecisionReply, ScriptBatcher } from './redis-batch.js';
 import { BUCKET_SCRIPT, decisionSpec } from './redis-script.js';
 
 /** RedisBackendOptions configures a {@link RedisBackend}. */
@@ -130,10 +130,8 @@ export class RedisBackend implements Backend {
   readonly timeoutMs: number;
   /** For tests of the script only: a fixed clock passed to the script instead of TIME. */
   #nowForTests: (() => number) | undefined;
-  /** Estimated (Redis's clock − Date.now()) in ms; undefined until a reply teaches it. */
-  #clockOffset: number | undefined;
-  /** Round trip of the reply #clockOffset came from. */
-  #clockRtt = Number.POSITIVE_INFINITY;
+  /** Redis's clock as seen from here, learned from replies. */
+  readonly #clock = new ServerClock();
   readonly #script: ScriptClient;
   /** Sends concurrent calls as one script call (see redis-batch.ts); a lone call goes alone. */
   readonly #batcher: ScriptBatcher;
@@ -160,19 +158,17 @@ export class RedisBackend implements Backend {
     this.#nowForTests = clock;
   }
 
-  async tryTake(name: string, key: string, policy: Policy, cost: number): Promise<Decision> {
-    const r = await this.#run(redisKey(this.prefix, key, name), this.#spec('t', policy, cost, -1));
-    return { allowed: r[0] === 1, remaining: Number(r[1]), retryAfterMs: Number(r[2]), resetAfterMs: Number(r[3]) };
+  tryTake(name: string, key: string, policy: Policy, cost: number): Promise<Decision> {
+    return this.#run(TRY, redisKey(this.prefix, key, name), this.#spec('t', policy, cost, -1)) as Promise<Decision>;
   }
 
-  async reserve(name: string, key: string, policy: Policy, cost: number, maxWaitMs: number): Promise<Reservation> {
+  reserve(name: string, key: string, policy: Policy, cost: number, maxWaitMs: number): Promise<Reservation> {
     const maxw = maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs;
-    const r = await this.#run(redisKey(this.prefix, key, name), this.#spec('r', policy, cost, maxw));
-    return { ok: r[0] === 1, waitMs: Number(r[2]), remaining: Number(r[1]), resetAfterMs: Number(r[3]) };
+    return this.#run(RESERVE, redisKey(this.prefix, key, name), this.#spec('r', policy, cost, maxw)) as Promise<Reservation>;
   }
 
-  async refund(name: string, key: string, policy: Policy, amount: number): Promise<void> {
-    await this.#run(redisKey(this.prefix, key, name), this.#spec('f', policy, amount, -1));
+  refund(name: string, key: string, policy: Policy, amount: number): Promise<void> {
+    return this.#run(REFUND, redisKey(this.prefix, key, name), this.#spec('f', policy, amount, -1)) as Promise<void>;
   }
 
   // The last spec built: one limiter sends the same one call after call, and formatting its
@@ -195,44 +191,168 @@ export class RedisBackend implements Backend {
   }
 
   /**
-   * One script call, bounded by timeoutMs, carrying its deadline on Redis's clock so that Redis
+   * One decision, bounded by timeoutMs, carrying its deadline on Redis's clock so that Redis
    * ignores it once its caller has stopped waiting.
    */
-  async #run(redisKey: string, spec: string): Promise<ScriptReply> {
+  #run(kind: Kind, redisKey: string, spec: string): Promise<Decision | Reservation | undefined> {
     if (this.#nowForTests) {
-      return withTimeout(this.#script[COMMAND](redisKey, spec, '', String(this.#nowForTests())), this.timeoutMs);
+      const reply = this.#script[COMMAND](redisKey, spec, '', String(this.#nowForTests()));
+      return withTimeout(reply, this.timeoutMs).then((r) => result(kind, r, 0));
     }
     // A connection known to be down fails at once instead of filling ioredis's offline queue.
     const status = (this.client as { status?: string }).status;
     if (status === 'reconnecting' || status === 'close' || status === 'end') {
-      throw new BackendUnavailableError(`the Redis connection is ${status}`);
+      return Promise.reject(new BackendUnavailableError(`the Redis connection is ${status}`));
     }
-    const sentAt = Date.now();
-    let r = await this.#call(redisKey, spec, sentAt, this.timeoutMs);
-    if (r[0] === -1) {
-      // Redis judged us past the deadline while we still wait: the clock estimate was off. It
-      // is corrected now (from this reply); try once more in the time left.
-      const left = this.timeoutMs - (Date.now() - sentAt);
-      if (left > 0) r = await this.#call(redisKey, spec, Date.now(), left);
-      if (r[0] === -1) throw new BackendTimeoutError(this.timeoutMs);
+    return new Promise((resolve, reject) => {
+      const sentAt = Date.now();
+      const call = new Call(kind, redisKey, spec, this.#clock.deadline(sentAt, this.timeoutMs), sentAt, this.timeoutMs, this.#clock, this.#batcher, resolve, reject);
+      // The batcher bounds the call by timeoutMs (one timer per script call, not per call).
+      this.#batcher.submit(call, this.timeoutMs);
+    });
+  }
+}
+
+/** What a call asks, and so what its promise resolves with. */
+const TRY = 0;
+const RESERVE = 1;
+const REFUND = 2;
+type Kind = typeof TRY | typeof RESERVE | typeof REFUND;
+
+/** The answer to a call of `kind` from the decision at `reply[at]`. */
+function result(kind: Kind, reply: ReadonlyArray<number | string>, at: number): Decision | Reservation | undefined {
+  if (kind === TRY) {
+    return {
+      allowed: reply[at] === 1,
+      remaining: Number(reply[at + 1]),
+      retryAfterMs: Number(reply[at + 2]),
+      resetAfterMs: Number(reply[at + 3]),
+    };
+  }
+  if (kind === RESERVE) {
+    return {
+      ok: reply[at] === 1,
+      waitMs: Number(reply[at + 2]),
+      remaining: Number(reply[at + 1]),
+      resetAfterMs: Number(reply[at + 3]),
+    };
+  }
+  return undefined;
+}
+
+/**
+ * The offset between Redis's clock and this process's, learned from replies, and the deadlines
+ * it gives commands (on Redis's clock).
+ */
+class ServerClock {
+  /** Estimated (Redis's clock − Date.now()) in ms; undefined until a reply teaches it. */
+  offset: number | undefined;
+  /** Round trip of the reply `offset` came from. */
+  rtt = Number.POSITIVE_INFINITY;
+  // The last deadline made: the calls made in one ms with one estimate share it (turning a
+  // fractional double into text costs more than the rest of a call).
+  #at = Number.NaN;
+  #text = '';
+  // The last sample taken: the calls of one reply mostly share it.
+  #sampleNow = '';
+  #sampleSent = 0;
+  #sampleReceived = 0;
+
+  /** The deadline, on Redis's clock, of a call sent at `sentAt` (Date.now) for `timeoutMs`. */
+  deadline(sentAt: number, timeoutMs: number): string {
+    if (this.offset === undefined) return '';
+    const at = sentAt + timeoutMs + this.offset;
+    if (at !== this.#at) {
+      this.#at = at;
+      this.#text = String(at);
     }
-    return r;
+    return this.#text;
   }
 
-  async #call(redisKey: string, spec: string, sentAt: number, timeoutMs: number): Promise<ScriptReply> {
-    const deadline = this.#clockOffset === undefined ? '' : String(sentAt + timeoutMs + this.#clockOffset);
-    // The batcher bounds the call by timeoutMs (one timer per script call, not per call).
-    const r = await this.#batcher.call(redisKey, [spec, deadline], timeoutMs);
-    const receivedAt = Date.now();
+  /** Learns from a reply that says Redis's clock read `serverNow` between `sentAt` and `receivedAt`. */
+  sample(serverNow: string, sentAt: number, receivedAt: number): void {
+    if (serverNow === this.#sampleNow && sentAt === this.#sampleSent && receivedAt === this.#sampleReceived) return;
+    this.#sampleNow = serverNow;
+    this.#sampleSent = sentAt;
+    this.#sampleReceived = receivedAt;
     const rtt = receivedAt - sentAt;
-    if (rtt <= CLOCK_SAMPLE_MAX_RTT_MS || rtt < this.#clockRtt) {
-      const serverNow = Number(r[4]);
-      if (Number.isFinite(serverNow)) {
-        this.#clockOffset = serverNow - (sentAt + receivedAt) / 2;
-        this.#clockRtt = rtt;
+    if (rtt <= CLOCK_SAMPLE_MAX_RTT_MS || rtt < this.rtt) {
+      const now = Number(serverNow);
+      if (Number.isFinite(now)) {
+        this.offset = now - (sentAt + receivedAt) / 2;
+        this.rtt = rtt;
       }
     }
-    return r;
+  }
+}
+
+/** One decision in the batcher's hands: answers its caller's promise, or tries once more. */
+class Call implements BatchCall {
+  readonly key: string;
+  args: DecisionArgs;
+  deadline = 0;
+  timeoutMs = 0;
+  readonly #kind: Kind;
+  #sentAt: number;
+  /** The backend's timeoutMs: what a call Redis keeps judging late reports. */
+  readonly #total: number;
+  #retried = false;
+  #settled = false;
+  readonly #clock: ServerClock;
+  readonly #batcher: ScriptBatcher;
+  readonly #resolve: (v: Decision | Reservation | undefined) => void;
+  readonly #reject: (e: unknown) => void;
+
+  constructor(
+    kind: Kind,
+    key: string,
+    spec: string,
+    deadline: string,
+    sentAt: number,
+    total: number,
+    clock: ServerClock,
+    batcher: ScriptBatcher,
+    resolve: (v: Decision | Reservation | undefined) => void,
+    reject: (e: unknown) => void,
+  ) {
+    this.#kind = kind;
+    this.key = key;
+    this.args = [spec, deadline];
+    this.#sentAt = sentAt;
+    this.#total = total;
+    this.#clock = clock;
+    this.#batcher = batcher;
+    this.#resolve = resolve;
+    this.#reject = reject;
+  }
+
+  answer(reply: ReadonlyArray<number | string>, at: number): void {
+    // A reply that comes after the caller's timeout changes nothing (and teaches nothing).
+    if (this.#settled) return;
+    const receivedAt = Date.now();
+    this.#clock.sample(reply[reply.length - 1] as string, this.#sentAt, receivedAt);
+    if (reply[at] === -1) {
+      // Redis judged us past the deadline while we still wait: the clock estimate was off. It
+      // is corrected now (from this reply); try once more in the time left.
+      const left = this.timeoutMs - (receivedAt - this.#sentAt);
+      if (!this.#retried && left > 0) {
+        this.#retried = true;
+        this.#sentAt = receivedAt;
+        this.args = [this.args[0], this.#clock.deadline(receivedAt, left)];
+        this.#batcher.submit(this, left);
+        return;
+      }
+      this.fail(new BackendTimeoutError(this.#total));
+      return;
+    }
+    this.#settled = true;
+    this.#resolve(result(this.#kind, reply, at));
+  }
+
+  fail(e: unknown): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#reject(e);
   }
 }
 
