@@ -15,7 +15,7 @@ import {
   ScriptBatcher,
   keySlot,
 } from '../packages/core/src/backends/redis-batch.ts';
-import { decisionSpec } from '../packages/core/src/backends/redis-script.ts';
+import { decisionSpec, decodeBucket } from '../packages/core/src/backends/redis-script.ts';
 import { rng } from './support/random.ts';
 import { type RedisServer, startRedis } from './support/redis.ts';
 
@@ -54,6 +54,15 @@ function sequence(seed: number, n: number): Step[] {
   let now = 1_700_000_000_000 + seed * 1000.125;
   const steps: Step[] = [];
   for (let i = 0; i < n; i++) {
+    const prev = steps[i - 1];
+    if (prev !== undefined && !prev.args[0].startsWith('f') && random() < 0.3) {
+      // The same call again, as one limiter's concurrent calls are: the batch sends such steps
+      // as one run. (A take, on the same key: a refund, or another key's policy, could leave a
+      // bucket that expires within a few ms of real time, between the single and the batched
+      // run of the chunk, and the buckets left behind would differ by that.)
+      steps.push({ key: prev.key, args: prev.args });
+      continue;
+    }
     const key = Math.floor(random() * 4);
     const p = POLICIES[(seed + key) % POLICIES.length] as (typeof POLICIES)[number];
     const fill = p.capacity / p.ratePerMs;
@@ -80,11 +89,25 @@ async function runSingle(prefix: string, steps: Step[]): Promise<string[][]> {
   return out;
 }
 
+/** Steps runBatch sent as part of a longer run. */
+let merged = 0;
+
 async function runBatch(prefix: string, chunk: Step[]): Promise<string[][]> {
   const out: string[][] = [];
   {
     const keys = chunk.map((s) => keyOf(prefix, s.key));
-    const argv = [0, 1, 2].flatMap((j) => chunk.map((s) => s.args[j] as string));
+    // Runs of consecutive steps that share their arguments.
+    const argv: string[] = [];
+    for (const s of chunk) {
+      const [spec, dl, now = ''] = s.args;
+      const last = argv.length - 4;
+      if (last >= 0 && argv[last] === spec && argv[last + 1] === dl && argv[last + 2] === now) {
+        argv[last + 3] = String(Number(argv[last + 3]) + 1);
+        merged++;
+      } else {
+        argv.push(spec, dl, now, '1');
+      }
+    }
     const reply = (await client.evalsha(batchSha, keys.length, ...keys, ...argv)) as Array<number | string>;
     expect(reply).toHaveLength(4 * chunk.length + 1);
     for (let i = 0; i < chunk.length; i++) out.push(reply.slice(4 * i, 4 * i + 4).map(String));
@@ -110,6 +133,27 @@ async function buckets(prefix: string): Promise<Array<string | null>> {
   return Promise.all([0, 1, 2, 3].map(async (k) => (await client.getBuffer(keyOf(prefix, k)))?.toString('hex') ?? null));
 }
 
+/**
+ * Both runs left the same buckets, to the last bit of every double; except that a bucket may be
+ * missing from one run and not the other when it was written to be full within a few ms anyway
+ * (its expiry, in real time, fell between the two runs: a missing bucket is a full one).
+ */
+async function expectSameBuckets(got: string, want: string, seed: number): Promise<void> {
+  const [a, b] = await Promise.all([buckets(got), buckets(want)]);
+  for (let k = 0; k < 4; k++) {
+    const x = a[k] ?? null;
+    const y = b[k] ?? null;
+    if ((x === null) === (y === null)) {
+      expect(x, `bucket ${k}`).toBe(y);
+      continue;
+    }
+    const p = POLICIES[(seed + k) % POLICIES.length] as (typeof POLICIES)[number];
+    const left = decodeBucket(Buffer.from((x ?? y) as string, 'hex'));
+    expect(left, `bucket ${k}`).toBeDefined();
+    expect((p.capacity - (left?.tokens ?? 0)) / p.ratePerMs, `bucket ${k}: ms until full`).toBeLessThan(100);
+  }
+}
+
 test.each([1, 2, 3, 4, 5, 6])('seed %i: the batch script decides 600 random calls as the single script does', async (seed) => {
   const steps = sequence(seed, 600);
   const { single, batched } = await bothWays(steps, rng(seed * 7919), `single${seed}:`, `batch${seed}:`);
@@ -118,11 +162,12 @@ test.each([1, 2, 3, 4, 5, 6])('seed %i: the batch script decides 600 random call
     expect(batched[i], `step ${i}: ${steps[i]?.args.join(' ')}`).toEqual(single[i]);
   }
   // Same decisions and the same buckets left behind, to the last bit of every double.
-  expect(await buckets(`batch${seed}:`)).toEqual(await buckets(`single${seed}:`));
+  await expectSameBuckets(`batch${seed}:`, `single${seed}:`, seed);
   // Each decision kind happened, including refusals past the deadline.
   const allowed = new Set(single.map((r) => r[0]));
   expect(single.some((r) => r[0] === '1' && r[1] !== '0')).toBe(true);
   expect(allowed).toEqual(new Set(['1', '0', '-1']));
+  expect(merged).toBeGreaterThan(0);
 });
 
 test('the batcher groups concurrent calls into few script calls, in call order, with single-script replies', async () => {
@@ -147,7 +192,7 @@ test('the batcher groups concurrent calls into few script calls, in call order, 
     const calls = (await scriptCalls()) - before;
     expect(replies.map((r) => r.slice(0, 4).map(String))).toEqual(expected);
     expect(calls).toBeLessThanOrEqual(Math.ceil(300 / MAX_BATCH) + 1);
-    expect(await buckets('got:')).toEqual(await buckets('exp:'));
+    await expectSameBuckets('got:', 'exp:', 42);
   }
 
   // A lone call goes alone, as the single script (one script call, no batch).

@@ -19,46 +19,30 @@ import { DECIDE_LUA } from './redis-script.js';
  * decisions are identical on random sequences). All decisions of one call share one instant of
  * the server's clock: TIME is read once.
  *
- * With n decisions:
- * KEYS[i]      the bucket of decision i (all in one Cluster slot)
- * ARGV[i]      decision i's spec, as BUCKET_SCRIPT's ARGV[1] (`<mode> <rate> <cap> <cost> <max
- *              wait>`), or '=' for the same as decision i-1's: calls of one limiter mostly send
- *              the same spec, so it travels and is parsed once per call of the script
- * ARGV[n+i]    decision i's deadline, ms on the server's clock ('': none), or '=' likewise (the
- *              calls made in one ms share it)
- * ARGV[2n+i]   tests only, present or absent for the whole call: a fixed now ('': TIME)
+ * KEYS[i]  the bucket of decision i (all in one Cluster slot)
+ * ARGV     runs of consecutive decisions that share their arguments, four entries a run:
+ *          `<spec> <deadline> <now> <count>`: the spec as BUCKET_SCRIPT's ARGV[1] (`<mode>
+ *          <rate> <cap> <cost> <max wait>`), the deadline in ms on the server's clock ('': none),
+ *          now ('': the server's TIME; a fixed ms in tests only), and how many decisions (KEYS,
+ *          in order) the run covers. Calls of one limiter made in the same ms form one run, so
+ *          a batch carries one argument per decision (its key) plus a few per run, and the
+ *          script parses a spec once per run.
  *
  * Returns a flat array: for each decision, in order, allowed (1|0, or -1: past its deadline,
  * nothing changed), remaining, wait ms, ms until full, as BUCKET_SCRIPT returns them; then the
  * server's now in ms (a %.17g string).
  */
 export const BATCH_SCRIPT = `${DECIDE_LUA}
-local n = #KEYS
-local fixed = #ARGV > 2 * n
 local out = {}
+local i = 0
 local j = 0
 local servernow, now
-local lastspec, mode, rate, cap, cost, maxw
-local lastdl, deadline
-for i = 1, n do
-  local spec = ARGV[i]
-  if spec ~= '=' and spec ~= lastspec then
-    lastspec = spec
-    local m, r, c, k, w = string.match(spec, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
-    mode = m
-    rate = tonumber(r)
-    cap = tonumber(c)
-    cost = tonumber(k)
-    maxw = tonumber(w)
-  end
-  local dl = ARGV[n + i]
-  if dl ~= '=' and dl ~= lastdl then
-    lastdl = dl
-    deadline = tonumber(dl)
-  end
-  local f = fixed and ARGV[2 * n + i] or ''
-  if f ~= '' then
-    now = tonumber(f)
+for r = 1, #ARGV, 4 do
+  local m, ra, c, k, w = string.match(ARGV[r], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+  local mode, rate, cap, cost, maxw = m, tonumber(ra), tonumber(c), tonumber(k), tonumber(w)
+  local deadline = tonumber(ARGV[r + 1])
+  if ARGV[r + 2] ~= '' then
+    now = tonumber(ARGV[r + 2])
   else
     if servernow == nil then
       local t = redis.call('TIME')
@@ -66,19 +50,23 @@ for i = 1, n do
     end
     now = servernow
   end
-  if deadline ~= nil and now > deadline then
-    out[j + 1] = -1
-    out[j + 2] = 0
-    out[j + 3] = 0
-    out[j + 4] = 0
-  else
-    local allowed, remaining, wait, reset = decide(KEYS[i], mode, rate, cap, cost, maxw, now)
-    out[j + 1] = allowed
-    out[j + 2] = int(remaining)
-    out[j + 3] = int(wait)
-    out[j + 4] = int(reset)
+  local late = deadline ~= nil and now > deadline
+  for _ = 1, tonumber(ARGV[r + 3]) do
+    i = i + 1
+    if late then
+      out[j + 1] = -1
+      out[j + 2] = 0
+      out[j + 3] = 0
+      out[j + 4] = 0
+    else
+      local allowed, remaining, wait, reset = decide(KEYS[i], mode, rate, cap, cost, maxw, now)
+      out[j + 1] = allowed
+      out[j + 2] = remaining
+      out[j + 3] = wait
+      out[j + 4] = reset
+    end
+    j = j + 4
   end
-  j = j + 4
 end
 out[j + 1] = string.format('%.17g', now or 0)
 return out
@@ -332,22 +320,26 @@ export class ScriptBatcher {
       return;
     }
     const n = items.length;
-    let fixed = false;
-    for (let i = 0; i < n; i++) if ((items[i] as Item).args.length > 2) fixed = true;
-    const argv: string[] = new Array(fixed ? n * 4 : n * 3);
+    const argv: string[] = new Array(n);
     let spec = '';
     let dl = '';
+    let now: string | undefined = '';
+    let count = 0;
     for (let i = 0; i < n; i++) {
       const it = items[i] as Item;
       const a = it.args;
       argv[i] = it.key;
-      // '=': the previous decision's (one limiter's calls mostly share both).
-      if (i > 0 && a[0] === spec) argv[n + i] = '=';
-      else argv[n + i] = spec = a[0];
-      if (i > 0 && a[1] === dl) argv[2 * n + i] = '=';
-      else argv[2 * n + i] = dl = a[1];
-      if (fixed) argv[3 * n + i] = a[2] ?? '';
+      if (count > 0 && a[0] === spec && a[1] === dl && a[2] === now) {
+        count++;
+        continue;
+      }
+      if (count > 0) argv.push(spec, dl, now ?? '', String(count));
+      spec = a[0];
+      dl = a[1];
+      now = a[2];
+      count = 1;
     }
+    argv.push(spec, dl, now ?? '', String(count));
     (this.#client as unknown as BatchClient)[BATCH_COMMAND](n, ...argv).then(
       (reply) => {
         release();

@@ -32,15 +32,11 @@
 /**
  * DECIDE_LUA defines `decide(key, mode, rate, cap, cost, maxw, now)`: the bucket arithmetic of
  * `bucket.ts`, and the write, shared by {@link BUCKET_SCRIPT} and the batch script (so there is
- * one copy of it in Lua). Returns allowed (1|0), remaining, wait ms, ms until full; and `int`,
- * which makes a number safe to reply.
+ * one copy of it in Lua). Returns allowed (1|0), remaining, wait ms, ms until full, each ready
+ * to reply.
  */
 export const DECIDE_LUA = `
 local pack, unpack, floor, ceil, min = struct.pack, struct.unpack, math.floor, math.ceil, math.min
-local function int(x)
-  if x > 9007199254740991 then return string.format('%.17g', x) end
-  return x
-end
 local function decide(key, mode, rate, cap, cost, maxw, now)
   local tokens, upd
   local v = redis.pcall('GET', key)
@@ -86,8 +82,12 @@ local function decide(key, mode, rate, cap, cost, maxw, now)
     local ttl = reset
     if ttl < 1 then ttl = 1 end
     if ttl > 1e13 then ttl = 1e13 end
-    redis.call('SET', key, pack('<dd', tokens, upd), 'PX', ttl)
+    redis.call('SET', key, pack('<dd', tokens, upd), 'PX', string.format('%d', ttl))
   end
+  -- Beyond 2^53 (only deep in debt), as text: Redis would truncate a Lua number reply to 64 bits
+  -- and JavaScript reads 53. remaining is at most capacity (<= 1e15).
+  if wait > 9007199254740991 then wait = string.format('%.17g', wait) end
+  if reset > 9007199254740991 then reset = string.format('%.17g', reset) end
   local remaining = 0
   if tokens > 0 then remaining = floor(tokens + 1e-9) end
   return allowed, remaining, wait, reset
@@ -108,7 +108,7 @@ if deadline ~= nil and now > deadline then
 end
 local mode, rate, cap, cost, maxw = string.match(ARGV[1], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
 local allowed, remaining, wait, reset = decide(KEYS[1], mode, tonumber(rate), tonumber(cap), tonumber(cost), tonumber(maxw), now)
-return { allowed, int(remaining), int(wait), int(reset), string.format('%.17g', now) }
+return { allowed, remaining, wait, reset, string.format('%.17g', now) }
 `;
 
 /**
