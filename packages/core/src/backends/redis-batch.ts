@@ -137,11 +137,21 @@ interface Group {
   scheduled: boolean;
 }
 
-/** One script call in flight: its calls, their earliest deadline, and how to free its place. */
-interface Batch {
-  readonly items: Item[];
-  first: number;
-  release: () => void;
+/**
+ * One script call in flight: its calls, their earliest deadline, and how to free its place.
+ *
+ * A class, not an object literal: V8 tracks the objects a literal allocates and, finding batches
+ * alive at minor GCs, went on to allocate them in the old generation (allocation-site
+ * pretenuring; `node --trace-pretenuring-statistics` shows it); each dead batch there kept its
+ * young calls and replies alive through minor GCs until a full GC. At 256 calls in flight that
+ * made minor GCs take 3-5 ms instead of 0.5, ~20% of the client's CPU.
+ */
+class Batch {
+  release: () => void = noop;
+  constructor(
+    readonly items: Item[],
+    public first: number,
+  ) {}
 }
 
 const noop = (): void => {};
@@ -291,7 +301,7 @@ export class ScriptBatcher {
     g.inFlight++;
     let first = Number.POSITIVE_INFINITY;
     for (const it of items) if (it.deadline < first) first = it.deadline;
-    const batch: Batch = { items, first, release: noop };
+    const batch = new Batch(items, first);
     batch.release = (): void => {
       if (!this.#inFlight.delete(batch)) return;
       g.inFlight--;
