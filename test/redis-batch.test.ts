@@ -245,3 +245,21 @@ test('calls stuck behind a stalled server time out at their own deadline, and th
   const after = await batcher.call(keyOf('stall:', 9), args, 1000);
   expect(after[0]).toBe(1);
 });
+
+test('after SCRIPT FLUSH, a lone call and a batch go again as EVAL and are decided once', async () => {
+  const { RedisBackend, normalizePolicy } = await import('@tollgate/core');
+  const c = srv.client();
+  const admin = srv.client();
+  const backend = new RedisBackend({ client: c, prefix: 'flushed:' });
+  const policy = normalizePolicy({ rate: 1, per: '1h', capacity: 100 });
+  const evals = async (): Promise<number> => Number(/cmdstat_eval:calls=(\d+)/.exec(await admin.info('commandstats'))?.[1] ?? 0);
+  expect((await backend.tryTake('b', 'u', policy, 1)).remaining).toBe(99);
+  await admin.script('FLUSH');
+  const before = await evals();
+  expect((await backend.tryTake('b', 'u', policy, 1)).remaining).toBe(98);
+  await admin.script('FLUSH');
+  // The first goes alone; the other nine, made meanwhile, go as one batch.
+  const crowd = await Promise.all(Array.from({ length: 10 }, () => backend.tryTake('b', 'u', policy, 1)));
+  expect(crowd.map((d) => d.remaining)).toEqual([97, 96, 95, 94, 93, 92, 91, 90, 89, 88]);
+  expect((await evals()) - before).toBe(3);
+});

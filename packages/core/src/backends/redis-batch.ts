@@ -11,7 +11,8 @@
  */
 import type { Cluster, Redis } from 'ioredis';
 import { BackendTimeoutError } from '../errors.js';
-import { DECIDE_LUA } from './redis-script.js';
+import { createHash } from 'node:crypto';
+import { BUCKET_SCRIPT, DECIDE_LUA } from './redis-script.js';
 
 /**
  * BATCH_SCRIPT runs a list of decisions, in order, each exactly as `BUCKET_SCRIPT` would (same
@@ -72,8 +73,35 @@ out[j + 1] = string.format('%.17g', now or 0)
 return out
 `;
 
-/** The batch script's name on the ioredis client (versioned like the single one). */
-const BATCH_COMMAND = 'tollgateBatchV2';
+const sha1 = (text: string): string => createHash('sha1').update(text).digest('hex');
+/** What EVALSHA calls the scripts by. */
+export const BUCKET_SHA = sha1(BUCKET_SCRIPT);
+const BATCH_SHA = sha1(BATCH_SCRIPT);
+
+/** The two ioredis methods the scripts are sent with (on a Redis or a Cluster). */
+interface Evaluator {
+  evalsha(sha: string, numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
+  eval(lua: string, numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
+}
+
+/**
+ * isNoScript tells whether Redis refused an EVALSHA because its script cache lacks the script
+ * (SCRIPT FLUSH, a restart, a failover to a replica that never ran it): then the call goes again
+ * as EVAL, which also loads it for the next EVALSHA. (ioredis's defineCommand does the same, but
+ * costs every call an extra promise and the copies of its arguments.)
+ */
+export function isNoScript(e: unknown): boolean {
+  return e instanceof Error && e.message.includes('NOSCRIPT');
+}
+
+/** runScript sends a script by EVALSHA, and again by EVAL if Redis answers NOSCRIPT. */
+export function runScript(client: Redis | Cluster, lua: string, sha: string, numKeys: number, keysAndArgs: string[]): Promise<unknown> {
+  const c = client as unknown as Evaluator;
+  return c.evalsha(sha, numKeys, ...keysAndArgs).catch((e: unknown) => {
+    if (!isNoScript(e)) throw e;
+    return c.eval(lua, numKeys, ...keysAndArgs);
+  });
+}
 
 /**
  * One decision's reply, as the single script returns it: allowed (1, 0; -1: past its deadline),
@@ -88,10 +116,11 @@ export type DecisionReply = [number, number | string, number | string, number | 
 export type DecisionArgs = readonly [spec: string, deadline: string, now?: string];
 
 /**
- * Sends one decision as the single-decision script; resolves with its reply (allowed, remaining,
- * wait, ms until full, now: the shape of a batch reply of one decision).
+ * Sends one decision as the single-decision script, by EVALSHA, or by EVAL when `byEval` (Redis
+ * answered NOSCRIPT); resolves with its reply (allowed, remaining, wait, ms until full, now: the
+ * shape of a batch reply of one decision).
  */
-export type SendOne = (key: string, args: DecisionArgs) => Promise<ReadonlyArray<number | string>>;
+export type SendOne = (key: string, args: DecisionArgs, byEval: boolean) => Promise<ReadonlyArray<number | string>>;
 
 /**
  * One call handed to {@link ScriptBatcher.submit}: what to decide, and how to answer it (a
@@ -112,8 +141,6 @@ export interface BatchCall {
   /** The script call failed, or no reply came by `deadline` ({@link BackendTimeoutError}). */
   fail(e: unknown): void;
 }
-
-type BatchClient = { [BATCH_COMMAND](numKeys: number, ...keysAndArgs: string[]): Promise<Array<number | string>> };
 
 /**
  * Most decisions in one script call. A script blocks Redis while it runs (about 2 µs a
@@ -158,8 +185,6 @@ class Batch {
 const noop = (): void => {};
 const RESOLVED = Promise.resolve();
 
-const definedOn = new WeakSet<object>();
-
 /**
  * ScriptBatcher sends decisions to Redis, several in one script call when calls overlap. Its
  * replies are exactly what the single script would have answered, one per call, in call order.
@@ -174,7 +199,7 @@ const definedOn = new WeakSet<object>();
  * behind it; one timer per script call, not per call.
  */
 export class ScriptBatcher {
-  readonly #client: Redis | Cluster;
+  readonly #client: Evaluator;
   readonly #sendOne: SendOne;
   readonly #cluster: boolean;
   readonly #groups = new Map<number, Group>();
@@ -189,14 +214,9 @@ export class ScriptBatcher {
   #timerAt = Number.POSITIVE_INFINITY;
 
   constructor(client: Redis | Cluster, sendOne: SendOne) {
-    this.#client = client;
+    this.#client = client as unknown as Evaluator;
     this.#sendOne = sendOne;
     this.#cluster = (client as { isCluster?: boolean }).isCluster === true;
-    if (!definedOn.has(client)) {
-      // No numberOfKeys: each call passes its own count first.
-      client.defineCommand(BATCH_COMMAND, { lua: BATCH_SCRIPT });
-      definedOn.add(client);
-    }
   }
 
   /**
@@ -318,16 +338,18 @@ export class ScriptBatcher {
     const release = batch.release;
     if (items.length === 1) {
       const it = items[0] as Item;
-      this.#sendOne(it.key, it.args).then(
-        (r) => {
-          release();
-          it.answer(r, 0);
-        },
-        (e: unknown) => {
+      const answer = (r: ReadonlyArray<number | string>): void => {
+        release();
+        it.answer(r, 0);
+      };
+      this.#sendOne(it.key, it.args, false).then(answer, (e: unknown) => {
+        const fail = (e: unknown): void => {
           release();
           it.fail(e);
-        },
-      );
+        };
+        if (isNoScript(e)) this.#sendOne(it.key, it.args, true).then(answer, fail);
+        else fail(e);
+      });
       return;
     }
     const n = items.length;
@@ -351,16 +373,18 @@ export class ScriptBatcher {
       count = 1;
     }
     argv.push(spec, dl, now ?? '', String(count));
-    (this.#client as unknown as BatchClient)[BATCH_COMMAND](n, ...argv).then(
-      (reply) => {
-        release();
-        settle(items, reply);
-      },
-      (e: unknown) => {
+    const answer = (reply: unknown): void => {
+      release();
+      settle(items, reply as Array<number | string>);
+    };
+    this.#client.evalsha(BATCH_SHA, n, ...argv).then(answer, (e: unknown) => {
+      const fail = (e: unknown): void => {
         release();
         for (const it of items) it.fail(e);
-      },
-    );
+      };
+      if (isNoScript(e)) this.#client.eval(BATCH_SCRIPT, n, ...argv).then(answer, fail);
+      else fail(e);
+    });
   }
 }
 

@@ -5,7 +5,7 @@ import type { Decision, Reservation } from '../bucket.js';
 import { BackendTimeoutError, BackendUnavailableError, InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe, toOptionsError } from '../policy.js';
-import { type BatchCall, type DecisionArgs, type DecisionReply, ScriptBatcher } from './redis-batch.js';
+import { BUCKET_SHA, type BatchCall, type DecisionArgs, type DecisionReply, ScriptBatcher, runScript } from './redis-batch.js';
 import { BUCKET_SCRIPT, decisionSpec } from './redis-script.js';
 
 /** RedisBackendOptions configures a {@link RedisBackend}. */
@@ -31,9 +31,6 @@ export interface RedisBackendOptions {
 /** DEFAULT_REDIS_OPTIONS holds the defaults of {@link RedisBackendOptions}. */
 export const DEFAULT_REDIS_OPTIONS = { prefix: 'tollgate:', timeoutMs: 1000 } as const;
 
-/** The script's name on the ioredis client (versioned: a changed script gets a new name). */
-const COMMAND = 'tollgateBucketV3';
-
 /**
  * allowed (1, 0; -1: ran after the deadline), remaining, wait ms, ms until full (numbers; strings
  * beyond 2^53), server now ms.
@@ -45,9 +42,6 @@ type ScriptReply = DecisionReply;
  * the estimate is off by at most half the round trip.
  */
 const CLOCK_SAMPLE_MAX_RTT_MS = 20;
-type ScriptClient = {
-  [COMMAND](key: string, ...args: string[]): Promise<ScriptReply>;
-};
 
 const optionsSchema = z.object({
   client: z.custom<Redis | Cluster>(
@@ -114,7 +108,7 @@ export function redisKey(prefix: string, key: string, name: string): string {
 
 /**
  * RedisBackend keeps buckets in Redis, shared by every process: one Lua script per decision
- * (EVALSHA through ioredis `defineCommand`, which falls back to EVAL after a script cache flush),
+ * (EVALSHA, sent again as EVAL when Redis answers NOSCRIPT after a script cache flush),
  * timed by the Redis server's clock, never the caller's. Idle buckets expire when they would be
  * full. Works with an ioredis `Redis` or `Cluster`.
  *
@@ -132,7 +126,6 @@ export class RedisBackend implements Backend {
   #nowForTests: (() => number) | undefined;
   /** Redis's clock as seen from here, learned from replies. */
   readonly #clock = new ServerClock();
-  readonly #script: ScriptClient;
   /** Sends concurrent calls as one script call (see redis-batch.ts); a lone call goes alone. */
   readonly #batcher: ScriptBatcher;
 
@@ -141,12 +134,15 @@ export class RedisBackend implements Backend {
     this.client = o.client;
     this.prefix = o.prefix;
     this.timeoutMs = o.timeoutMs;
-    defineScript(o.client);
-    this.#script = o.client as unknown as ScriptClient;
-    const script = this.#script;
-    this.#batcher = new ScriptBatcher(o.client, (key, a) =>
-      a[2] === undefined ? script[COMMAND](key, a[0], a[1]) : script[COMMAND](key, a[0], a[1], a[2]),
-    );
+    const c = o.client as unknown as {
+      evalsha(sha: string, numKeys: 1, ...keyAndArgs: string[]): Promise<ScriptReply>;
+      eval(lua: string, numKeys: 1, ...keyAndArgs: string[]): Promise<ScriptReply>;
+    };
+    // EVALSHA with the arguments as they are (no copies); EVAL when Redis lost the script.
+    this.#batcher = new ScriptBatcher(o.client, (key, a, byEval) => {
+      if (byEval) return a[2] === undefined ? c.eval(BUCKET_SCRIPT, 1, key, a[0], a[1]) : c.eval(BUCKET_SCRIPT, 1, key, a[0], a[1], a[2]);
+      return a[2] === undefined ? c.evalsha(BUCKET_SHA, 1, key, a[0], a[1]) : c.evalsha(BUCKET_SHA, 1, key, a[0], a[1], a[2]);
+    });
   }
 
   /**
@@ -196,8 +192,8 @@ export class RedisBackend implements Backend {
    */
   #run(kind: Kind, redisKey: string, spec: string): Promise<Decision | Reservation | undefined> {
     if (this.#nowForTests) {
-      const reply = this.#script[COMMAND](redisKey, spec, '', String(this.#nowForTests()));
-      return withTimeout(reply, this.timeoutMs).then((r) => result(kind, r, 0));
+      const reply = runScript(this.client, BUCKET_SCRIPT, BUCKET_SHA, 1, [redisKey, spec, '', String(this.#nowForTests())]);
+      return withTimeout(reply, this.timeoutMs).then((r) => result(kind, r as ScriptReply, 0));
     }
     // A connection known to be down fails at once instead of filling ioredis's offline queue.
     const status = (this.client as { status?: string }).status;
@@ -354,14 +350,6 @@ class Call implements BatchCall {
     this.#settled = true;
     this.#reject(e);
   }
-}
-
-const defined = new WeakSet<object>();
-
-function defineScript(client: Redis | Cluster): void {
-  if (defined.has(client)) return;
-  client.defineCommand(COMMAND, { numberOfKeys: 1, lua: BUCKET_SCRIPT });
-  defined.add(client);
 }
 
 /** withTimeout settles with `p`, or rejects with BackendTimeoutError after `ms`. */
