@@ -340,18 +340,31 @@ export class ScriptBatcher {
     const release = batch.release;
     if (items.length === 1) {
       const it = items[0] as Item;
-      const answer = (r: ReadonlyArray<number | string>): void => {
-        release();
-        it.answer(r, 0);
-      };
-      this.#sendOne(it.key, it.args, false).then(answer, (e: unknown) => {
-        const fail = (e: unknown): void => {
+      // Anonymous functions: a named one (`const answer = …`) costs a defineProperty per call
+      // where the source runs through esbuild's keepNames (tsx, the bench).
+      this.#sendOne(it.key, it.args, false).then(
+        (r) => {
           release();
-          it.fail(e);
-        };
-        if (isNoScript(e)) this.#sendOne(it.key, it.args, true).then(answer, fail);
-        else fail(e);
-      });
+          it.answer(r, 0);
+        },
+        (e: unknown) => {
+          if (!isNoScript(e)) {
+            release();
+            it.fail(e);
+            return;
+          }
+          this.#sendOne(it.key, it.args, true).then(
+            (r) => {
+              release();
+              it.answer(r, 0);
+            },
+            (e: unknown) => {
+              release();
+              it.fail(e);
+            },
+          );
+        },
+      );
       return;
     }
     const n = items.length;
@@ -375,18 +388,29 @@ export class ScriptBatcher {
       count = 1;
     }
     argv.push(spec, dl, now ?? '', String(count));
-    const answer = (reply: unknown): void => {
-      release();
-      settle(items, reply as Array<number | string>);
-    };
-    this.#client.evalsha(BATCH_SHA, n, ...argv).then(answer, (e: unknown) => {
-      const fail = (e: unknown): void => {
+    this.#client.evalsha(BATCH_SHA, n, ...argv).then(
+      (reply) => {
         release();
-        for (const it of items) it.fail(e);
-      };
-      if (isNoScript(e)) this.#client.eval(BATCH_SCRIPT, n, ...argv).then(answer, fail);
-      else fail(e);
-    });
+        settle(items, reply as Array<number | string>);
+      },
+      (e: unknown) => {
+        if (!isNoScript(e)) {
+          release();
+          for (const it of items) it.fail(e);
+          return;
+        }
+        this.#client.eval(BATCH_SCRIPT, n, ...argv).then(
+          (reply) => {
+            release();
+            settle(items, reply as Array<number | string>);
+          },
+          (e: unknown) => {
+            release();
+            for (const it of items) it.fail(e);
+          },
+        );
+      },
+    );
   }
 }
 
