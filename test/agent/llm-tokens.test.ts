@@ -211,6 +211,20 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
     });
   });
 
+  // bytes() is recent (not in every Node 20 release): tested where the runtime has it.
+  const byteReaders = ['arrayBuffer', ...(typeof (Response.prototype as { bytes?: unknown }).bytes === 'function' ? ['bytes'] : [])] as const;
+  test.each(byteReaders)('a raw response read with %s() is settled too', async (reader) => {
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
+    await withUser(reader, async () => {
+      const raw = await client.chat.completions.create(ask).asResponse();
+      expect(await spent(llmTokens, reader)).toBe(600);
+      const bytes = await (raw as unknown as Record<string, () => Promise<ArrayBuffer | Uint8Array>>)[reader]?.call(raw);
+      expect(JSON.parse(new TextDecoder().decode(bytes)).usage.total_tokens).toBe(50);
+      expect(await spent(llmTokens, reader)).toBe(50);
+    });
+  });
+
   test('a user over the LLM-token budget waits until the bucket refills', async () => {
     // 1000 LLM tokens per second, capacity 1000; every call estimates and uses 800.
     const server = await startFakeOpenAI({ usage: { prompt_tokens: 100, completion_tokens: 700 } });

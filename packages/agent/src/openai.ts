@@ -915,35 +915,22 @@ const SETTLING_METHODS: [string, (this: Settling) => Promise<unknown>][] = [
       );
     },
   ],
-  [
-    'arrayBuffer',
-    function arrayBuffer(this: Settling) {
-      const pending = this[SETTLEMENT];
-      return protoArrayBuffer.call(this).then(
-        (bytes) => {
-          if (!pending.done) settleOnce(pending, usageOf(safeJSON(utf8.decode(bytes))), false);
-          return bytes;
-        },
-        (e: unknown) => readFailed(pending, e),
-      );
-    },
-  ],
+  ['arrayBuffer', settlesFromBytes(protoArrayBuffer)],
 ];
-if (protoBytes !== undefined) {
-  const readBytes = protoBytes;
-  SETTLING_METHODS.push([
-    'bytes',
-    function bytes(this: Settling) {
-      const pending = this[SETTLEMENT];
-      return readBytes.call(this).then(
-        (bytes) => {
-          if (!pending.done) settleOnce(pending, usageOf(safeJSON(utf8.decode(bytes))), false);
-          return bytes;
-        },
-        (e: unknown) => readFailed(pending, e),
-      );
-    },
-  ]);
+if (protoBytes !== undefined) SETTLING_METHODS.push(['bytes', settlesFromBytes(protoBytes)]);
+
+/** A settling body reader for a Response method that answers with the body's bytes. */
+function settlesFromBytes<B extends ArrayBuffer | Uint8Array>(read: (this: Response) => Promise<B>) {
+  return function (this: Settling): Promise<B> {
+    const pending = this[SETTLEMENT];
+    return read.call(this).then(
+      (bytes) => {
+        if (!pending.done) settleOnce(pending, usageOf(safeJSON(utf8.decode(bytes))), false);
+        return bytes;
+      },
+      (e: unknown) => readFailed(pending, e),
+    );
+  };
 }
 
 function safeJSON(text: string): unknown {
