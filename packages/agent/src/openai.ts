@@ -87,7 +87,7 @@ interface ClientInternals {
   prepareOptions(options: RequestOptions): Promise<void>;
   prepareRequest(init: { headers?: unknown }, context: { url: string; options: RequestOptions }): Promise<void>;
   /** The client's one request (all attempts); absent from a client this wrapper does not know. */
-  makeRequest?: (this: ClientInternals, optionsInput: unknown, ...rest: unknown[]) => Promise<unknown>;
+  makeRequest?: (this: ClientInternals, optionsInput: unknown, retriesRemaining: unknown, retryOf: unknown) => Promise<unknown>;
 }
 
 /** Any OpenAI client (or subclass such as AzureOpenAI) of openai 5, 6 or 7. */
@@ -96,6 +96,7 @@ export interface OpenAIClientLike {
 }
 
 const INNER_FETCH = Symbol('tollgate.innerFetch');
+const ignore = (): void => {};
 const throttles = new WeakMap<object, Throttle>();
 
 /**
@@ -215,12 +216,15 @@ function install(source: ClientInternals, t: Throttle, overrides: Record<string,
   // back what its attempt took, or its per-user slot would be held for good.
   const makeRequest = proto.makeRequest;
   if (typeof makeRequest === 'function') {
-    own('makeRequest', function (this: ClientInternals, optionsInput: unknown, ...rest: unknown[]): Promise<unknown> {
-      return makeRequest.call(this, optionsInput, ...rest).then(undefined, (e: unknown) => {
-        if (optionsInput instanceof Promise) optionsInput.then((o: RequestOptions) => t.abandon(o), () => {});
+    own('makeRequest', function (this: ClientInternals, optionsInput: unknown, a: unknown, b: unknown): Promise<unknown> {
+      const request = makeRequest.call(this, optionsInput, a, b);
+      // A side branch, not a link in the caller's chain: the caller awaits the client's own
+      // promise, and this only watches it for a failure.
+      request.then(undefined, () => {
+        if (optionsInput instanceof Promise) optionsInput.then((o: RequestOptions) => t.abandon(o), ignore);
         else t.abandon(optionsInput as RequestOptions);
-        throw e;
       });
+      return request;
     });
   }
   own('withOptions', function (this: ClientInternals, options: Record<string, unknown> = {}): ClientInternals {
