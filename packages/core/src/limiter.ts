@@ -318,8 +318,7 @@ export class RateLimiter {
    * back and the next caller moves up at once).
    */
   acquire(key: string, options?: AcquireOptions): Promise<Grant> {
-    const g = this[ACQUIRE_NOW](key, options);
-    return g instanceof Promise ? g : Promise.resolve(g);
+    return this.#acquire(key, options, false) as Promise<Grant>;
   }
 
   /**
@@ -328,6 +327,11 @@ export class RateLimiter {
    * @internal for @tollgate/agent, whose per-request admission is cheaper without the promise.
    */
   [ACQUIRE_NOW](key: string, options?: AcquireOptions): Grant | Promise<Grant> {
+    return this.#acquire(key, options, true);
+  }
+
+  /** acquire's work; `sync` answers an at-once grant itself instead of a promise of it. */
+  #acquire(key: string, options: AcquireOptions | undefined, sync: boolean): Grant | Promise<Grant> {
     let cost: number;
     let policy: Policy;
     let maxWaitMs: number;
@@ -355,7 +359,10 @@ export class RateLimiter {
         r = undefined;
       }
       if (r !== undefined && !(r instanceof Promise)) {
-        if (r.ok && r.waitMs === 0) return { waitedMs: 0, remaining: r.remaining };
+        if (r.ok && r.waitMs === 0) {
+          const grant = { waitedMs: 0, remaining: r.remaining };
+          return sync ? grant : Promise.resolve(grant);
+        }
         if (!r.ok) return Promise.reject(new MaxWaitExceededError(key, r.waitMs, maxWaitMs));
         // Reserved with a wait: queue it as the head already holding its reservation.
         return this.#enqueue(key, cost, policy, maxWaitMs, signal, { backend: this.backend, reservation: r });
