@@ -125,8 +125,10 @@ const throttles = new WeakMap<object, Throttle>();
  * Settlement happens before the caller sees the result, from the body the client reads anyway:
  * a JSON response is handed on unread, and its `json()` / `text()` (what openai 5–6 / 7 call to
  * parse it; `arrayBuffer()` and `bytes()` too) settles the estimate to the `usage` of what it
- * returns, so the body is read and parsed once, by the client. A body never read that way keeps
- * its estimate; one whose read fails gives it back. A stream is settled as its usage chunk passes.
+ * returns, so the body is read and parsed once, by the client. A body never read that way, or
+ * whose read fails, keeps its estimate. (A Response of another fetch implementation, and a stream
+ * call answered with JSON, are read in the wrapper instead and handed on as a copy.) A stream is
+ * settled as its usage chunk passes.
  *
  * Streams: when the caller did not ask for `stream_options.include_usage`, it is added so the
  * LLM tokens can be settled, and the extra usage chunk (`choices: []`) is removed from the stream
@@ -401,8 +403,8 @@ class Throttle {
    * promise when the backend refunds synchronously (RateLimiter's internal REFUND_NOW).
    */
   refund(limiter: RateLimiter, user: string, amount: number): void {
-    const now = (limiter as unknown as Record<symbol, RefundNow | undefined>)[REFUND_NOW];
-    if (typeof now !== 'function') {
+    const now = entriesOf(limiter).refund;
+    if (now === null) {
       this.background(limiter.refund(user, amount));
       return;
     }
@@ -657,7 +659,7 @@ class Attempt {
   }
 
   /** observe settles the attempt from its response, and returns the response the client sees. */
-  observe(response: Response): Response {
+  observe(response: Response): Response | Promise<Response> {
     if (!response.ok) {
       // The provider saw the attempt (429 included): the request token stays; the LLM tokens,
       // never used, go back.
@@ -684,7 +686,12 @@ class Attempt {
       this.#llmReserved = 0;
       this.state = 'done';
       this.#release?.();
-      settleOnParse(response, { t: this.#t, user: call.user, reserved, done: false });
+      const pending: PendingSettlement = { t: this.#t, user: call.user, reserved, done: false };
+      // The client reads a stream call's body through `body` (a server that answered JSON
+      // anyway), and a Response of another fetch implementation has its own methods: both are
+      // read here, once, and handed on as a copy.
+      if (call.streams || Object.getPrototypeOf(response) !== Response.prototype) return settleEagerly(response, pending);
+      settleOnParse(response, pending);
       return response;
     }
     this.finish(undefined, false);
@@ -742,11 +749,39 @@ type RefundNow = (this: RateLimiter, key: string, amount: number) => Promise<voi
 
 type AcquireNow = (this: RateLimiter, key: string, options: AcquireOptions) => Grant | Promise<Grant>;
 
+/**
+ * The limiter's internal synchronous entry (`ACQUIRE_NOW` / `REFUND_NOW`), or undefined when the
+ * wrapper must call the public method: a limiter of an older @tollgate/core (or a look-alike)
+ * has none, and a subclass (or instance) that overrides `acquire` / `refund` — metrics, key
+ * namespacing — must see every call, so its override is used, not the entry behind it.
+ */
+function internalEntry<F>(limiter: RateLimiter, entry: symbol, method: 'acquire' | 'refund'): F | undefined {
+  const bag = limiter as unknown as Record<PropertyKey, unknown>;
+  if (typeof bag[entry] !== 'function') return undefined;
+  let owner = Object.getPrototypeOf(limiter) as Record<PropertyKey, unknown> | null;
+  while (owner !== null && !Object.hasOwn(owner, entry)) owner = Object.getPrototypeOf(owner);
+  return owner !== null && bag[method] === owner[method] ? (bag[entry] as F) : undefined;
+}
+
+/** Per limiter: its internal entries, or null where the public method must be used. */
+const entries = new WeakMap<RateLimiter, { acquire: AcquireNow | null; refund: RefundNow | null }>();
+
+function entriesOf(limiter: RateLimiter): { acquire: AcquireNow | null; refund: RefundNow | null } {
+  let e = entries.get(limiter);
+  if (e === undefined) {
+    e = {
+      acquire: internalEntry<AcquireNow>(limiter, ACQUIRE_NOW, 'acquire') ?? null,
+      refund: internalEntry<RefundNow>(limiter, REFUND_NOW, 'refund') ?? null,
+    };
+    entries.set(limiter, e);
+  }
+  return e;
+}
+
 /** acquireNow is the limiter's acquire, answering a grant made at once without a promise. */
 function acquireNow(limiter: RateLimiter, key: string, options: AcquireOptions): Grant | Promise<Grant> {
-  // A limiter of an older @tollgate/core (or a look-alike) has only acquire.
-  const now = (limiter as unknown as Record<symbol, AcquireNow | undefined>)[ACQUIRE_NOW];
-  return typeof now === 'function' ? now.call(limiter, key, options) : limiter.acquire(key, options);
+  const now = entriesOf(limiter).acquire;
+  return now !== null ? now.call(limiter, key, options) : limiter.acquire(key, options);
 }
 
 function settle(t: Throttle, llm: RateLimiter, user: string, reserved: number, actual: number): void {
@@ -858,14 +893,30 @@ type Settling = Response & { [SETTLEMENT]: PendingSettlement };
  * anyway, instead of reading it a second time: its own `json()` (openai 5 and 6), `text()`
  * (openai 7), `arrayBuffer()` and `bytes()` settle to the `usage` of what they return. The body
  * is read once, by the client, and only then; the response is otherwise untouched. A body read
- * in another way (`body`, `blob()`, `formData()`, a `clone()`), never read, or without `usage`,
- * keeps the estimate; a body whose read fails gives the estimate back.
+ * in another way (`body`, `blob()`, `formData()`, a `clone()`), never read, without `usage`, or
+ * whose read fails, keeps the estimate.
  */
 function settleOnParse(response: Response, pending: PendingSettlement): void {
   // Own members set the same way on every such response (one shared shape, shared functions).
   const r = response as unknown as Record<PropertyKey, unknown>;
   r[SETTLEMENT] = pending;
   for (const [name, fn] of SETTLING_METHODS) r[name] = fn;
+}
+
+/**
+ * settleEagerly reads a JSON response's body now, with the response's own `arrayBuffer()`,
+ * settles `pending` to its usage, and hands on a copy with the same bytes, status and headers.
+ */
+function settleEagerly(response: Response, pending: PendingSettlement): Promise<Response> {
+  return response.arrayBuffer().then(
+    (bytes) => {
+      settleOnce(pending, usageOf(safeJSON(utf8.decode(bytes))), false);
+      const out = new Response(bytes, { status: response.status, statusText: response.statusText, headers: response.headers });
+      Object.defineProperty(out, 'url', { value: response.url });
+      return out;
+    },
+    (e: unknown) => readFailed(pending, e),
+  );
 }
 
 /** Settles `pending` once: to `usage` when known (else the estimate stays), or back when `failed`. */
@@ -879,9 +930,13 @@ function settleOnce(pending: PendingSettlement, usage: number | undefined, faile
   else if (usage !== undefined) settle(t, llm, user, reserved, usage);
 }
 
-/** A read that failed gives the estimate back (nothing was received); a body that is not JSON keeps it. */
+/**
+ * A read that failed (the connection dropped, the caller aborted after the response arrived, a
+ * body that is not JSON) keeps the estimate: a 2xx JSON response is generated whole before its
+ * headers are sent, so the provider has counted its LLM tokens whatever became of the download.
+ */
 function readFailed(pending: PendingSettlement, e: unknown): never {
-  settleOnce(pending, undefined, !(e instanceof SyntaxError));
+  settleOnce(pending, undefined, false);
   throw e;
 }
 
