@@ -6,7 +6,7 @@ import { RateLimiter, RedisBackend } from '@tollgate/core';
 import { describe, expect, test } from 'vitest';
 import { Watched, failOnUnhandledRejections, load, percentile, sleep, within } from './support/faults.ts';
 import { startCluster } from './support/redis.ts';
-import { lastJson, runTs } from './support/spawn.ts';
+import { runLoad } from './support/load.ts';
 
 failOnUnhandledRejections();
 
@@ -92,16 +92,6 @@ test('a master is killed and fails over to its replica under load: calls keep be
   }
 }, 40_000);
 
-interface LoadResult {
-  admitted: number;
-  rejected: number;
-  errors: number;
-  first: number;
-  lastStart: number;
-  last: number;
-  errorSample: string;
-}
-
 describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master cluster', () => {
   test.each(['redis', 'hybrid'] as const)('%s admits between 0.99 × (b + r·T) and b + r·T + 1', async (backend) => {
     const cluster = await startCluster({ masters: 3 });
@@ -110,26 +100,25 @@ describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master clus
       const durationMs = 2500;
       const startAt = Date.now() + 4000; // time for the children to boot and connect
       const ports = cluster.nodes.map((n) => n.port);
-      const results = await Promise.all(
-        Array.from({ length: 4 }, () =>
-          runTs('test/workers/try-load.ts', [
-            JSON.stringify({ cluster: ports, backend, prefix: `cl-${backend}:`, key: 'shared', policy, startAt, durationMs, concurrency: 100, timeoutMs: 2000 }),
-          ]).then((r) => lastJson<LoadResult>(r)),
-        ),
-      );
-      const admitted = results.reduce((n, r) => n + r.admitted, 0);
-      const errors = results.reduce((n, r) => n + r.errors, 0);
+      const { admitted, errors, first, last, lastStart, errorSamples, results } = await runLoad(4, {
+        cluster: ports,
+        backend,
+        prefix: `cl-${backend}:`,
+        key: 'shared',
+        policy,
+        startAt,
+        durationMs,
+        concurrency: 100,
+        timeoutMs: 2000,
+      });
       // T is the run as it happened (a child slow to boot on a busy machine starts late). Upper
       // bound: from the first call's start to the last call's end. Lower bound: to the last
       // call's start (tokens made later, while a starved process finished its last calls, had
       // no one left to ask for them).
-      const first = Math.min(...results.map((r) => r.first));
-      const last = Math.max(...results.map((r) => r.last));
-      const lastStart = Math.max(...results.map((r) => r.lastStart));
       const bT = policy.capacity + (policy.rate * (last - first)) / 1000; // ~550
       const bTdemand = policy.capacity + (policy.rate * (lastStart - first)) / 1000;
       debug('cluster load', backend, { admitted, bT, bTdemand, spanMs: last - first, per: results.map((r) => [r.admitted, r.rejected, r.first - first, last - r.last]) });
-      expect(errors, results.map((r) => r.errorSample).join(' ')).toBe(0);
+      expect(errors, errorSamples).toBe(0);
       expect(admitted).toBeLessThanOrEqual(bT + 1);
       expect(admitted).toBeGreaterThanOrEqual(0.99 * bTdemand);
       // The run was long enough to mean something (a child may boot late on a busy machine).

@@ -4,6 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type RedisServer, startRedis } from './support/redis.ts';
+import { runLoad } from './support/load.ts';
 import { lastJson, runTs } from './support/spawn.ts';
 
 let srv: RedisServer;
@@ -12,34 +13,23 @@ beforeAll(async () => {
 });
 afterAll(() => srv.stop());
 
-interface LoadResult {
-  admitted: number;
-  rejected: number;
-  errors: number;
-  first: number;
-  last: number;
-  lastStart: number;
-}
-
 describe.each(['redis', 'hybrid'] as const)('%s: 4 processes × 100 concurrent tryAcquire on one key', (backend) => {
   test('admit between 99% of b + r·T and b + r·T + 1', async () => {
     const policy = { rate: 200, per: '1s', capacity: 50 };
     const durationMs = 2500;
     const startAt = Date.now() + 2500; // time for the children to boot and connect
-    const results = await Promise.all(
-      Array.from({ length: 4 }, () =>
-        runTs('test/workers/try-load.ts', [
-          JSON.stringify({ port: srv.port, backend, prefix: `load-${backend}:`, key: 'shared', policy, startAt, durationMs, concurrency: 100 }),
-        ]).then((r) => lastJson<LoadResult>(r)),
-      ),
-    );
-    const admitted = results.reduce((n, r) => n + r.admitted, 0);
-    const errors = results.reduce((n, r) => n + r.errors, 0);
-    const first = Math.min(...results.map((r) => r.first));
-    const last = Math.max(...results.map((r) => r.last));
+    const { admitted, errors, rejected, first, last, lastStart } = await runLoad(4, {
+      port: srv.port,
+      backend,
+      prefix: `load-${backend}:`,
+      key: 'shared',
+      policy,
+      startAt,
+      durationMs,
+      concurrency: 100,
+    });
     // Lower bound: the bucket's worth up to the last call that started (a loaded machine may
     // start the final calls a little before the nominal end).
-    const lastStart = Math.max(...results.map((r) => r.lastStart));
     const nominal = policy.capacity + (policy.rate * Math.min(durationMs, lastStart - first)) / 1000;
     const upper = policy.capacity + (policy.rate * (last - first)) / 1000 + 1;
     if (process.env.TOLLGATE_DEBUG) console.log(backend, { admitted, upper, nominal, spanMs: last - first });
@@ -47,7 +37,7 @@ describe.each(['redis', 'hybrid'] as const)('%s: 4 processes × 100 concurrent t
     expect(admitted).toBeLessThanOrEqual(upper);
     expect(admitted).toBeGreaterThanOrEqual(0.99 * nominal);
     // The processes did hammer it: far more calls than admissions.
-    expect(results.reduce((n, r) => n + r.rejected, 0)).toBeGreaterThan(admitted);
+    expect(rejected).toBeGreaterThan(admitted);
   }, 30_000);
 });
 

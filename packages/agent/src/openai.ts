@@ -86,8 +86,8 @@ interface ClientInternals {
   withOptions(options: Record<string, unknown>): ClientInternals;
   prepareOptions(options: RequestOptions): Promise<void>;
   prepareRequest(init: { headers?: unknown }, context: { url: string; options: RequestOptions }): Promise<void>;
-  /** The client's one request (all attempts); absent from a client this wrapper does not know. */
-  makeRequest?: (this: ClientInternals, optionsInput: unknown, retriesRemaining: unknown, retryOf: unknown) => Promise<unknown>;
+  /** The client's one request (all its attempts). */
+  makeRequest(this: ClientInternals, optionsInput: unknown, retriesRemaining: unknown, retryOf: unknown): Promise<unknown>;
 }
 
 /** Any OpenAI client (or subclass such as AzureOpenAI) of openai 5, 6 or 7. */
@@ -150,6 +150,7 @@ export function throttleOpenAI<C extends OpenAIClientLike>(client: C, options: T
     typeof c.withOptions !== 'function' ||
     typeof c.prepareOptions !== 'function' ||
     typeof c.prepareRequest !== 'function' ||
+    typeof c.makeRequest !== 'function' ||
     typeof c.fetch !== 'function'
   ) {
     throw new InvalidOptionsError(
@@ -182,6 +183,9 @@ function install(source: ClientInternals, t: Throttle, overrides: Record<string,
   own(INNER_FETCH, inner);
   // Plain functions chaining the client's own promise (no async function, no await): each
   // promise less is a little less work on every request.
+  // An attempt that fails before fetch (in a prepare hook, while the client builds the request
+  // — its body serialized — or asks a credentials provider) ends the call unsent: the watch on
+  // makeRequest below gives back what it took, or its per-user slot would be held for good.
   own('prepareOptions', function (this: ClientInternals, options: RequestOptions): Promise<void> {
     let admitted: Promise<void> | undefined;
     try {
@@ -189,46 +193,31 @@ function install(source: ClientInternals, t: Throttle, overrides: Record<string,
     } catch (e) {
       return Promise.reject(e);
     }
-    const prepared = admitted === undefined ? callPrepare(prepareOptions, this, options) : admitted.then(() => prepareOptions.call(this, options));
-    return prepared.then(undefined, (e: unknown) => {
-      t.abandon(options);
-      throw e;
-    });
+    return admitted === undefined ? callPrepare(prepareOptions, this, options) : admitted.then(() => prepareOptions.call(this, options));
   });
   own('prepareRequest', function (
     this: ClientInternals,
     init: { headers?: unknown },
     context: { url: string; options: RequestOptions },
   ): Promise<void> {
-    return callPrepare(prepareRequest, this, init, context).then(
-      () => {
-        // A client that replaced its fetch (openai 7 with X.509 workload identity) sends past the
-        // wrapper: count the attempt as sent, unobserved, so its slot is not held forever.
-        if (this.fetch === wrapped) t.link(init, context.options);
-        else t.unobserved(context.options);
-      },
-      (e: unknown) => {
-        t.abandon(context.options); // never sent
-        throw e;
-      },
-    );
-  });
-  // Between prepareOptions (admission) and fetch the client still builds the request (its body
-  // serialized), and may ask a credentials provider: an error there ends the call unsent. Give
-  // back what its attempt took, or its per-user slot would be held for good.
-  const makeRequest = proto.makeRequest;
-  if (typeof makeRequest === 'function') {
-    own('makeRequest', function (this: ClientInternals, optionsInput: unknown, a: unknown, b: unknown): Promise<unknown> {
-      const request = makeRequest.call(this, optionsInput, a, b);
-      // A side branch, not a link in the caller's chain: the caller awaits the client's own
-      // promise, and this only watches it for a failure.
-      request.then(undefined, () => {
-        if (optionsInput instanceof Promise) optionsInput.then((o: RequestOptions) => t.abandon(o), ignore);
-        else t.abandon(optionsInput as RequestOptions);
-      });
-      return request;
+    return callPrepare(prepareRequest, this, init, context).then(() => {
+      // A client that replaced its fetch (openai 7 with X.509 workload identity) sends past the
+      // wrapper: count the attempt as sent, unobserved, so its slot is not held forever.
+      if (this.fetch === wrapped) t.link(init, context.options);
+      else t.unobserved(context.options);
     });
-  }
+  });
+  const makeRequest = proto.makeRequest;
+  own('makeRequest', function (this: ClientInternals, optionsInput: unknown, a: unknown, b: unknown): Promise<unknown> {
+    const request = makeRequest.call(this, optionsInput, a, b);
+    // A side branch, not a link in the caller's chain: the caller awaits the client's own
+    // promise, and this only watches it for a failure (abandon is a no-op once sent).
+    request.then(undefined, () => {
+      if (optionsInput instanceof Promise) optionsInput.then((o: RequestOptions) => t.abandon(o), ignore);
+      else t.abandon(optionsInput as RequestOptions);
+    });
+    return request;
+  });
   own('withOptions', function (this: ClientInternals, options: Record<string, unknown> = {}): ClientInternals {
     return install(this, t, options);
   });

@@ -131,19 +131,22 @@ export class MemoryBackend implements Backend {
     const now = this.#clock();
     const slot = this.#locate(name, key);
     const st = this.#found as Store;
-    if (slot === undefined) {
-      const b = this.#b;
-      b.tokens = policy.capacity;
-      b.updatedAt = now;
-      const d = tryTake(b, policy, now, cost);
-      this.#keep(st, key, policy, false);
-      return d;
-    }
+    if (slot === undefined) return this.#tryNew(st, key, policy, now, cost);
     const wait = take(st.data, slot * 2, policy, now, cost);
     const tokens = st.data[slot * 2] as number;
     if (st.policies[slot] !== policy) st.policies[slot] = policy;
     if (wait === 0) return { allowed: true, remaining: wholeTokens(tokens), retryAfterMs: 0, resetAfterMs: resetAfter(tokens, policy) };
     return this.#rejection(st, slot, wholeTokens(tokens), wait, resetAfter(tokens, policy));
+  }
+
+  /** tryTake on a key with no bucket (a full one), kept if the decision took from it. */
+  #tryNew(st: Store, key: string, policy: Policy, now: number, cost: number): Decision {
+    const b = this.#b;
+    b.tokens = policy.capacity;
+    b.updatedAt = now;
+    const d = tryTake(b, policy, now, cost);
+    this.#keep(st, key, policy, false);
+    return d;
   }
 
   /**
@@ -181,11 +184,7 @@ export class MemoryBackend implements Backend {
     const st = this.#found as Store;
     if (slot === undefined) {
       // Nothing learnt from Redis for this key, and a full local bucket.
-      const b = this.#b;
-      b.tokens = local.capacity;
-      b.updatedAt = now;
-      const d = tryTake(b, local, now, cost);
-      this.#keep(st, key, local, false);
+      const d = this.#tryNew(st, key, local, now, cost);
       if (d.allowed) return undefined;
       return { allowed: false, remaining: 0, retryAfterMs: d.retryAfterMs, resetAfterMs: hybridReset(policy, Number.NEGATIVE_INFINITY, now) };
     }
