@@ -2,7 +2,8 @@
  * How cost grows with keys (--full): memory tryAcquire on 1 to 1M keys, Redis tryAcquire with
  * 256 in flight on 1,000 and 100,000 keys. Tollgate beside the ceiling on the same keys.
  */
-import { BUCKET_SCRIPT, MemoryBackend, RateLimiter, RedisBackend } from '@tollgate/core';
+import { MemoryBackend, RateLimiter, RedisBackend } from '@tollgate/core';
+import { BUCKET_SCRIPT } from '@tollgate/core/internal';
 import { InlineBucket, RawEvalsha } from './ceilings.js';
 import { type Scenario, inFlight } from './harness.js';
 import type { RedisCtx } from './scenarios.js';

@@ -2,7 +2,8 @@
  * The scenarios: Tollgate, its peers and the ceilings on the same work. Each contender has its own
  * loop (see harness.ts for why).
  */
-import { BUCKET_SCRIPT, HybridBackend, MemoryBackend, RateLimiter, RedisBackend } from '@tollgate/core';
+import { HybridBackend, MemoryBackend, RateLimiter, RedisBackend } from '@tollgate/core';
+import { BUCKET_SCRIPT } from '@tollgate/core/internal';
 import Bottleneck from 'bottleneck';
 import { Redis } from 'ioredis';
 import { RateLimiter as JhLimiter } from 'limiter';

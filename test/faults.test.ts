@@ -3,15 +3,8 @@
  * every call still settles in time, each failure policy does what it says, no rejection goes
  * unhandled, and Redis is authoritative again soon after it answers.
  */
-import {
-  type BackendErrorPolicy,
-  BackendUnavailableError,
-  HybridBackend,
-  RateLimiter,
-  RedisBackend,
-  isTollgateError,
-  redisKey,
-} from '@tollgate/core';
+import { type BackendErrorPolicy, BackendUnavailableError, HybridBackend, RateLimiter, RedisBackend, isTollgateError } from '@tollgate/core';
+import { redisKey } from '@tollgate/core/internal';
 import type { Redis } from 'ioredis';
 import { describe, expect, test } from 'vitest';
 import { type Call, Watched, failOnUnhandledRejections, load, percentile, sleep, within } from './support/faults.ts';

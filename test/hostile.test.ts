@@ -2,17 +2,8 @@
  * Hostile input from tenants and careless callers: odd keys never share a bucket, bad costs and
  * policies get a typed error naming the problem, and none of it corrupts a bucket or hangs.
  */
-import {
-  AbortedError,
-  CostExceedsCapacityError,
-  InvalidArgumentError,
-  InvalidOptionsError,
-  MemoryBackend,
-  RateLimiter,
-  RedisBackend,
-  encodeKey,
-  redisKey,
-} from '@tollgate/core';
+import { AbortedError, CostExceedsCapacityError, InvalidArgumentError, InvalidOptionsError, MemoryBackend, RateLimiter, RedisBackend } from '@tollgate/core';
+import { encodeKey, redisKey } from '@tollgate/core/internal';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { failOnUnhandledRejections, sleep } from './support/faults.ts';
 import { type RedisServer, startRedis } from './support/redis.ts';

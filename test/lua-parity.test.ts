@@ -2,16 +2,8 @@
  * The Lua script and bucket.ts must decide identically: the same random sequence of (time, op,
  * cost) on fixed instants gives the same decision, tokens and waits from both.
  */
-import {
-  type BucketState,
-  giveBack,
-  newBucket,
-  normalizePolicy,
-  RedisBackend,
-  reserve,
-  tokensAt,
-  tryTake,
-} from '@tollgate/core';
+import { RedisBackend } from '@tollgate/core';
+import { type BucketState, giveBack, newBucket, normalizePolicy, reserve, tokensAt, tryTake } from '@tollgate/core/internal';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { decodeBucket } from '../packages/core/src/backends/redis-script.ts';
 import { rng } from './support/random.ts';

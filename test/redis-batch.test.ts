@@ -3,7 +3,7 @@
  * (key, time, mode, cost, deadline) run one call at a time and run in batches gives the same
  * replies and leaves the same buckets. And the batcher keeps call order under concurrency.
  */
-import { BUCKET_SCRIPT } from '@tollgate/core';
+import { BUCKET_SCRIPT } from '@tollgate/core/internal';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import {

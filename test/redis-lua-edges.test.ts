@@ -3,7 +3,8 @@
  * hash bucket decided in a batch, TTL after a write; the single and batch scripts against
  * bucket.ts on fixed instants.
  */
-import { type BucketState, RedisBackend, normalizePolicy, reserve, tryTake } from '@tollgate/core';
+import { RedisBackend } from '@tollgate/core';
+import { type BucketState, normalizePolicy, reserve, tryTake } from '@tollgate/core/internal';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { BUCKET_SHA, ScriptBatcher } from '../packages/core/src/backends/redis-batch.ts';

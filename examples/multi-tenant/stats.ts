@@ -1,7 +1,8 @@
 /**
  * What the demo counts per tenant, and the numbers its final table derives from the counts.
  */
-import { type Policy, normalizePolicy } from '@tollgate/core';
+import { type Policy } from '@tollgate/core';
+import { normalizePolicy } from '@tollgate/core/internal';
 import { type Tier, quotaOf, tierOf } from './tiers.ts';
 
 /** TenantStats is one tenant's tool calls and model calls so far. Times are performance.now() ms. */

@@ -1,13 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import {
-  type BucketState,
-  giveBack,
-  newBucket,
-  normalizePolicy,
-  reserve,
-  tokensAt,
-  tryTake,
-} from '@tollgate/core';
+import { type BucketState, giveBack, newBucket, normalizePolicy, reserve, tokensAt, tryTake } from '@tollgate/core/internal';
 
 const P = (rate: number, per: number | string = 1000, capacity?: number) =>
   normalizePolicy(capacity === undefined ? { rate, per } : { rate, per, capacity } as never);

@@ -2,15 +2,8 @@
  * MemoryBackend keeps its buckets in a compact layout with the hot path inlined; it must still
  * decide exactly as bucket.ts does. Same random sequence of (time, op, cost), fixed instants.
  */
-import {
-  type BucketState,
-  giveBack,
-  MemoryBackend,
-  newBucket,
-  normalizePolicy,
-  reserve,
-  tryTake,
-} from '@tollgate/core';
+import { MemoryBackend } from '@tollgate/core';
+import { type BucketState, giveBack, newBucket, normalizePolicy, reserve, tryTake } from '@tollgate/core/internal';
 import { expect, test } from 'vitest';
 import { rng } from '../../../test/support/random.ts';
 
