@@ -7,7 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import type { RedisOptions } from 'ioredis';
+import { Cluster, Redis } from './ioredis.ts';
 
 const INSTALL_HINT =
   'redis-server not found: install it (Debian/Ubuntu: `apt-get update && apt-get install -y redis-server`) or run .ci/run, which does';

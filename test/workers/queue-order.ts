@@ -4,7 +4,7 @@
  * argv: JSON { port, prefix, key, policy, startAt, calls }
  */
 import { RateLimiter, RedisBackend } from '@tollgate/core';
-import { Redis } from 'ioredis';
+import { Redis } from '../support/ioredis.ts';
 
 const cfg = JSON.parse(process.argv[2] as string) as {
   port: number;

@@ -10,7 +10,7 @@
  * durationMs, concurrency, timeoutMs? }
  */
 import { HybridBackend, type PolicyInput, RateLimiter, RedisBackend } from '@tollgate/core';
-import { Cluster, Redis } from 'ioredis';
+import { Cluster, Redis } from '../support/ioredis.ts';
 
 const cfg = JSON.parse(process.argv[2] as string) as {
   port?: number;
