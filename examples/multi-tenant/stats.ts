@@ -1,7 +1,7 @@
 /**
  * What the demo counts per tenant, and the numbers its final table derives from the counts.
  */
-import { type Policy } from '@tollgate/core';
+import type { Policy } from '@tollgate/core';
 import { normalizePolicy } from '@tollgate/core/internal';
 import { type Tier, quotaOf, tierOf } from './tiers.ts';
 

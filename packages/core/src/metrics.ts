@@ -109,7 +109,8 @@ export class LimiterMetrics {
 
   /** Counts one decision. */
   decision(outcome: Outcome): void {
-    this.#tally[OUTCOME_INDEX[outcome]]++;
+    const i = OUTCOME_INDEX[outcome];
+    this.#tally[i] = (this.#tally[i] as number) + 1;
     if (--this.#untilRecheck === 0) {
       this.#untilRecheck = RECHECK_EVERY;
       this.#binding = bind();
