@@ -65,6 +65,8 @@ function bind(): Binding {
   const wait = meter.createHistogram('tollgate.wait.duration', {
     description: 'How long a granted call waited for its tokens.',
     unit: 's',
+    // Seconds, as OpenTelemetry's HTTP duration conventions: the SDK's default buckets are for ms.
+    advice: { explicitBucketBoundaries: [0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] },
   });
   const live = !(wait instanceof NOOP_HISTOGRAM);
   if (live) {
