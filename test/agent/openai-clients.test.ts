@@ -171,6 +171,45 @@ describe(`every client the openai package builds is throttled (openai ${OPENAI_M
   });
 });
 
+describe(`a caller-supplied fetch with its own Response class (openai ${OPENAI_MAJOR})`, () => {
+  // npm undici's fetch (with a ProxyAgent), node-fetch, or any fetch-compatible wrapper answers
+  // with a Response that is not Node's global class. The client is happy with it; the throttled
+  // client must be too, and must still settle LLM tokens to `usage`.
+  class ForeignResponse {
+    readonly #r: Response;
+    constructor(r: Response) {
+      this.#r = r;
+    }
+    get ok() { return this.#r.ok; }
+    get status() { return this.#r.status; }
+    get statusText() { return this.#r.statusText; }
+    get headers() { return this.#r.headers; }
+    get url() { return this.#r.url; }
+    get body() { return this.#r.body; }
+    get bodyUsed() { return this.#r.bodyUsed; }
+    json() { return this.#r.json(); }
+    text() { return this.#r.text(); }
+    arrayBuffer() { return this.#r.arrayBuffer(); }
+    blob() { return this.#r.blob(); }
+    clone() { return new ForeignResponse(this.#r.clone()); }
+  }
+  const foreignFetch = async (input: unknown, init?: RequestInit) =>
+    new ForeignResponse(await fetch(input as string, init)) as unknown as Response;
+
+  test('the unthrottled client works with it', async () => {
+    const r = await new OpenAI({ baseURL: fake.baseURL, apiKey: 'k', fetch: foreignFetch as never }).chat.completions.create(ask);
+    expect(r.usage?.total_tokens).toBe(50);
+  });
+
+  test('the throttled client answers the call and settles it to usage', async () => {
+    const llmTokens = llmLimiter();
+    const client = throttleOpenAI(new OpenAI({ baseURL: fake.baseURL, apiKey: 'k', fetch: foreignFetch as never }), { llmTokens });
+    const r = await withUser('foreign', () => client.chat.completions.create(ask));
+    expect(r.usage?.total_tokens).toBe(50);
+    expect(await spent(llmTokens, 'foreign')).toBe(50);
+  });
+});
+
 /**
  * customProvider makes a provider the way the package's own do (`createProvider`, not exported):
  * an opaque frozen object registered, with its definition, in the registry the package keeps on
