@@ -1,8 +1,9 @@
 /**
  * Wrapping an OpenAI client — `pnpm --filter @tollgate/examples run openai-client`.
  *
- * throttleOpenAI returns a client of the same type whose every HTTP attempt waits for the current
- * user's tokens: 3 requests per second (bursts of 3) and 20 000 LLM tokens per minute, per user.
+ * throttleOpenAI throttles the client it is given (and returns it, same type): every HTTP attempt
+ * waits for the current user's tokens: 3 requests per second (bursts of 3) and 20 000 LLM tokens
+ * per minute, per user.
  * alice bursts six questions while bob asks one: alice's are spaced out, bob's is not delayed.
  * Then a stream (throttled alike, its LLM tokens settled from the final usage chunk), and offline
  * a 429 the SDK retries — the retry waits for a token too.

@@ -165,9 +165,11 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
       sendError(res, failure.status, `fake ${failure.status} (failNext)`, type, failure.headers);
       return;
     }
-    if (rec.method === 'POST' && path === '/v1/chat/completions') return chat(rec, res, body ?? {});
-    if (rec.method === 'POST' && path === '/v1/responses') return responses(rec, res, body ?? {});
-    if (rec.method === 'POST' && path === '/v1/embeddings') return embeddings(rec, res, body ?? {});
+    // Azure OpenAI's paths (`/openai/deployments/<name>/chat/completions`) route as OpenAI's.
+    const route = path.replace(/^\/openai\/deployments\/[^/]+\//, '/v1/');
+    if (rec.method === 'POST' && route === '/v1/chat/completions') return chat(rec, res, body ?? {});
+    if (rec.method === 'POST' && route === '/v1/responses') return responses(rec, res, body ?? {});
+    if (rec.method === 'POST' && route === '/v1/embeddings') return embeddings(rec, res, body ?? {});
     rec.status = 404;
     sendError(res, 404, `Unknown request URL: ${rec.method} ${path}`, 'invalid_request_error');
   }

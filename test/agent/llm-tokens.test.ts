@@ -5,7 +5,9 @@
  * so what a call took can be read from `remaining`.
  */
 import { estimateLLMTokens, throttleOpenAI, withUser } from '@tollgate/agent';
-import { MemoryBackend, RateLimiter } from '@tollgate/core';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { type AcquireOptions, type Grant, MemoryBackend, RateLimiter } from '@tollgate/core';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { type FakeOpenAI, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
 import { finalText, OPENAI_MAJOR, newClient } from './openai-client.ts';
@@ -246,5 +248,79 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
     } finally {
       await server.close();
     }
+  });
+
+  test('an abort after a 200 arrived keeps the LLM tokens the provider counted', async () => {
+    // A non-streaming 200 is generated whole before its headers are sent: a caller who aborts
+    // after it arrived (a proxy whose own client went away, a UI cancel) gets nothing back.
+    const llmTokens = newLimiter();
+    const client = throttleOpenAI(newClient(fake.baseURL, { maxRetries: 0 }), { llmTokens });
+    await withUser('aborts-late', async () => {
+      const ac = new AbortController();
+      const raw = await client.chat.completions.create(ask, { signal: ac.signal }).asResponse();
+      expect(raw.status).toBe(200);
+      ac.abort();
+      await raw.json().catch(() => undefined); // the body may never be read
+    });
+    // Either settled to the usage (50) or the estimate kept (600): never given back.
+    expect(await spent(llmTokens, 'aborts-late')).toBeGreaterThanOrEqual(50);
+  });
+
+  test('a stream call answered with a JSON body (a server that ignores `stream`) is settled to its usage', async () => {
+    const server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        const usage = { prompt_tokens: 20, completion_tokens: 30, total_tokens: 50 };
+        res.end(JSON.stringify({ id: 'x', object: 'chat.completion', created: 0, model: 'm', choices: [], usage }));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const baseURL = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`;
+      const llmTokens = newLimiter();
+      const client = throttleOpenAI(newClient(baseURL, { maxRetries: 0 }), { llmTokens });
+      await withUser('json-stream', async () => {
+        // The client reads a stream call's body through `body`, never json() / text().
+        for await (const _ of await client.chat.completions.create({ ...ask, stream: true })) {
+          // read to the end
+        }
+      });
+      expect(await spent(llmTokens, 'json-stream')).toBe(50); // not the 600 estimated
+    } finally {
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  test('a RateLimiter subclass sees every reservation and refund, and one bucket holds the call', async () => {
+    // A subclass overriding acquire / refund (metrics, key namespacing) must see every call, and
+    // the reservation, the refund and any excess charge must land in the same bucket.
+    class Namespaced extends RateLimiter {
+      acquires: string[] = [];
+      refunds: string[] = [];
+      override acquire(key: string, o?: AcquireOptions): Promise<Grant> {
+        this.acquires.push(key);
+        return super.acquire(`tenant-a:${key}`, o);
+      }
+      override refund(key: string, amount: number): Promise<void> {
+        this.refunds.push(key);
+        return super.refund(`tenant-a:${key}`, amount);
+      }
+    }
+    const llmTokens = new Namespaced({ backend: new MemoryBackend(), name: 'llm', policy: { rate: 1, per: '1h', capacity: CAPACITY } });
+    const spentIn = async (bucket: string) => CAPACITY - 1 - (await RateLimiter.prototype.tryAcquire.call(llmTokens, bucket)).remaining;
+    const client = throttleOpenAI(newClient(fake.baseURL, { maxRetries: 0 }), { llmTokens });
+    await withUser('u', () => client.chat.completions.create(ask)); // estimate 600, usage 50: 550 back
+    expect(llmTokens.acquires).toEqual(['u']);
+    expect(llmTokens.refunds).toEqual(['u']);
+    expect(await spentIn('tenant-a:u')).toBe(50);
+    expect(await spentIn('u')).toBe(0);
+
+    // Usage above the estimate: the reservation (20) and the excess charge (30) hit one bucket.
+    const small = { ...ask, max_tokens: 10, messages: [{ role: 'user' as const, content: 'y'.repeat(36) }] };
+    await withUser('v', () => client.chat.completions.create(small));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(await spentIn('tenant-a:v')).toBe(50);
+    expect(await spentIn('v')).toBe(0);
   });
 });

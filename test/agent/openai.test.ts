@@ -191,12 +191,14 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
     expect((await requests.tryAcquire('wr')).remaining).toBe(5); // 10 - 4 calls - this probe
   });
 
-  test('the original client is left unthrottled', async () => {
+  test('throttleOpenAI throttles the client it is given, once', async () => {
     const requests = limiter(1, '1h', 3);
-    const original = newClient(fake.baseURL);
-    throttleOpenAI(original, { requests });
-    await withUser('orig', () => original.chat.completions.create(ask('x')));
-    expect((await requests.tryAcquire('orig')).remaining).toBe(2);
+    const client = newClient(fake.baseURL);
+    expect(throttleOpenAI(client, { requests })).toBe(client);
+    await withUser('same', () => client.chat.completions.create(ask('x')));
+    expect((await requests.tryAcquire('same')).remaining).toBe(1); // 3 - the call - this probe
+    // A second set of limits on the same client would silently stack: it is refused.
+    expect(() => throttleOpenAI(client, { requests: limiter(1, '1h') })).toThrow(/client is throttled already/);
   });
 
   test('the user is withUser, then the resolver, then body.user / safety_identifier, else anonymous', async () => {

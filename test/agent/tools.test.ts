@@ -10,7 +10,7 @@ import {
   throttleTool,
   withUser,
 } from '@tollgate/agent';
-import { MemoryBackend, RateLimiter } from '@tollgate/core';
+import { MemoryBackend, RateLimiter, isInvalidOptionsError } from '@tollgate/core';
 import { describe, expect, test } from 'vitest';
 import { z } from 'zod';
 import { startFakeOpenAI } from '../../examples/support/fake-openai.ts';
@@ -93,13 +93,25 @@ describe('defineTool', () => {
     });
   });
 
-  test('bad options fail at once, naming the option', () => {
-    expect(() =>
-      defineTool({ name: 'has space', description: '', parameters: weatherSchema, execute: () => 1 }),
-    ).toThrow(/name must be 1-64 letters/);
-    expect(() =>
-      defineTool({ name: 'ok', description: '', parameters: {} as z.ZodType, execute: () => 1 }),
-    ).toThrow(/parameters must be a zod schema/);
+  test('bad options fail at once with InvalidOptionsError, naming the option, the constraint and the value', () => {
+    const fails = (make: () => unknown, message: RegExp) => {
+      let err: unknown;
+      try {
+        make();
+      } catch (e) {
+        err = e;
+      }
+      expect(isInvalidOptionsError(err)).toBe(true);
+      expect((err as Error).message).toMatch(message);
+    };
+    const tool = { name: 'ok', description: '', parameters: weatherSchema, execute: () => 1 };
+    fails(() => defineTool({ ...tool, name: 'has space' }), /defineTool options: name must be 1-64 letters, digits, _ or - \(received "has space"\)/);
+    fails(() => defineTool({ ...tool, parameters: {} as z.ZodType }), /parameters must be a zod schema \(received object\)/);
+    fails(() => defineTool({ ...tool, cost: 0 }), /cost must be a finite number > 0 or a function \(received 0\)/);
+    fails(() => defineTool({ ...tool, limitter: limiter(1, 1) } as never), /unknown option\(s\) limitter/);
+    fails(() => throttleTool(() => 1, { limiter: 5 } as never), /throttleTool options: limiter must be a RateLimiter \(received 5\)/);
+    fails(() => throttleTool(() => 1, { limiter: limiter(1, 1), maxWaitMs: -1 }), /maxWaitMs must be a number of ms >= 0 \(received -1\)/);
+    fails(() => throttleTool('f' as never, { limiter: limiter(1, 1) }), /fn must be a function \(received "f"\)/);
   });
 
   test('invalid arguments reject before the tool waits or runs', async () => {
@@ -115,7 +127,10 @@ describe('defineTool', () => {
     const err = await weather.call('{"city": 42}').catch((e: unknown) => e);
     expect(err).toBeInstanceOf(InvalidToolArgumentsError);
     expect((err as InvalidToolArgumentsError).issues[0]?.path).toBe('city');
-    await expect(weather.call('{not json')).rejects.toThrow(/malformed JSON arguments/);
+    expect((err as InvalidToolArgumentsError).reason).toBe('invalid_arguments');
+    const malformed = await weather.call('{not json').catch((e: unknown) => e);
+    expect((malformed as InvalidToolArgumentsError).reason).toBe('invalid_json');
+    expect((malformed as Error).message).toMatch(/malformed JSON arguments/);
     expect(runs).toBe(0);
     expect((await l.tryAcquire('anonymous')).remaining).toBe(2); // nothing taken
     expect(await weather.call('{"city":"Oslo"}')).toBe(1);

@@ -73,11 +73,13 @@ describe('openai-client example', () => {
     alice.sort((a, b) => a - b);
     const [first, , third, fourth, , sixth] = alice as [number, number, number, number, number, number];
     // Bursts of 3, then one every 333 ms: the 4th, 5th and 6th wait ~333, ~667, ~1000 ms after
-    // the first request (times are from just before it, so these lower bounds are exact).
-    expect(third - first).toBeLessThan(250);
+    // the first request (times are from just before it, so these lower bounds are exact). The
+    // first three came as a burst: spaced, the third would come 667 ms after the first. The
+    // upper bounds leave room for a machine 3× slower than a quiet one.
+    expect(third - first).toBeLessThan(600);
     expect(fourth).toBeGreaterThanOrEqual(330);
     expect(sixth).toBeGreaterThanOrEqual(995);
-    expect(sixth).toBeLessThan(2500);
+    expect(sixth).toBeLessThan(3500);
     // bob has a bucket of his own: answered with alice's first burst, not after her queue.
     const [bob] = numbers(lineStarting(r.stdout, 'bob:')) as [number];
     expect(bob).toBeLessThan(fourth);
@@ -100,7 +102,7 @@ describe('agent-tools example', () => {
     // 2 at once, then 200 ms apart: the 5th runs at ~600 ms.
     expect(weatherAt[1]).toBeLessThan((weatherAt[0] as number) + 150);
     expect((weatherAt[4] as number) - (weatherAt[0] as number)).toBeGreaterThanOrEqual(550);
-    expect((weatherAt[4] as number) - (weatherAt[0] as number)).toBeLessThan(2000);
+    expect((weatherAt[4] as number) - (weatherAt[0] as number)).toBeLessThan(3000);
     expect(r.stdout).toMatch(/ran search_docs\(packing list\)/);
     expect(lineStarting(r.stdout, 'answer:')).toContain('Done:');
     expect(lineStarting(r.stdout, 'bad arguments ->')).toMatch(/city/i);
@@ -196,12 +198,15 @@ function checkDemo(r: Run, seconds: number): TenantResult[] {
     expect(t.within, t.tenant).toBe(true);
     expect(t.admitted, t.tenant).toBeLessThanOrEqual(q.burst + q.rate * (t.windowS + 0.01));
     expect(t.bound).toBeCloseTo(q.burst + q.rate * t.windowS, 0);
-    // Every tenant asked for more than its quota, so it got close to all of it.
-    expect(t.admitted, t.tenant).toBeGreaterThanOrEqual(q.burst + 0.8 * q.rate * t.windowS);
+    // Every tenant asks for more than its quota, so it gets most of it. How much it asks for
+    // depends on the machine (each task waits for model calls and tools that run here too): on a
+    // busy machine demand can fall below the quota, so the lower bound is wide; the upper bound
+    // above is exact, and the ratios below hold however slow the machine is.
+    expect(t.admitted, t.tenant).toBeGreaterThanOrEqual(q.burst + 0.4 * q.rate * t.windowS);
     expect(t.achievedPerS).toBeCloseTo(t.admitted / t.windowS, 1);
     // Beyond the first burst, the refill rate is what a tenant gets: its quota, not more.
     expect(t.afterBurstPerS, t.tenant).toBeLessThanOrEqual(q.rate * 1.01);
-    expect(t.afterBurstPerS, t.tenant).toBeGreaterThanOrEqual(q.rate * 0.8);
+    expect(t.afterBurstPerS, t.tenant).toBeGreaterThanOrEqual(q.rate * 0.4);
   }
   const of = (tier: string) => rows.filter((t) => t.tier === tier);
   const most = (tier: string, f: (t: TenantResult) => number) => Math.max(...of(tier).map(f));
@@ -214,6 +219,13 @@ function checkDemo(r: Run, seconds: number): TenantResult[] {
   // And enterprise got the most done.
   expect(least('enterprise', (t) => t.admitted)).toBeGreaterThan(most('pro', (t) => t.admitted));
   expect(least('pro', (t) => t.admitted)).toBeGreaterThan(most('free', (t) => t.admitted));
+  // The tiers' rates are 20, 6 and 2 per second: beyond the burst, enterprise gets at least 3×
+  // what a free tenant gets (10× on a quiet machine; 1× would mean the tiers made no difference),
+  // and every tenant of a tier gets within a factor 1.5 of its peer (nobody starved).
+  const rate = (t: TenantResult) => t.afterBurstPerS;
+  expect(least('enterprise', rate)).toBeGreaterThanOrEqual(3 * most('free', rate));
+  expect(least('pro', rate)).toBeGreaterThanOrEqual(1.5 * most('free', rate));
+  for (const tier of ['free', 'pro']) expect(most(tier, rate)).toBeLessThanOrEqual(1.5 * least(tier, rate));
   return rows;
 }
 

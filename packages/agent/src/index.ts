@@ -9,9 +9,10 @@ export {
   DEFAULT_MAX_OUTPUT_LLM_TOKENS,
   estimateLLMTokens,
   usageTotal,
-} from './llm-tokens.js';
-export { perUserStats, throttleOpenAI } from './openai.js';
-export type { AdmitEvent, OpenAIClientLike, ThrottleOpenAIOptions } from './openai.js';
+} from './adapters/openai-llm-tokens.js';
+export { perUserStats, throttleOpenAI } from './adapters/openai.js';
+export type { OpenAIClientLike, ThrottleOpenAIOptions } from './adapters/openai.js';
+export type { AdmitEvent, ThrottleOptions } from './pipeline/options.js';
 export { DEFAULT_PER_USER } from './per-user-queue.js';
 export type { PerUserOptions } from './per-user-queue.js';
 export { InvalidToolArgumentsError, defineTool, runToolCalls, throttleTool } from './tools.js';

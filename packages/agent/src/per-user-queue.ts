@@ -1,4 +1,3 @@
-import { InvalidOptionsError } from '@tollgate/core';
 import PQueue from 'p-queue';
 import { QueueFullError } from './errors.js';
 
@@ -38,9 +37,10 @@ export class PerUserQueues {
   readonly maxQueued: number;
   readonly #entries = new Map<string, Entry>();
 
+  /** `options` are validated by the caller (see pipeline/options.ts). */
   constructor(options: PerUserOptions = {}) {
-    this.concurrency = checkCount(options.concurrency, 'perUser.concurrency', 1, DEFAULT_PER_USER.concurrency);
-    this.maxQueued = checkCount(options.maxQueued, 'perUser.maxQueued', 0, DEFAULT_PER_USER.maxQueued);
+    this.concurrency = options.concurrency ?? DEFAULT_PER_USER.concurrency;
+    this.maxQueued = options.maxQueued ?? DEFAULT_PER_USER.maxQueued;
   }
 
   /**
@@ -91,20 +91,4 @@ export class PerUserQueues {
   get users(): number {
     return this.#entries.size;
   }
-}
-
-function checkCount(value: unknown, path: string, min: number, fallback: number): number {
-  if (value === undefined) return fallback;
-  if (
-    typeof value !== 'number' ||
-    Number.isNaN(value) ||
-    value < min ||
-    (value !== Number.POSITIVE_INFINITY && !Number.isInteger(value))
-  ) {
-    throw new InvalidOptionsError(
-      `invalid throttleOpenAI options: ${path} must be an integer >= ${min} or Infinity (received ${String(value)})`,
-      [{ path, message: `must be an integer >= ${min} or Infinity (received ${String(value)})` }],
-    );
-  }
-  return value;
 }

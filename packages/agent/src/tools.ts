@@ -1,4 +1,5 @@
-import { InvalidArgumentError, InvalidOptionsError, type RateLimiter, isAbortedError } from '@tollgate/core';
+import { InvalidArgumentError, type RateLimiter, isAbortedError, isMaxWaitExceededError } from '@tollgate/core';
+import { describe, toOptionsError } from '@tollgate/core/internal';
 import { z } from 'zod';
 import { ANONYMOUS_USER, currentUser } from './user-context.js';
 
@@ -31,9 +32,10 @@ export function throttleTool<A extends unknown[], R>(
   fn: (...args: A) => R,
   options: ThrottleToolOptions<A>,
 ): (...args: A) => Promise<Awaited<R>> {
-  if (typeof fn !== 'function') throw toolOptionError('throttleTool', 'fn', 'must be a function', fn);
-  checkToolOptions('throttleTool', options, true);
-  const { limiter, key, cost, maxWaitMs } = options;
+  if (typeof fn !== 'function') {
+    throw toOptionsError('throttleTool arguments', issue(['fn'], `must be a function (received ${describe(fn)})`));
+  }
+  const { limiter, key, cost, maxWaitMs } = parse('throttleTool options', throttleToolSchema, options) as ThrottleToolOptions<A>;
   return async function throttled(this: unknown, ...args: A): Promise<Awaited<R>> {
     const k = key !== undefined ? key(...args) : (currentUser() ?? ANONYMOUS_USER);
     const c = typeof cost === 'function' ? cost(...args) : cost;
@@ -115,17 +117,28 @@ export interface Tool<S extends z.ZodType = z.ZodType, R = unknown> {
   };
 }
 
-/** InvalidToolArgumentsError: the model's arguments are not JSON, or do not match the tool's schema. */
+/**
+ * InvalidToolArgumentsError: the model's arguments are not JSON (`reason` `'invalid_json'`), or
+ * do not match the tool's schema (`'invalid_arguments'`).
+ */
 export class InvalidToolArgumentsError extends InvalidArgumentError {
   /** The tool's name. */
   readonly tool: string;
+  /** What is wrong with the arguments: not JSON at all, or JSON the schema refuses. */
+  readonly reason: 'invalid_json' | 'invalid_arguments';
   /** What is wrong, one entry per problem (`path` is '' for the whole value). */
   readonly issues: readonly { path: string; message: string }[];
 
-  constructor(tool: string, issues: readonly { path: string; message: string }[], what = 'invalid arguments') {
+  constructor(
+    tool: string,
+    issues: readonly { path: string; message: string }[],
+    reason: 'invalid_json' | 'invalid_arguments' = 'invalid_arguments',
+  ) {
     const text = issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)).join('; ');
+    const what = reason === 'invalid_json' ? 'malformed JSON arguments' : 'invalid arguments';
     super(`${what} for tool ${JSON.stringify(tool)}: ${text}`);
     this.tool = tool;
+    this.reason = reason;
     this.issues = issues;
   }
 }
@@ -147,20 +160,11 @@ const TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
  * })
  */
 export function defineTool<S extends z.ZodType, R>(config: ToolConfig<S, R>): Tool<S, R> {
-  if (typeof config !== 'object' || config === null) {
-    throw toolOptionError('defineTool', '(options)', 'must be an object', config);
-  }
-  const { name, description, parameters, execute, limiter, key, cost, maxWaitMs, strict } = config;
-  if (typeof name !== 'string' || !TOOL_NAME.test(name)) {
-    throw toolOptionError('defineTool', 'name', 'must be 1-64 letters, digits, _ or -', name);
-  }
-  if (typeof description !== 'string') throw toolOptionError('defineTool', 'description', 'must be a string', description);
-  if (typeof parameters !== 'object' || parameters === null || typeof parameters.safeParse !== 'function') {
-    throw toolOptionError('defineTool', 'parameters', 'must be a zod schema', parameters);
-  }
-  if (typeof execute !== 'function') throw toolOptionError('defineTool', 'execute', 'must be a function', execute);
-  checkToolOptions('defineTool', { limiter, key, cost, maxWaitMs }, false);
-
+  const { name, description, parameters, execute, limiter, key, cost, maxWaitMs, strict } = parse(
+    'defineTool options',
+    defineToolSchema,
+    config,
+  ) as ToolConfig<S, R>;
   const { $schema: _drop, ...schema } = z.toJSONSchema(parameters, { io: 'input' }) as Record<string, unknown>;
   const definition: FunctionToolDefinition = {
     type: 'function',
@@ -176,7 +180,7 @@ export function defineTool<S extends z.ZodType, R>(config: ToolConfig<S, R>): To
         throw new InvalidToolArgumentsError(
           name,
           [{ path: '', message: `not valid JSON (${(e as Error).message})` }],
-          'malformed JSON arguments',
+          'invalid_json',
         );
       }
     }
@@ -291,12 +295,9 @@ export async function runToolCalls(
       try {
         return reply(toContent(await tool.call(fn.arguments, { user, toolCallId: tc.id })));
       } catch (e) {
-        if (e instanceof InvalidToolArgumentsError) {
-          return fail(e.issues[0]?.message.startsWith('not valid JSON') ? 'invalid_json' : 'invalid_arguments', e.message);
-        }
+        if (e instanceof InvalidToolArgumentsError) return fail(e.reason, e.message);
         if (isAbortedError(e)) throw e;
-        const code = (e as { code?: unknown } | null)?.code;
-        if (code === 'ERR_TOLLGATE_MAX_WAIT_EXCEEDED') return fail('rate_limited', (e as Error).message);
+        if (isMaxWaitExceededError(e)) return fail('rate_limited', e.message);
         return fail('tool_error', e instanceof Error ? e.message : String(e));
       }
     }),
@@ -313,31 +314,64 @@ function toContent(result: unknown): string {
   }
 }
 
-function checkToolOptions(
-  where: string,
-  o: { limiter?: unknown; key?: unknown; cost?: unknown; maxWaitMs?: unknown } | null | undefined,
-  limiterRequired: boolean,
-): void {
-  if (typeof o !== 'object' || o === null) throw toolOptionError(where, 'options', 'must be an object with a limiter', o);
-  const l = o.limiter as { acquire?: unknown } | undefined;
-  if ((l !== undefined || limiterRequired) && (typeof l !== 'object' || l === null || typeof l.acquire !== 'function')) {
-    throw toolOptionError(where, 'limiter', 'must be a RateLimiter', l);
-  }
-  if (o.key !== undefined && typeof o.key !== 'function') throw toolOptionError(where, 'key', 'must be a function', o.key);
-  const c = o.cost;
-  if (c !== undefined && typeof c !== 'function' && !(typeof c === 'number' && Number.isFinite(c) && c > 0)) {
-    throw toolOptionError(where, 'cost', 'must be a finite number > 0 or a function', c);
-  }
-  const m = o.maxWaitMs;
-  if (m !== undefined && !(typeof m === 'number' && m >= 0)) {
-    throw toolOptionError(where, 'maxWaitMs', 'must be a number of ms >= 0', m);
-  }
+const received = (i: { input: unknown }) => `(received ${describe(i.input)})`;
+
+// Duck-typed, not instanceof: a limiter of another copy of @tollgate/core works the same.
+const limiterSchema = z.custom<RateLimiter>(
+  (v) => typeof v === 'object' && v !== null && typeof (v as { acquire?: unknown }).acquire === 'function',
+  { error: (i) => `must be a RateLimiter ${received(i)}` },
+);
+
+const fnSchema = z.custom<(...args: never[]) => unknown>((v) => typeof v === 'function', {
+  error: (i) => `must be a function ${received(i)}`,
+});
+
+/** What throttleTool and defineTool share: how a call waits. */
+const waiting = {
+  key: fnSchema.optional(),
+  cost: z
+    .union([fnSchema, z.number()], { error: (i) => `must be a finite number > 0 or a function ${received(i)}` })
+    .refine((c) => typeof c === 'function' || (Number.isFinite(c) && c > 0), {
+      error: (i) => `must be a finite number > 0 or a function ${received(i)}`,
+    })
+    .optional(),
+  maxWaitMs: z
+    .number({ error: (i) => `must be a number of ms >= 0 ${received(i)}` })
+    .refine((m) => m >= 0, { error: (i) => `must be a number of ms >= 0 ${received(i)}` })
+    .optional(),
+};
+
+const throttleToolSchema = z.strictObject(
+  { limiter: limiterSchema, ...waiting },
+  { error: (i) => `must be an object with a limiter ${received(i)}` },
+);
+
+const defineToolSchema = z.strictObject(
+  {
+    name: z
+      .string({ error: (i) => `must be 1-64 letters, digits, _ or - ${received(i)}` })
+      .regex(TOOL_NAME, { error: (i) => `must be 1-64 letters, digits, _ or - ${received(i)}` }),
+    description: z.string({ error: (i) => `must be a string ${received(i)}` }),
+    parameters: z.custom<z.ZodType>(
+      (v) => typeof v === 'object' && v !== null && typeof (v as { safeParse?: unknown }).safeParse === 'function',
+      { error: (i) => `must be a zod schema ${received(i)}` },
+    ),
+    execute: fnSchema,
+    limiter: limiterSchema.optional(),
+    ...waiting,
+    strict: z.boolean({ error: (i) => `must be a boolean ${received(i)}` }).optional(),
+  },
+  { error: (i) => `must be an object ${received(i)}` },
+);
+
+/** parse validates `input` with `schema`, or throws InvalidOptionsError naming the option, the constraint and the value. */
+function parse<T>(what: string, schema: z.ZodType<T>, input: unknown): T {
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) throw toOptionsError(what, parsed.error);
+  return parsed.data;
 }
 
-function toolOptionError(where: string, path: string, constraint: string, received: unknown): InvalidOptionsError {
-  const shown =
-    typeof received === 'string' ? JSON.stringify(received) : received === null ? 'null' : typeof received === 'object' ? 'an object' : String(received);
-  const message = `${constraint} (received ${shown})`;
-  return new InvalidOptionsError(`invalid ${where} options: ${path} ${message}`, [{ path, message }]);
+/** issue makes a ZodError of one custom issue (for an argument outside any schema). */
+function issue(path: string[], message: string): z.ZodError {
+  return new z.ZodError([{ code: 'custom', path, message, input: undefined }]);
 }
-
