@@ -15,6 +15,19 @@ export class MemoryPools implements Pools {
   readonly #clock: () => number;
   readonly #pools = new Map<string, { state: PoolState; expiresAt: number }>();
   #sweepAt = MIN_SWEEP_SIZE;
+  // The last (name, pool) and its id: one limiter calls the same pool over and over.
+  #lastName = '';
+  #lastPool = '';
+  #lastId = '\u0000';
+
+  #id(name: string, pool: string): string {
+    if (name !== this.#lastName || pool !== this.#lastPool) {
+      this.#lastName = name;
+      this.#lastPool = pool;
+      this.#lastId = `${name}\u0000${pool}`;
+    }
+    return this.#lastId;
+  }
 
   constructor(clock: () => number = () => performance.now()) {
     this.#clock = clock;
@@ -58,7 +71,7 @@ export class MemoryPools implements Pools {
     more: boolean,
   ): PoolAnswer {
     const now = this.#clock();
-    const id = `${name}\u0000${pool}`;
+    const id = this.#id(name, pool);
     const p = this.#load(id, policy, now);
     const a = decide(p.state, policy, now, key, cost, weight, mode, maxWaitMs, more);
     this.#store(id, p, policy, now);
@@ -67,7 +80,7 @@ export class MemoryPools implements Pools {
 
   refund(name: string, pool: string, key: string, policy: Policy, amount: number): void {
     const now = this.#clock();
-    const id = `${name}\u0000${pool}`;
+    const id = this.#id(name, pool);
     if (!this.#pools.has(id)) return; // a missing pool is full
     const p = this.#load(id, policy, now);
     giveBackPool(p.state, policy, now, key, amount);
@@ -76,7 +89,7 @@ export class MemoryPools implements Pools {
 
   observe(name: string, pool: string, policy: Policy, o: Observation): void {
     const now = this.#clock();
-    const id = `${name}\u0000${pool}`;
+    const id = this.#id(name, pool);
     const p = this.#load(id, policy, now);
     observePool(p.state, policy, now, o);
     this.#store(id, p, policy, now);

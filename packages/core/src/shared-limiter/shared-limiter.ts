@@ -288,6 +288,27 @@ export class SharedLimiter {
     } catch (e) {
       return Promise.reject(e);
     }
+    const queued = this.#queues.size !== 0 && this.#queues.has(queueId(pool, key));
+    if (this.#sync && !queued) {
+      // Fast path: nobody of this key waits here and the pool answers at once.
+      const a = (this.#pools as MemoryPools).decide(this.name, pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
+      if (a.status === GRANTED && a.ms <= 0) return Promise.resolve({ waitedMs: 0, remaining: a.remaining });
+      return this.#wait(pool, key, policy, cost, weight, maxWaitMs, signal, { a, on: this.#pools });
+    }
+    return this.#wait(pool, key, policy, cost, weight, maxWaitMs, signal, queued ? undefined : null);
+  }
+
+  /** Queue a caller; `first`: its turn already answered (or null: ask now as the head; undefined: queue). */
+  #wait(
+    pool: string,
+    key: string,
+    policy: Policy,
+    cost: number,
+    weight: number,
+    maxWaitMs: number,
+    signal: AbortSignal | undefined,
+    first: Answered | null | undefined,
+  ): Promise<SharedGrant> {
     return new Promise<SharedGrant>((resolve, reject) => {
       const start = performance.now();
       const w: Waiter = {
@@ -308,25 +329,24 @@ export class SharedLimiter {
         timer: undefined,
         onAbort: undefined,
       };
-      const id = queueId(pool, key);
-      if (!this.#queues.has(id)) {
+      if (first !== undefined && first !== null) {
+        this.#queues.enqueue(w, first);
+        return;
+      }
+      if (first === null) {
         // No caller of this key waits here: this one is the head; ask at once.
-        let first: MaybePromise<Answered>;
+        let r: MaybePromise<Answered>;
         try {
-          first = this.#ask(pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
+          r = this.#ask(pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
         } catch (e) {
           reject(e);
           return;
         }
-        if (!(first instanceof Promise) && first.a.status === GRANTED && first.a.ms <= 0) {
-          resolve({ waitedMs: 0, remaining: first.a.remaining });
-          return;
-        }
-        this.#queues.enqueue(w, first);
+        this.#queues.enqueue(w, r);
         return;
       }
       if (maxWaitMs !== Number.POSITIVE_INFINITY) {
-        const est = this.#queues.estimate(id, cost, policy);
+        const est = this.#queues.estimate(queueId(pool, key), cost, policy);
         if (est > maxWaitMs) {
           reject(new MaxWaitExceededError(key, est, maxWaitMs));
           return;
