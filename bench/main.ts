@@ -17,6 +17,7 @@ import { type BurstResult, type MemoryPerKey, type ProcessScaling, hybridBurst, 
 import { type Sizes, TARGETS, scenarios } from './scenarios.js';
 import { openaiScenario } from './openai.js';
 import { scalingScenarios } from './scaling.js';
+import { SHARED_TARGETS, type SharedProbe, sharedProbe, sharedScenarios } from './shared.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -71,7 +72,7 @@ try {
   log(`${machine.command}: ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}; median of ${rounds} rounds; ${pinned}`);
 
   const openai = await openaiScenario(full ? 600 : 300);
-  const all = [...(await scenarios(ctx, sizes)), openai.scenario, ...(full ? await scalingScenarios(ctx) : [])];
+  const all = [...(await scenarios(ctx, sizes)), openai.scenario, ...sharedScenarios(ctx, sizes), ...(full ? await scalingScenarios(ctx) : [])];
   const results: ScenarioResult[] = [];
   for (const s of all) {
     if (only !== undefined && !only.includes(s.id)) continue;
@@ -97,7 +98,13 @@ try {
     procs = await processScaling(redis.port, [1, 2, 4], full ? 3000 : 1500);
   }
 
-  const targets = TARGETS.map((t) => {
+  let shared: SharedProbe | undefined;
+  if (only === undefined || only.includes('shared-probe')) {
+    log('  SharedLimiter round trips and Redis CPU …');
+    shared = await sharedProbe(ctx, admin, full ? 3000 : 1500);
+  }
+
+  const targets = [...TARGETS, ...SHARED_TARGETS].map((t) => {
     const r = results.find((x) => x.id === t.scenario);
     const tg = r?.results.find((x) => x.role === 'tollgate');
     const other = r?.results.find((x) => x.name === t.against);
@@ -118,13 +125,14 @@ try {
   ].filter((x) => x !== undefined);
 
   const seconds = (performance.now() - started) / 1000;
-  const json = `${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, perKey, burst, procs }, null, 2)}\n`;
+  const json = `${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, perKey, burst, procs, shared }, null, 2)}\n`;
   // --save keeps the figures of the run whose table is printed.
   if (args.save !== undefined) writeFileSync(args.save, json);
   if (args.json) {
     process.stdout.write(json);
   } else {
     print(results, targets, extraTargets, perKey, burst, procs);
+    if (shared) console.log(`\nSharedLimiter on Redis: ${JSON.stringify(shared)}`);
     console.log(`\n${machine.command} — ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}`);
     console.log(`median of ${rounds} rounds after 1 warm-up round; ${pinned}; took ${seconds.toFixed(1)} s`);
   }

@@ -51,3 +51,6 @@ export type {
 } from './limiter.js';
 export { MAX_TOKENS, normalizePolicy, parseDuration } from './policy.js';
 export type { Duration, Policy, PolicyInput } from './policy.js';
+export { DEFAULT_SHARED_OPTIONS, SharedLimiter } from './shared-limiter/shared-limiter.js';
+export type { PoolObservation, SharedAcquireOptions, SharedBackendErrorPolicy, SharedGrant, SharedLimiterOptions } from './shared-limiter/shared-limiter.js';
+export type { SharedRefundOptions, SharedTryAcquireOptions } from './shared-limiter/shared-limiter.js';

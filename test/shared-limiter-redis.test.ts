@@ -1,0 +1,151 @@
+/**
+ * SharedLimiter on real Redis: the Lua script decides as pool-math does, one round trip when
+ * uncontended, at most two per admitted call when contended, the failure policies, Cluster.
+ */
+import {
+  BackendUnavailableError,
+  RedisBackend,
+  SharedLimiter,
+  normalizePolicy,
+} from '@tollgate/core';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { type PoolState, decide, giveBackPool, keepFor, newPool, observePool } from '../packages/core/src/shared-limiter/pool-math.ts';
+import { RedisPools } from '../packages/core/src/shared-limiter/redis-pools.ts';
+import { rng } from './support/random.ts';
+import { type RedisCluster, type RedisServer, startCluster, startRedis } from './support/redis.ts';
+
+let srv: RedisServer;
+beforeAll(async () => {
+  srv = await startRedis();
+});
+afterAll(() => srv.stop());
+
+async function evalshaCalls(): Promise<number> {
+  const info = await srv.client().info('commandstats');
+  const m = /cmdstat_evalsha:calls=(\d+)/.exec(info);
+  return m ? Number(m[1]) : 0;
+}
+
+test.each([
+  [1, { rate: 10, per: '1s', capacity: 25 }],
+  [2, { rate: 7, per: '1s' }],
+  [3, { rate: 600, per: '1m', capacity: 50 }],
+  [4, { rate: 3.3, per: 700, capacity: 9.5 }],
+])('seed %i, policy %j: memory and Lua decide identically on 400 random steps', async (seed, input) => {
+  const policy = normalizePolicy(input);
+  const pools = new RedisPools(srv.client(), `sparity${seed}:`, 1000);
+  let now = 1_700_000_000_000 + seed * 1000.125;
+  pools.useClockForTests(() => now);
+  let state: PoolState = newPool(policy, now);
+  let expiresAt = Number.POSITIVE_INFINITY;
+  const random = rng(seed);
+  const keys = ['a', 'b', 'c', 'd'];
+  const weights = [1, 2, 4, 0.5];
+  const fill = policy.capacity / policy.ratePerMs;
+  for (let i = 0; i < 400; i++) {
+    const r = random();
+    now += r < 0.2 ? 0 : r < 0.7 ? Math.floor(random() * fill * 0.05) : random() * fill * 0.3;
+    if (expiresAt <= now) state = newPool(policy, now);
+    const k = Math.floor(random() * keys.length);
+    const key = keys[k] as string;
+    const cost = Math.max(1e-3, Math.round(random() * policy.capacity * 50) / 100);
+    const op = random();
+    if (op < 0.8) {
+      const mode = random() < 0.25 ? 't' : 'r';
+      const maxWait = random() < 0.6 ? -1 : Math.floor(random() * fill);
+      const more = random() < 0.7;
+      const mem = decide(state, policy, now, key, cost, weights[k] as number, mode, maxWait, more);
+      const lua = await pools.decide('n', 'p', key, policy, cost, weights[k] as number, mode, maxWait, more);
+      expect(lua, `step ${i}: ${mode} ${key} cost ${cost} max ${maxWait} at ${now}`).toEqual(mem);
+    } else if (op < 0.9) {
+      giveBackPool(state, policy, now, key, cost);
+      await pools.refund('n', 'p', key, policy, cost);
+    } else {
+      const o = {
+        limit: random() < 0.5 ? policy.rate * random() : -1,
+        remaining: random() < 0.5 ? Math.floor(random() * policy.capacity) : -1,
+        resetAfterMs: random() < 0.5 ? Math.floor(random() * fill) : -1,
+        retryAfterMs: random() < 0.3 ? Math.floor(random() * fill * 0.2) : -1,
+      };
+      observePool(state, policy, now, o);
+      await pools.observe('n', 'p', policy, o);
+    }
+    const keep = keepFor(state, policy, now);
+    expiresAt = keep === 0 ? Number.NEGATIVE_INFINITY : now + keep;
+  }
+});
+
+describe('round trips', () => {
+  test('an uncontended acquire is one round trip; a contended admitted call at most two', async () => {
+    const backend = new RedisBackend({ client: srv.client(), prefix: 'rt:' });
+    const l = new SharedLimiter({ backend, policy: { rate: 200, per: '1s', capacity: 20 }, weight: (k) => (k === 'c' ? 4 : k === 'b' ? 2 : 1) });
+    await l.acquire('warm');
+    let before = await evalshaCalls();
+    for (let i = 0; i < 10; i++) expect((await l.acquire(`u${i}`)).waitedMs).toBeLessThan(50);
+    expect((await evalshaCalls()) - before).toBe(10);
+    await new Promise((r) => setTimeout(r, 200));
+    before = await evalshaCalls();
+    const ac = new AbortController();
+    let admitted = 0;
+    for (const k of ['a', 'b', 'c']) {
+      for (let i = 0; i < 300; i++) l.acquire(k, { signal: ac.signal }).then(() => admitted++, () => undefined);
+    }
+    await new Promise((r) => setTimeout(r, 1500));
+    const calls = (await evalshaCalls()) - before;
+    ac.abort();
+    expect(admitted).toBeGreaterThan(150);
+    expect(calls / admitted).toBeLessThanOrEqual(2);
+  });
+});
+
+test('the script is sent again when Redis lost it (NOSCRIPT), and idle pools leave nothing behind', async () => {
+  const client = srv.client();
+  const l = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'ns:' }), policy: { rate: 50, per: '1s', capacity: 5 } });
+  await l.acquire('a', { pool: 'gpt-4o' });
+  await client.script('FLUSH');
+  const g = await l.acquire('b', { pool: 'gpt-4o', cost: 2 });
+  expect(g.remaining).toBe(2);
+  expect(await client.keys('ns:*')).toEqual(['ns:pool{gpt-4o}:shared']);
+  await new Promise((r) => setTimeout(r, 150));
+  expect(await client.keys('ns:*')).toEqual([]);
+});
+
+describe('when Redis fails', () => {
+  const dead = () => {
+    const c = srv.client({ lazyConnect: true, enableOfflineQueue: false, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+    return new RedisBackend({ client: c, prefix: 'dead:', timeoutMs: 200 });
+  };
+  test("'fail-open' admits, 'fail-closed' rejects with BackendUnavailableError, 'fallback' decides on a local pool", async () => {
+    const policy = { rate: 1, per: '1h', capacity: 2 };
+    const open = new SharedLimiter({ backend: dead(), policy, onBackendError: 'fail-open' });
+    for (let i = 0; i < 5; i++) expect((await open.acquire('a')).waitedMs).toBeLessThan(1000);
+    const closed = new SharedLimiter({ backend: dead(), policy, onBackendError: 'fail-closed' });
+    await expect(closed.acquire('a')).rejects.toBeInstanceOf(BackendUnavailableError);
+    await expect(closed.tryAcquire('a')).rejects.toBeInstanceOf(BackendUnavailableError);
+    const fb = new SharedLimiter({ backend: dead(), policy, onBackendError: 'fallback' });
+    await fb.acquire('a');
+    await fb.acquire('b');
+    expect((await fb.tryAcquire('c')).allowed).toBe(false);
+    await expect(fb.acquire('c', { maxWaitMs: 10 })).rejects.toMatchObject({ code: 'ERR_TOLLGATE_MAX_WAIT_EXCEEDED' });
+  });
+});
+
+describe('Redis Cluster', () => {
+  let cluster: RedisCluster;
+  beforeAll(async () => {
+    cluster = await startCluster({ masters: 3 });
+  }, 60_000);
+  afterAll(() => cluster?.stop());
+
+  test('pools of different models live in their own slots and share by weight', async () => {
+    const client = cluster.client();
+    const l = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'c:' }), policy: { rate: 100, per: '1s', capacity: 5 } });
+    const models = ['gpt-4o', 'gpt-4o-mini', 'o3', 'claude'];
+    // Each model's pool starts full: 5 each at once, whatever slot it lives in.
+    for (const m of models) {
+      const grants = await Promise.all(Array.from({ length: 5 }, (_, i) => l.acquire(`u${i}`, { pool: m })));
+      expect(grants.map((g) => g.remaining).sort()).toEqual([0, 1, 2, 3, 4]);
+    }
+    expect((await l.tryAcquire('x', { pool: 'o3' })).allowed).toBe(false);
+  });
+});
