@@ -8,7 +8,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createOpenAI } from '@ai-sdk/openai';
 import { QueueFullError, throttleTool, tollgateMiddleware, withUser } from '@tollgate/agent';
-import type { TollgateMiddlewareOptions } from '@tollgate/agent';
+import type { SharedPoolLimiter, TollgateMiddlewareOptions } from '@tollgate/agent';
 import { InvalidOptionsError, MaxWaitExceededError, MemoryBackend, RateLimiter } from '@tollgate/core';
 import { generateObject, generateText, isStepCount, streamText, tool, wrapLanguageModel } from 'ai';
 import { afterAll, afterEach, beforeAll, describe, expect, expectTypeOf, test } from 'vitest';
@@ -237,12 +237,77 @@ describe.skipIf(NODE_MAJOR < 22)(`AI SDK middleware (skipped below Node 22: ai 7
     expect(await left(llmTokens, 'alice')).toBe(10_000 - 42);
   });
 
+  test("shared pools (pool = the model id) are drawn on after the user's own buckets, settled, and steered by a 429's headers", async () => {
+    const backend = frozen();
+    const requests = new RateLimiter({ backend, name: 'requests', policy: { rate: 100, per: '1h' } });
+    const sharedRequests = new Pools(new RateLimiter({ backend, name: 'org-requests', policy: { rate: 1000, per: '1h' } }));
+    const sharedLLM = new Pools(new RateLimiter({ backend, name: 'org-llm', policy: { rate: 100_000, per: '1h' } }));
+    const options = {
+      requests,
+      shared: { requests: sharedRequests, llmTokens: sharedLLM },
+      shareKey: (user: string) => `tenant-of-${user}`,
+      estimateLLMTokens: () => 500,
+    };
+    const mini = modelWith(options, 'gpt-4o-mini');
+    await withUser('alice', () => generateText({ model: mini, prompt: 'Hi' }));
+    await withUser('bob', () => generateText({ model: mini, prompt: 'Hi' }));
+    expect(sharedRequests.keys).toEqual(['tenant-of-alice', 'tenant-of-bob']);
+    expect(await left(sharedRequests.bucket, 'gpt-4o-mini')).toBe(1000 - 2);
+    expect(await left(sharedLLM.bucket, 'gpt-4o-mini')).toBe(100_000 - 2 * 42); // 500 each, settled to 42
+    expect(await left(sharedLLM.bucket, 'gpt-4o')).toBe(100_000);
+
+    // A 429 with the provider's headers: the pools hear it; the AI SDK's retry waits for tokens again.
+    fake.failNext(1, 429, { 'retry-after-ms': '20', 'x-ratelimit-limit-requests': '500', 'x-ratelimit-remaining-requests': '0' });
+    const r = await withUser('carol', () => generateText({ model: mini, prompt: 'Hi', maxRetries: 1 }));
+    expect(r.text).toBe('Hello from the fake OpenAI server.');
+    expect(fake.requests.map((q) => q.status)).toEqual([200, 200, 429, 200]);
+    expect(sharedRequests.observed).toContainEqual(['gpt-4o-mini', { limit: 500, remaining: 0, retryAfterMs: 20 }]);
+    expect(sharedLLM.observed).toContainEqual(['gpt-4o-mini', { retryAfterMs: 20 }]);
+    expect(await left(requests, 'carol')).toBe(100 - 2); // both attempts reached the provider
+    expect(await left(sharedRequests.bucket, 'gpt-4o-mini')).toBe(1000 - 4);
+    expect(await left(sharedLLM.bucket, 'gpt-4o-mini')).toBe(100_000 - 3 * 42); // the 429'd estimate went back
+  });
+
+  test('a caller that aborts while waiting gets an AbortError, and what its call took goes back', async () => {
+    const requests = new RateLimiter({ backend: new MemoryBackend(), name: 'requests', policy: { rate: 1, per: '1h' } });
+    const llmTokens = new RateLimiter({ backend: frozen(), name: 'llm-tokens', policy: { rate: 10_000, per: '1h' } });
+    const model = modelWith({ requests, llmTokens, perUser: { concurrency: 1 } });
+    await withUser('alice', () => generateText({ model, prompt: 'Hi' }));
+    const abort = new AbortController();
+    setTimeout(() => abort.abort(), 50);
+    const waiting = withUser('alice', () => generateText({ model, prompt: 'Hi', abortSignal: abort.signal, maxRetries: 0 }));
+    await expect(waiting).rejects.toMatchObject({ name: 'AbortError' });
+    expect(fake.requests).toHaveLength(1);
+    expect(await left(llmTokens, 'alice')).toBe(10_000 - 42); // the second call's estimate went back
+    expect(requests.queued('alice')).toBe(0);
+  });
+
   test('bad options fail at once with a typed error naming the option', () => {
     expect(() => tollgateMiddleware({ requestz: 1 } as never)).toThrow(InvalidOptionsError);
     expect(() => tollgateMiddleware({ requestz: 1 } as never)).toThrow(/requestz is not a known option/);
     expect(() => tollgateMiddleware({ maxWaitMs: -1 })).toThrow(/maxWaitMs must be a number >= 0 \(received -1\)/);
   });
 });
+
+/**
+ * Pools is a SharedPoolLimiter with one RateLimiter bucket per pool (what SharedLimiter does
+ * uncontended), recording the keys drawn and what the provider said.
+ */
+class Pools implements SharedPoolLimiter {
+  readonly keys: string[] = [];
+  readonly observed: [string, object][] = [];
+  constructor(readonly bucket: RateLimiter) {}
+  async acquire(key: string, o: { cost?: number; pool?: string; signal?: AbortSignal; maxWaitMs?: number }) {
+    this.keys.push(key);
+    return this.bucket.acquire(o.pool ?? 'default', o);
+  }
+  refund(_key: string, amount: number, o?: { pool?: string }) {
+    return this.bucket.refund(o?.pool ?? 'default', amount);
+  }
+  observe(pool: string, said: object) {
+    this.observed.push([pool, said]);
+  }
+}
 
 const EXAMPLES = resolve(dirname(fileURLToPath(import.meta.url)), '../../examples');
 
