@@ -184,11 +184,18 @@ describe.skipIf(NODE_MAJOR < 22)(`AI SDK middleware (skipped below Node 22: ai 7
     const search = tool({
       description: 'Search the web',
       inputSchema: z.object({ query: z.string(), limit: z.number().optional() }),
-      execute: throttleTool(async ({ query }: { query: string; limit?: number | undefined }) => [`result for ${query}`], { limiter, maxWaitMs: 0 }),
+      execute: throttleTool(async ({ query }: { query: string; limit?: number | undefined }) => [`result for ${query}`], {
+        limiter,
+        maxWaitMs: 0,
+      }),
     });
     expectTypeOf(search.execute).toBeFunction();
     expectTypeOf(search.execute).parameter(0).toEqualTypeOf<{ query: string; limit?: number | undefined }>();
     expectTypeOf(search.execute).returns.resolves.toEqualTypeOf<string[]>();
+    // A throttled execute whose input does not match the schema does not compile.
+    const wantsNumber = throttleTool(async ({ query }: { query: number }) => query + 1, { limiter });
+    // @ts-expect-error: the schema gives a string query; the throttled function wants a number
+    tool({ description: 'Search the web', inputSchema: z.object({ query: z.string() }), execute: wantsNumber });
     const execute = search.execute as NonNullable<typeof search.execute>;
     const options = { toolCallId: 'call_1', messages: [], context: {} };
     expect(await withUser('alice', () => execute({ query: 'tollgate' }, options))).toEqual(['result for tollgate']);
