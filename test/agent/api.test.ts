@@ -24,6 +24,7 @@ describe('@tollgate/agent public API', () => {
       'runToolCalls',
       'throttleOpenAI',
       'throttleTool',
+      'tollgateMiddleware',
       'usageTotal',
       'withUser',
     ]);
