@@ -4,7 +4,7 @@
  * (`@ai-sdk/provider` 4), described structurally so that @tollgate/agent depends on no AI SDK
  * package, at run time or in its types.
  */
-import { CHARS_PER_LLM_TOKEN, DEFAULT_MAX_OUTPUT_LLM_TOKENS } from '../llm-tokens.js';
+import { CHARS_PER_LLM_TOKEN, DEFAULT_MAX_OUTPUT_LLM_TOKENS } from './openai-llm-tokens.js';
 import { ANONYMOUS_USER, currentUser } from '../user-context.js';
 
 /**
