@@ -16,6 +16,15 @@ export interface ThrottleToolOptions<A extends unknown[]> {
   cost?: number | ((...args: A) => number);
   /** The longest a call may wait for its token, in ms; beyond, `MaxWaitExceededError`. @default Infinity */
   maxWaitMs?: number;
+  /**
+   * The call's AbortSignal, from its arguments. When it aborts while the call waits, the wait
+   * ends at once with `AbortedError` from @tollgate/core, the token goes back, and `fn` does not
+   * run: a framework that gave up on the call (a tool timeout, a cancelled agent run) does not
+   * leave it queued to run later, delaying the user's next calls.
+   * @default none: a call waits until its token comes
+   * @example (_input, _context, details) => details?.signal   // OpenAI Agents SDK tool()
+   */
+  signal?: (...args: A) => AbortSignal | undefined;
 }
 
 /**
@@ -33,11 +42,16 @@ export function throttleTool<A extends unknown[], R>(
 ): (...args: A) => Promise<Awaited<R>> {
   if (typeof fn !== 'function') throw toolOptionError('throttleTool', 'fn', 'must be a function', fn);
   checkToolOptions('throttleTool', options, true);
-  const { limiter, key, cost, maxWaitMs } = options;
+  const { limiter, key, cost, maxWaitMs, signal } = options;
   return async function throttled(this: unknown, ...args: A): Promise<Awaited<R>> {
     const k = key !== undefined ? key(...args) : (currentUser() ?? ANONYMOUS_USER);
     const c = typeof cost === 'function' ? cost(...args) : cost;
-    await limiter.acquire(k, { ...(c !== undefined ? { cost: c } : {}), ...(maxWaitMs !== undefined ? { maxWaitMs } : {}) });
+    const s = signal?.(...args);
+    await limiter.acquire(k, {
+      ...(c !== undefined ? { cost: c } : {}),
+      ...(maxWaitMs !== undefined ? { maxWaitMs } : {}),
+      ...(s !== undefined ? { signal: s } : {}),
+    });
     return await fn.apply(this, args);
   };
 }
@@ -315,7 +329,7 @@ function toContent(result: unknown): string {
 
 function checkToolOptions(
   where: string,
-  o: { limiter?: unknown; key?: unknown; cost?: unknown; maxWaitMs?: unknown } | null | undefined,
+  o: { limiter?: unknown; key?: unknown; cost?: unknown; maxWaitMs?: unknown; signal?: unknown } | null | undefined,
   limiterRequired: boolean,
 ): void {
   if (typeof o !== 'object' || o === null) throw toolOptionError(where, 'options', 'must be an object with a limiter', o);
@@ -324,6 +338,9 @@ function checkToolOptions(
     throw toolOptionError(where, 'limiter', 'must be a RateLimiter', l);
   }
   if (o.key !== undefined && typeof o.key !== 'function') throw toolOptionError(where, 'key', 'must be a function', o.key);
+  if (o.signal !== undefined && typeof o.signal !== 'function') {
+    throw toolOptionError(where, 'signal', 'must be a function of the arguments returning an AbortSignal', o.signal);
+  }
   const c = o.cost;
   if (c !== undefined && typeof c !== 'function' && !(typeof c === 'number' && Number.isFinite(c) && c > 0)) {
     throw toolOptionError(where, 'cost', 'must be a finite number > 0 or a function', c);
