@@ -253,6 +253,43 @@ describe.skipIf(SKIP)(TITLE, () => {
     expect(admits).toHaveLength(4);
   });
 
+  test("a tool call the SDK gives up on (the tool's timeoutMs) stops waiting: it never runs and its token goes back", async () => {
+    const { Agent, OpenAIProvider, Runner, tool } = sdk;
+    const backend = new MemoryBackend();
+    // 2 tool calls per second per user, bursts of 1: of 3 calls at once, 2 must wait.
+    const toolCalls = new RateLimiter({ backend, name: 'tools', policy: { rate: 2, per: '1s', capacity: 1 } });
+    const ran: string[] = [];
+    const client = throttleOpenAI(new OpenAI({ apiKey: 'test-key', baseURL: fake.baseURL, maxRetries: 0 }));
+    const runner = new Runner({ modelProvider: new OpenAIProvider({ openAIClient: client, useResponses: false }) });
+    const getWeather = tool({
+      name: 'get_weather',
+      description: 'The weather in a city.',
+      parameters: weatherArgs,
+      timeoutMs: 150,
+      execute: throttleTool(
+        async ({ city }: z.infer<typeof weatherArgs>, _context?: unknown, _details?: { signal?: AbortSignal }) => {
+          ran.push(city);
+          return `${city} is sunny for ${currentUser()}`;
+        },
+        // The SDK's signal aborts when the tool times out or the run is cancelled.
+        { limiter: toolCalls, signal: (_args, _context, details) => details?.signal },
+      ),
+    });
+    const agent = new Agent({ name: 'Weather', instructions: 'Call get_weather per city.', model: 'gpt-4o-mini', tools: [getWeather] });
+
+    const result = await withUser('frank', () => runner.run(agent, 'Paris, Oslo, Lima?'));
+    const output = String(result.finalOutput);
+    expect(output).toContain('Paris is sunny for frank');
+    expect(output).not.toContain('Oslo is sunny');
+    expect(output).not.toContain('Lima is sunny');
+    // The two calls that timed out waiting would have been admitted at 0.5 s and 1 s had they
+    // stayed queued; past that, they still have not run.
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(ran).toEqual(['Paris']);
+    // Their reservations went back: the bucket is full again (1 token), not in debt.
+    expect((await toolCalls.tryAcquire('frank')).allowed).toBe(true);
+  });
+
   test("the SDK's default Responses API: an agent's model requests and function calls are throttled per user", async () => {
     const { Agent, OpenAIProvider, Runner, tool } = sdk;
     const responses = await startResponsesServer();
