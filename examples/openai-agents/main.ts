@@ -18,7 +18,7 @@
  * (`setOpenAIAPI('chat_completions')`); the SDK's default, the Responses API, is throttled
  * alike (every HTTP attempt of the client is).
  */
-import { Agent, run, setDefaultOpenAIClient, setOpenAIAPI, setTracingDisabled, tool } from '@openai/agents';
+import { Agent, type RunContext, run, setDefaultOpenAIClient, setOpenAIAPI, setTracingDisabled, tool } from '@openai/agents';
 import { currentUser, throttleOpenAI, throttleTool, withUser } from '@tollgate/agent';
 import { MemoryBackend, RateLimiter } from '@tollgate/core';
 import OpenAI from 'openai7';
@@ -81,15 +81,16 @@ const getWeather = tool({
   name: 'get_weather',
   description: 'Today’s weather in a city.',
   parameters: weatherArgs,
-  // throttleTool keys each call on the current user (withUser around run()). The argument
-  // types are written out: inside tool({ … }), TypeScript cannot infer them through the wrapper.
+  // throttleTool keys each call on the current user (withUser around run()), and stops waiting
+  // when the SDK aborts the call (a tool timeout, a cancelled run). The parameter types are
+  // written out: inside tool({ … }), TypeScript cannot infer them through the wrapper.
   execute: throttleTool(
-    async ({ city }: z.infer<typeof weatherArgs>) => {
+    async ({ city }: z.infer<typeof weatherArgs>, _context?: RunContext, _details?: { signal?: AbortSignal }) => {
       const user = currentUser() ?? 'nobody';
       record(looked, user);
       return `${city} ${10 + city.length}°C for ${user}`;
     },
-    { limiter: toolCalls },
+    { limiter: toolCalls, signal: (_input, _context, details) => details?.signal },
   ),
 });
 
