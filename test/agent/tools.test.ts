@@ -10,7 +10,7 @@ import {
   throttleTool,
   withUser,
 } from '@tollgate/agent';
-import { MemoryBackend, RateLimiter, isInvalidOptionsError } from '@tollgate/core';
+import { MemoryBackend, RateLimiter, isAbortedError, isInvalidOptionsError } from '@tollgate/core';
 import { describe, expect, test } from 'vitest';
 import { z } from 'zod';
 import { startFakeOpenAI } from '../../examples/support/fake-openai.ts';
@@ -60,6 +60,33 @@ describe('throttleTool', () => {
     expect(aTimes[3]).toBeGreaterThanOrEqual(290);
     expect(aTimes[3]).toBeLessThan(600);
     expect(bTime).toBeLessThan(20 + 40);
+  });
+
+  test('a call whose signal aborts while it waits rejects with AbortedError, gives its token back, and never runs', async () => {
+    const l = limiter(1, 1, '1h');
+    let runs = 0;
+    const lookUp = throttleTool(
+      async (city: string, _options?: { signal?: AbortSignal }) => {
+        runs++;
+        return city;
+      },
+      { limiter: l, signal: (_city, options) => options?.signal },
+    );
+    expect(await withUser('waiter', () => lookUp('Paris', {}))).toBe('Paris'); // the hour's only token
+    const stop = new AbortController();
+    const waiting = withUser('waiter', () => lookUp('Oslo', { signal: stop.signal }));
+    await sleep(20);
+    stop.abort();
+    await expect(waiting).rejects.toSatisfy(isAbortedError);
+    expect(runs).toBe(1);
+    // The aborted call's reservation went back: the next token is an hour away, not two.
+    const next = await l.tryAcquire('waiter');
+    expect(next.allowed).toBe(false);
+    expect(next.retryAfterMs).toBeLessThanOrEqual(3_600_000);
+    expect(next.retryAfterMs).toBeGreaterThan(3_500_000);
+    expect(() => throttleTool(async () => 1, { limiter: l, signal: 'no' as never })).toThrow(
+      /throttleTool options: signal must be a function/,
+    );
   });
 });
 

@@ -17,6 +17,15 @@ export interface ThrottleToolOptions<A extends unknown[]> {
   cost?: number | ((...args: A) => number);
   /** The longest a call may wait for its token, in ms; beyond, `MaxWaitExceededError`. @default Infinity */
   maxWaitMs?: number;
+  /**
+   * The call's AbortSignal, from its arguments. When it aborts while the call waits, the wait
+   * ends at once with `AbortedError` from @tollgate/core, the token goes back, and `fn` does not
+   * run: a framework that gave up on the call (a tool timeout, a cancelled agent run) does not
+   * leave it queued to run later, delaying the user's next calls.
+   * @default none: a call waits until its token comes
+   * @example (_input, _context, details) => details?.signal   // OpenAI Agents SDK tool()
+   */
+  signal?: (...args: A) => AbortSignal | undefined;
 }
 
 /**
@@ -35,11 +44,16 @@ export function throttleTool<A extends unknown[], R>(
   if (typeof fn !== 'function') {
     throw toOptionsError('throttleTool arguments', issue(['fn'], `must be a function (received ${describe(fn)})`));
   }
-  const { limiter, key, cost, maxWaitMs } = parse('throttleTool options', throttleToolSchema, options) as ThrottleToolOptions<A>;
+  const { limiter, key, cost, maxWaitMs, signal } = parse('throttleTool options', throttleToolSchema, options) as ThrottleToolOptions<A>;
   return async function throttled(this: unknown, ...args: A): Promise<Awaited<R>> {
     const k = key !== undefined ? key(...args) : (currentUser() ?? ANONYMOUS_USER);
     const c = typeof cost === 'function' ? cost(...args) : cost;
-    await limiter.acquire(k, { ...(c !== undefined ? { cost: c } : {}), ...(maxWaitMs !== undefined ? { maxWaitMs } : {}) });
+    const s = signal?.(...args);
+    await limiter.acquire(k, {
+      ...(c !== undefined ? { cost: c } : {}),
+      ...(maxWaitMs !== undefined ? { maxWaitMs } : {}),
+      ...(s !== undefined ? { signal: s } : {}),
+    });
     return await fn.apply(this, args);
   };
 }
@@ -342,7 +356,15 @@ const waiting = {
 };
 
 const throttleToolSchema = z.strictObject(
-  { limiter: limiterSchema, ...waiting },
+  {
+    limiter: limiterSchema,
+    ...waiting,
+    signal: z
+      .custom<(...args: never[]) => unknown>((v) => typeof v === 'function', {
+        error: (i) => `must be a function of the arguments returning an AbortSignal ${received(i)}`,
+      })
+      .optional(),
+  },
   { error: (i) => `must be an object with a limiter ${received(i)}` },
 );
 
