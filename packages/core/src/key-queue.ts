@@ -192,6 +192,12 @@ export class KeyQueues {
           q.next = 0;
         }
         if (w.state !== 'queued') continue;
+        // Its signal fired, its own listener not run yet (callers sharing one signal: the first
+        // listener's refund moves the queue up): it must not be granted.
+        if (w.signal?.aborted) {
+          this.#abort(q, w);
+          continue;
+        }
         unqueue(q, w);
         clear(w);
         q.head = w;
@@ -259,6 +265,10 @@ export class KeyQueues {
 
   #admit(q: KeyQueue, w: Waiter): void {
     if (w.state === 'done') return;
+    if (w.signal?.aborted) {
+      this.#abort(q, w);
+      return;
+    }
     const t = now();
     // Node's timers may fire up to ~1 ms early by performance.now(): never admit before the
     // bucket has repaid the debt, or a caller could run a hair over its quota.

@@ -152,6 +152,22 @@ describe('abort', () => {
     expect(next.at).toBe(100);
   });
 
+  test('two queued calls sharing one signal both fail with AbortedError, and take nothing', async () => {
+    const l = limiter({ rate: 10, per: '1s', capacity: 2 }); // 100 ms a token
+    await l.acquire('u', { cost: 2 });
+    const ac = new AbortController(); // e.g. one request's tool calls
+    const head = track(l.acquire('u', { cost: 2, signal: ac.signal })); // holds: admitted at 200
+    const next = track(l.acquire('u', { cost: 1, signal: ac.signal }));
+    await vi.advanceTimersByTimeAsync(150);
+    // The head's refund leaves 1.5 tokens: enough for the next call, whose own listener has not
+    // run yet when the head's does. It must not be granted.
+    ac.abort();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(head.error).toBeInstanceOf(AbortedError);
+    expect(next.error).toBeInstanceOf(AbortedError);
+    expect((await l.tryAcquire('u', { cost: 1.5 })).allowed).toBe(true);
+  });
+
   test('no listener is left on a signal after the call settles', async () => {
     const l = limiter({ rate: 10, per: '1s', capacity: 1 });
     const ac = new AbortController();
