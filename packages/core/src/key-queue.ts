@@ -30,6 +30,8 @@ export interface Waiter {
   heldSync: boolean;
   /** Tokens left when reserved. */
   remaining: number;
+  /** Whether it waited out its reservation on a timer (so its tokens must be taken again when admitted). */
+  timed: boolean;
   /** When a holding waiter is admitted (performance.now ms). */
   admitAt: number;
   timer: ReturnType<typeof setTimeout> | undefined;
@@ -58,8 +60,11 @@ export interface QueueHost {
    * backend that took it. Throws (or rejects) with the error `w` must fail with.
    */
   reserve(w: Waiter, maxWaitMs: number): Reservation | Promise<Reservation>;
-  /** Give back `amount` of `w`'s reservation where it was taken; never throws. */
-  refund(w: Waiter, amount: number): void;
+  /**
+   * Give back `amount` to the bucket of `w`'s reservation, where it was taken; never throws, and
+   * a returned promise never rejects.
+   */
+  refund(w: Waiter, amount: number): Promise<void> | undefined;
 }
 
 /** The head's reservation, when the caller took it before queueing (the limiter's fast path). */
@@ -130,6 +135,7 @@ export class KeyQueues {
         heldOn: undefined,
         heldSync: false,
         remaining: 0,
+        timed: false,
         admitAt: 0,
         timer: undefined,
         onAbort: undefined,
@@ -174,6 +180,31 @@ export class KeyQueues {
     });
   }
 
+  /**
+   * `key`'s queue if its head holds a reservation taken on `backend`: a refund to that bucket
+   * must go through {@link reReserve}.
+   */
+  holdingOn(key: string, backend: Backend): KeyQueue | undefined {
+    const q = this.get(key);
+    const w = q?.head;
+    return w !== undefined && w.state === 'holding' && w.heldOn === backend ? q : undefined;
+  }
+
+  /**
+   * Refunds `amount` to the bucket whose reservation the head holds, together with that
+   * reservation, and has the head reserve again: the refund serves the head as early as it
+   * would have had the head come after it, instead of coming on top of the debt the head waits
+   * out (a token bucket hands out at most its capacity at once).
+   */
+  reReserve(q: KeyQueue, amount: number): Promise<void> | undefined {
+    const w = q.head as Waiter;
+    clear(w);
+    w.state = 'reserving';
+    const refunded = this.#host.refund(w, w.cost + amount);
+    this.#reserveHead(q, w, true);
+    return refunded;
+  }
+
   /** Hands the key's reservation to the next waiter in line, while the head is free. */
   #pump(q: KeyQueue): void {
     if (q.pumping) return;
@@ -202,18 +233,22 @@ export class KeyQueues {
         clear(w);
         q.head = w;
         w.state = 'reserving';
-        this.#reserveHead(q, w);
+        this.#reserveHead(q, w, false);
       }
     } finally {
       q.pumping = false;
     }
   }
 
-  /** The head asks for its reservation; the answer comes now or later. */
-  #reserveHead(q: KeyQueue, w: Waiter): void {
+  /**
+   * The head asks for its reservation; the answer comes now or later. `again`: it held one and
+   * gave it back, so its maxWaitMs was honoured already (no limit this time).
+   */
+  #reserveHead(q: KeyQueue, w: Waiter, again: boolean): void {
     let r: Reservation | Promise<Reservation>;
     try {
-      r = this.#host.reserve(w, w.deadline === Number.POSITIVE_INFINITY ? -1 : Math.max(0, w.deadline - now()));
+      const maxWait = again || w.deadline === Number.POSITIVE_INFINITY ? -1 : Math.max(0, w.deadline - now());
+      r = this.#host.reserve(w, maxWait);
     } catch (e) {
       this.#failed(q, w, e);
       return;
@@ -248,6 +283,7 @@ export class KeyQueues {
     w.remaining = r.remaining;
     w.state = 'holding';
     w.admitAt = now() + r.waitMs;
+    w.timed = r.waitMs > 0;
     if (r.waitMs <= 0) this.#admit(q, w);
     else arm(w, r.waitMs, () => this.#admit(q, w));
   }
@@ -275,6 +311,18 @@ export class KeyQueues {
     const early = w.admitAt - t;
     if (early > 0) {
       arm(w, Math.ceil(early), () => this.#admit(q, w));
+      return;
+    }
+    // The timer fires after the debt is repaid (waits are whole ms; the event loop lags), and
+    // the bucket refills meanwhile: beside this grant, those tokens would make more than the
+    // capacity at once. So the head takes its tokens again now, from a bucket capped at its
+    // capacity, where that is cheap (a local bucket); a round trip to Redis per admission would
+    // cost more than the fraction of a token it saves.
+    if (w.timed && w.heldSync) {
+      w.timed = false;
+      w.state = 'reserving';
+      this.#host.refund(w, w.cost);
+      this.#reserveHead(q, w, true);
       return;
     }
     this.#grant(q, w, t);

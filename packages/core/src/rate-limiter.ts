@@ -266,8 +266,12 @@ export class RateLimiter {
     checkAmount(amount);
     if (amount === 0) return undefined;
     const policy = this.policyFor(key);
-    const breaker = this.#breakerOf(key);
-    return this.#refundOn(breaker.downUntil !== 0 ? this.#fallbackBackend() : this.backend, key, policy, amount);
+    const target = this.#breakerOf(key).downUntil !== 0 ? this.#fallbackBackend() : this.backend;
+    if (this.#queues.size !== 0) {
+      const q = this.#queues.holdingOn(key, target);
+      if (q !== undefined) return this.#queues.reReserve(q, amount);
+    }
+    return this.#refundOn(target, key, policy, amount);
   }
 
   /** The number of callers of this process waiting on `key` (the head included). */
@@ -279,9 +283,7 @@ export class RateLimiter {
 
   readonly #queueHost: QueueHost = {
     reserve: (w, maxWaitMs) => this.#reserveFor(w, maxWaitMs),
-    refund: (w, amount) => {
-      if (w.heldOn !== undefined) void this.#refundOn(w.heldOn, w.key, w.policy, amount);
-    },
+    refund: (w, amount) => (w.heldOn === undefined ? undefined : this.#refundOn(w.heldOn, w.key, w.policy, amount)),
   };
 
   /** A queued caller's reservation: on the backend, or by the failure policy while it is down. */

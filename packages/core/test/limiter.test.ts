@@ -87,6 +87,35 @@ describe('acquire: a user over quota waits, and is served in order', () => {
   });
 });
 
+describe('the head of the queue and the bucket stay in step', () => {
+  test('a refund while the head waits serves it at once; the next caller waits its full 50 ms', async () => {
+    const l = limiter({ rate: 100, per: '1s', capacity: 5 }); // 5 tokens in 50 ms
+    await l.acquire('u', { cost: 5 });
+    const first = track(l.acquire('u', { cost: 5 })); // reserves into debt: 50 ms
+    await l.refund('u', 5);
+    const second = track(l.acquire('u', { cost: 5 }));
+    await vi.advanceTimersByTimeAsync(100);
+    // A token bucket would have served the first from the refund, and the second 50 ms later:
+    // never 10 tokens in one instant from a bucket of 5.
+    expect(first.at).toBe(0);
+    expect(second.at).toBe(50);
+  });
+
+  test('a wait rounded up to a whole ms lets no extra tokens through beside the grant', async () => {
+    const l = limiter({ rate: 500, per: '1s', capacity: 10 }); // 0.5 tokens per ms
+    await l.acquire('u', { cost: 9.7 }); // 0.3 left
+    const big = track(l.acquire('u', { cost: 10 })); // debt 9.7: repaid in 19.4 ms, admitted at 20
+    await vi.advanceTimersByTimeAsync(20);
+    expect(big.at).toBe(20);
+    // 10 tokens went out at 20 ms from a bucket of 10: nothing more at that instant (the 0.3
+    // tokens refilled between 19.4 and 20 ms would make it 10.3).
+    const d = await l.tryAcquire('u', { cost: 0.3 });
+    expect(d.allowed).toBe(false);
+    await vi.advanceTimersByTimeAsync(1);
+    expect((await l.tryAcquire('u', { cost: 0.3 })).allowed).toBe(true);
+  });
+});
+
 describe('maxWaitMs', () => {
   test('a queued caller whose turn has not come by its deadline is rejected then, taking nothing', async () => {
     const l = limiter({ rate: 1, per: '1s', capacity: 1 });
