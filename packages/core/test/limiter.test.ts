@@ -286,6 +286,51 @@ describe('when the backend fails', () => {
     expect(errors).toHaveLength(1);
   });
 
+  test('a failing shard sends only its own keys to the failure policy; the others are decided by the backend', async () => {
+    const mem = new MemoryBackend();
+    const down = new Set(['shard-1']);
+    const calls = new Map<string, number>();
+    const shardOf = (_name: string, key: string) => `shard-${key.length % 3}`; // 'u1' → shard-2, 'v' → shard-1
+    const call = <T>(key: string, f: () => T): Promise<T> => {
+      const shard = shardOf('', key);
+      calls.set(shard, (calls.get(shard) ?? 0) + 1);
+      return down.has(shard) ? Promise.reject(new Error(`${shard} is down`)) : Promise.resolve(f());
+    };
+    const sharded: Backend = {
+      kind: 'sharded',
+      shardOf,
+      tryTake: (n, k, p, c) => call(k, () => mem.tryTake(n, k, p, c)),
+      reserve: (n, k, p, c, m) => call(k, () => mem.reserve(n, k, p, c, m)),
+      refund: (n, k, p, a) => call(k, () => mem.refund(n, k, p, a)),
+    };
+    const errors: unknown[] = [];
+    const l = new RateLimiter({
+      backend: sharded,
+      policy: { rate: 100, per: '1s' },
+      onBackendError: 'fail-closed',
+      onError: (e) => errors.push(e),
+    });
+    // Open shard-1's breaker, then call keys of all three shards 20 times each.
+    await expect(l.tryAcquire('v')).rejects.toBeInstanceOf(BackendUnavailableError);
+    const healthy = ['u1', 'abc', 'w2', 'xyz'];
+    for (let i = 0; i < 20; i++) {
+      for (const k of healthy) {
+        expect((await l.tryAcquire(k)).allowed).toBe(true);
+        await expect(l.acquire(k)).resolves.toMatchObject({ waitedMs: 0 });
+      }
+      await expect(l.tryAcquire('v')).rejects.toBeInstanceOf(BackendUnavailableError);
+      await expect(l.acquire('v')).rejects.toBeInstanceOf(BackendUnavailableError);
+    }
+    // shard-1 was asked once: its breaker stayed open. The healthy shards answered every call.
+    expect(calls.get('shard-1')).toBe(1);
+    expect((calls.get('shard-0') ?? 0) + (calls.get('shard-2') ?? 0)).toBe(20 * healthy.length * 2);
+    expect(errors).toHaveLength(1);
+    // shard-1 comes back: after the probe interval, its keys go to the backend again.
+    down.clear();
+    await vi.advanceTimersByTimeAsync(500);
+    expect((await l.tryAcquire('v')).allowed).toBe(true);
+  });
+
   test('queued callers are never lost: every one settles under each policy', async () => {
     for (const policy of ['fail-open', 'fail-closed', 'fallback'] as const) {
       const l = new RateLimiter({ backend: broken(), policy: { rate: 10, per: '1s', capacity: 1 }, onBackendError: policy });
