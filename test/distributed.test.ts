@@ -57,19 +57,16 @@ test('3 processes queueing 20 acquires each on one key are served interleaved, e
   // only makes it slower).
   const all = results.flatMap((r, p) => r.at.map((t) => ({ t, p }))).sort((a, b) => a.t - b.t);
   expect((all.at(-1)?.t ?? 0) - (all[0]?.t ?? 0)).toBeGreaterThanOrEqual(59 * 50 - 60);
-  // Fairness counted in admissions, not read off a clock: in every 15 consecutive admissions
-  // (~750 ms) each process got at least one, and each process's middle admission falls in the
-  // middle third of the run. Served one process after another, windows would hold one process
-  // only and the middles would be at ~10, 30 and 50 of 60.
+  // Fairness counted in admissions, not read off a clock: while all three processes are queueing
+  // (from the last one's first admission to the first one's last; a child may boot late on a
+  // busy machine), every 15 consecutive admissions (~750 ms) hold all three. Served one process
+  // after another, such windows would hold one process only.
   if (process.env.TOLLGATE_DEBUG) console.log(all.map((x) => x.p).join(''));
-  for (let i = 0; i + 15 <= all.length; i++) {
+  const from = Math.max(...[0, 1, 2].map((p) => all.findIndex((x) => x.p === p)));
+  const to = Math.min(...[0, 1, 2].map((p) => all.findLastIndex((x) => x.p === p)));
+  expect(to - from).toBeGreaterThanOrEqual(15);
+  for (let i = from; i + 15 <= to + 1; i++) {
     const window = new Set(all.slice(i, i + 15).map((x) => x.p));
     expect(window.size, `admissions ${i}..${i + 14}`).toBe(3);
-  }
-  for (let p = 0; p < 3; p++) {
-    const positions = all.flatMap((x, i) => (x.p === p ? [i] : []));
-    const middle = positions[10] as number;
-    expect(middle).toBeGreaterThanOrEqual(20);
-    expect(middle).toBeLessThan(40);
   }
 }, 30_000);
