@@ -2,7 +2,7 @@
  * Redis Cluster under faults and load: a master killed and failed over to its replica, and four
  * processes sharing one key across a 3-master cluster (Redis alone and hybrid).
  */
-import { RateLimiter, RedisBackend } from '@tollgate/core';
+import { RateLimiter, RedisBackend, isBackendUnavailableError } from '@tollgate/core';
 import { describe, expect, test } from 'vitest';
 import { Watched, failOnUnhandledRejections, load, percentile, sleep, within } from './support/faults.ts';
 import { startCluster } from './support/redis.ts';
@@ -91,6 +91,67 @@ test('a master is killed and fails over to its replica under load: calls keep be
     await cluster.stop();
   }
 }, 40_000);
+
+test('a master is killed: keys of the healthy masters never see the failure policy, and the dead master\'s keys come back after the failover', async () => {
+  // cluster-require-full-coverage no: otherwise Redis itself refuses every slot while one master is down.
+  const cluster = await startCluster({ masters: 3, replicas: 1, nodeTimeoutMs: 1000, requireFullCoverage: false });
+  try {
+    const client = cluster.client({ enableAutoPipelining: true });
+    const backend = new RedisBackend({ client, prefix: 'shard:', timeoutMs: 300 });
+    const limiter = new RateLimiter({ backend, policy: { rate: 1e6, per: '1s' }, onBackendError: 'fail-closed' });
+    const users = Array.from({ length: 30 }, (_, i) => `user-${i}`);
+    for (const u of users) await limiter.tryAcquire(u); // slots known, scripts loaded
+    const victim = await cluster.masterOf('shard:{user-0}:default');
+    const onVictim = new Set<string>();
+    for (const u of users) if ((await cluster.masterOf(`shard:{${u}}:default`)) === victim) onVictim.add(u);
+    expect(onVictim.size).toBeGreaterThan(0);
+    expect(onVictim.size).toBeLessThan(users.length);
+    await sleep(200); // let the replicas catch up
+
+    let stop = false;
+    let killedAt = Number.POSITIVE_INFINITY;
+    const healthy = { ok: 0, failed: 0, firstFailure: '' };
+    const dead = { okAfterFailover: 0, failed: 0, lastFailureAt: 0 };
+    let okAt = Number.POSITIVE_INFINITY;
+    const loop = async (u: string) => {
+      while (!stop) {
+        try {
+          await limiter.tryAcquire(u);
+          if (!onVictim.has(u)) healthy.ok++;
+          else if (performance.now() > okAt) dead.okAfterFailover++;
+        } catch (e) {
+          if (!onVictim.has(u)) {
+            healthy.failed++;
+            healthy.firstFailure ||= `${u} at +${Math.round(performance.now() - killedAt)} ms: ${String(e)}`;
+          } else {
+            expect(isBackendUnavailableError(e)).toBe(true);
+            dead.failed++;
+            dead.lastFailureAt = performance.now();
+          }
+          await sleep(5);
+        }
+      }
+    };
+    const loops = users.map(loop);
+    await sleep(300);
+    killedAt = performance.now();
+    await cluster.failover(victim, { kill: true });
+    okAt = performance.now();
+    // Generous: the client learns the new slot owner, the breaker probes every 500 ms.
+    await sleep(4000);
+    stop = true;
+    await within(Promise.all(loops), 10_000, 'the load');
+    debug('per-shard breaker', { healthy, dead, failoverMs: okAt - killedAt, lastDeadFailureAfterOk: dead.lastFailureAt - okAt });
+    expect(healthy.failed, healthy.firstFailure).toBe(0);
+    expect(healthy.ok).toBeGreaterThan(100);
+    // The dead master's keys did fail while it was down, and Redis decides them again after.
+    expect(dead.failed).toBeGreaterThan(0);
+    expect(dead.okAfterFailover).toBeGreaterThan(0);
+    expect(dead.lastFailureAt - okAt).toBeLessThan(3000);
+  } finally {
+    await cluster.stop();
+  }
+}, 60_000);
 
 describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master cluster', () => {
   test.each(['redis', 'hybrid'] as const)('%s admits between 0.99 × (b + r·T) and b + r·T + 1', async (backend) => {

@@ -41,7 +41,7 @@ describe.each(['redis', 'hybrid'] as const)('%s: 4 processes × 100 concurrent t
   }, 30_000);
 });
 
-test('3 processes queueing 20 acquires each on one key finish together, each in its own call order', async () => {
+test('3 processes queueing 20 acquires each on one key are served interleaved, each in its own call order', async () => {
   const policy = { rate: 20, per: '1s', capacity: 1 }; // one admission every 50 ms
   const startAt = Date.now() + 2500;
   const results = await Promise.all(
@@ -52,19 +52,21 @@ test('3 processes queueing 20 acquires each on one key finish together, each in 
     ),
   );
   for (const r of results) expect(r.order).toEqual(Array.from({ length: 20 }, (_, i) => i));
-  const finish = results.map((r) => Math.max(...r.at));
-  const spread = Math.max(...finish) - Math.min(...finish);
-  // 60 calls at 50 ms take ~2.95 s. Served round-robin, the three finish within a few admission
-  // intervals of each other; served one process after another, they would be ~1 s apart.
-  if (process.env.TOLLGATE_DEBUG) console.log({ spread, finish });
-  expect(spread).toBeLessThanOrEqual(6 * 50);
-  const total = Math.max(...finish) - startAt;
-  expect(total).toBeGreaterThanOrEqual(59 * 50 - 60);
-  expect(total).toBeLessThanOrEqual(59 * 50 + 600);
-  // Interleaved all along: in every second of the run each process got about a third of the tokens.
+  // The quota holds across the processes: 60 admissions from a bucket of 1 at 20 per second
+  // cannot take less than 59 intervals (the upper bound on the rate is exact; a busy machine
+  // only makes it slower).
   const all = results.flatMap((r, p) => r.at.map((t) => ({ t, p }))).sort((a, b) => a.t - b.t);
-  for (let i = 0; i + 6 <= 30; i += 6) {
-    const window = new Set(all.slice(i, i + 6).map((x) => x.p));
-    expect(window.size).toBe(3);
+  expect((all.at(-1)?.t ?? 0) - (all[0]?.t ?? 0)).toBeGreaterThanOrEqual(59 * 50 - 60);
+  // Fairness counted in admissions, not read off a clock: while all three processes are queueing
+  // (from the last one's first admission to the first one's last; a child may boot late on a
+  // busy machine), every 15 consecutive admissions (~750 ms) hold all three. Served one process
+  // after another, such windows would hold one process only.
+  if (process.env.TOLLGATE_DEBUG) console.log(all.map((x) => x.p).join(''));
+  const from = Math.max(...[0, 1, 2].map((p) => all.findIndex((x) => x.p === p)));
+  const to = Math.min(...[0, 1, 2].map((p) => all.findLastIndex((x) => x.p === p)));
+  expect(to - from).toBeGreaterThanOrEqual(15);
+  for (let i = from; i + 15 <= to + 1; i++) {
+    const window = new Set(all.slice(i, i + 15).map((x) => x.p));
+    expect(window.size, `admissions ${i}..${i + 14}`).toBe(3);
   }
 }, 30_000);

@@ -77,7 +77,7 @@ test('every write sets PEXPIRE to ceil(ms until full), an integer ≥ 1', async 
 
 test('the script ioredis sends is the one Redis loads: its SHA1 matches SCRIPT LOAD', async () => {
   const { createHash } = await import('node:crypto');
-  const { BUCKET_SCRIPT } = await import('@tollgate/core');
+  const { BUCKET_SCRIPT } = await import('@tollgate/core/internal');
   const client = srv.client();
   const sha = await client.script('LOAD', BUCKET_SCRIPT);
   expect(sha).toBe(createHash('sha1').update(BUCKET_SCRIPT).digest('hex'));

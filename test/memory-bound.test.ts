@@ -50,6 +50,6 @@ test('hybrid: 50,000 users through real Redis hold at most ~2 × the live local 
   // Local buckets and what Redis said about each, together.
   expect(peak).toBeLessThanOrEqual(2 * (2 * 1000) + 2 * 1024);
   now += 1000;
-  backend.local.prune();
-  expect(backend.local.size).toBe(0);
+  backend.prune();
+  expect(backend.size).toBe(0);
 }, 60_000);

@@ -247,7 +247,8 @@ test('calls stuck behind a stalled server time out at their own deadline, and th
 });
 
 test('after SCRIPT FLUSH, a lone call and a batch go again as EVAL and are decided once', async () => {
-  const { RedisBackend, normalizePolicy } = await import('@tollgate/core');
+  const { RedisBackend } = await import('@tollgate/core');
+  const { normalizePolicy } = await import('@tollgate/core/internal');
   const c = srv.client();
   const admin = srv.client();
   const backend = new RedisBackend({ client: c, prefix: 'flushed:' });

@@ -2,12 +2,8 @@
  * SharedLimiter on real Redis: the Lua script decides as pool-math does, one round trip when
  * uncontended, at most two per admitted call when contended, the failure policies, Cluster.
  */
-import {
-  BackendUnavailableError,
-  RedisBackend,
-  SharedLimiter,
-  normalizePolicy,
-} from '@tollgate/core';
+import { BackendUnavailableError, RedisBackend, SharedLimiter } from '@tollgate/core';
+import { normalizePolicy } from '@tollgate/core/internal';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type PoolState, decide, giveBackPool, keepFor, newPool, observePool } from '../packages/core/src/shared-limiter/pool-math.ts';
 import { RedisPools } from '../packages/core/src/shared-limiter/redis-pools.ts';

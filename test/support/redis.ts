@@ -171,6 +171,11 @@ export interface ClusterOptions {
   replicas?: 0 | 1;
   /** cluster-node-timeout in ms: how soon a dead master is failed over. @default 1000 */
   nodeTimeoutMs?: number;
+  /**
+   * cluster-require-full-coverage: with `false`, the masters that are up keep serving their slots
+   * while another master is down (Redis's default refuses every slot then). @default true
+   */
+  requireFullCoverage?: boolean;
 }
 
 export interface RedisCluster {
@@ -242,6 +247,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<RedisC
   const masters = options.masters ?? 3;
   const replicas = options.replicas ?? 0;
   const nodeTimeoutMs = options.nodeTimeoutMs ?? 1000;
+  const fullCoverage = options.requireFullCoverage ?? true;
   requireRedisServer();
   const taken = new Set<number>();
   const count = masters * (1 + replicas);
@@ -258,6 +264,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<RedisC
     // A replica may be promoted however long it was cut off: the tests kill masters on purpose.
     '--cluster-replica-validity-factor',
     '0',
+    '--cluster-require-full-coverage',
+    fullCoverage ? 'yes' : 'no',
   ];
   const procs = new Map<number, ChildProcess | undefined>();
   const spawned = await Promise.all(ports.map((p) => spawnRedis(p, argsOf(p), root)));

@@ -24,4 +24,11 @@ export interface Backend {
   reserve(name: string, key: string, policy: Policy, cost: number, maxWaitMs: number): MaybePromise<Reservation>;
   /** Give `amount` tokens back (capped at capacity). */
   refund(name: string, key: string, policy: Policy, amount: number): MaybePromise<void>;
+  /**
+   * The shard (e.g. the Redis Cluster node, as 'host:port') that holds the bucket (`name`, `key`),
+   * or undefined when the backend is one shard. The limiter keeps a circuit breaker per shard, so
+   * a failing shard sends only its own keys to the failure policy. Called on every decision: it
+   * must be cheap and must not throw.
+   */
+  shardOf?(name: string, key: string): string | undefined;
 }

@@ -84,13 +84,23 @@ export function wholeTokens(tokens: number): number {
 }
 
 /**
+ * take takes `cost` from the bucket at `now` if it holds it (after the refill), and returns the
+ * ms until it would (0: taken). {@link tryTake} without building its answer: a caller that answers
+ * repeated rejections with one object allocates nothing.
+ */
+export function take(state: BucketState, policy: Policy, now: number, cost: number): number {
+  refill(state, policy, now);
+  const wait = waitFor(state.tokens, cost, policy);
+  if (wait === 0) state.tokens -= cost;
+  return wait;
+}
+
+/**
  * tryTake takes `cost` from the bucket at `now` if it holds it; otherwise it changes nothing
  * (but the refill) and says when it would.
  */
 export function tryTake(state: BucketState, policy: Policy, now: number, cost: number): Decision {
-  refill(state, policy, now);
-  const wait = waitFor(state.tokens, cost, policy);
-  if (wait === 0) state.tokens -= cost;
+  const wait = take(state, policy, now, cost);
   return {
     allowed: wait === 0,
     remaining: wholeTokens(state.tokens),

@@ -1,27 +1,18 @@
 /**
  * @tollgate/core: token buckets in memory, in Redis, or a hybrid of both, and a RateLimiter
  * whose callers wait their turn instead of being turned away.
+ *
+ * What tests and benchmarks need beyond this (the bucket math, the Lua script, key encoding) is
+ * in `@tollgate/core/internal`, which is not covered by semver.
  */
 export type { Backend, MaybePromise } from './backend.js';
-export { HybridBackend, DEFAULT_HYBRID_HEADROOM } from './backends/hybrid.js';
+export { DEFAULT_HYBRID_HEADROOM, HybridBackend } from './backends/hybrid.js';
 export type { HybridBackendOptions } from './backends/hybrid.js';
 export { MemoryBackend } from './backends/memory.js';
 export type { MemoryBackendOptions } from './backends/memory.js';
-export { BUCKET_SCRIPT } from './backends/redis-script.js';
-export { DEFAULT_REDIS_OPTIONS, RedisBackend, encodeKey, redisKey } from './backends/redis.js';
+export { DEFAULT_REDIS_OPTIONS, RedisBackend } from './backends/redis.js';
 export type { RedisBackendOptions } from './backends/redis.js';
-export {
-  COST_EPSILON,
-  giveBack,
-  newBucket,
-  refill,
-  reserve,
-  resetAfter,
-  tokensAt,
-  tryTake,
-  waitFor,
-} from './bucket.js';
-export type { BucketState, Decision, Reservation } from './bucket.js';
+export type { Decision, Reservation } from './bucket.js';
 export {
   AbortedError,
   BackendTimeoutError,
@@ -41,16 +32,16 @@ export {
   isTollgateError,
 } from './errors.js';
 export type { TollgateErrorCode } from './errors.js';
-export { DEFAULT_LIMITER_OPTIONS, RateLimiter } from './limiter.js';
+export { DEFAULT_LIMITER_OPTIONS } from './options.js';
 export type {
   AcquireOptions,
   BackendErrorPolicy,
   Grant,
   RateLimiterOptions,
   TryAcquireOptions,
-} from './limiter.js';
-export { MAX_TOKENS, normalizePolicy, parseDuration } from './policy.js';
+} from './options.js';
 export type { Duration, Policy, PolicyInput } from './policy.js';
+export { RateLimiter } from './rate-limiter.js';
 export { DEFAULT_SHARED_OPTIONS, SharedLimiter } from './shared-limiter/shared-limiter.js';
 export type { PoolObservation, SharedAcquireOptions, SharedBackendErrorPolicy, SharedGrant, SharedLimiterOptions } from './shared-limiter/shared-limiter.js';
 export type { SharedRefundOptions, SharedTryAcquireOptions } from './shared-limiter/shared-limiter.js';

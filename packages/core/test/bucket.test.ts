@@ -16,22 +16,27 @@ describe('bucket math on fixed instants', () => {
   });
 
   test.each([
-    // [rate, per, capacity, now, cost, allowed, retryAfterMs]
+    // [rate, per, capacity, taken first, cost, allowed, retryAfterMs]
     [10, 1000, 10, 0, 10, true, 0],
-    [10, 1000, 10, 0, 10.5, false, 50],
+    [10, 1000, 10, 10, 0.5, false, 50],
+    [10, 1000, 10, 9.5, 1, false, 50],
     [1, 3_600_000, 1, 0, 0.5, true, 0],
+    [2, 1000, 1, 1, 0.5, false, 250],
     [5, 1000, 20, 0, 20, true, 0],
-  ])('rate %d per %d cap %d: at %d, cost %d → allowed %s, retry %d', (rate, per, cap, now, cost, allowed, retry) => {
+  ])('rate %d per %d cap %d, %d taken: cost %d → allowed %s, retry %d', (rate, per, cap, taken, cost, allowed, retry) => {
     const p = normalizePolicy({ rate, per, capacity: cap });
-    const b = newBucket(p, now);
-    if (cost > cap) {
-      // Cost above capacity is the limiter's job to refuse; the math just never allows it at once.
-      expect(tryTake(b, p, now, cost).allowed).toBe(false);
-      return;
-    }
-    const d = tryTake(b, p, now, cost);
+    const b = newBucket(p, 0);
+    if (taken > 0) expect(tryTake(b, p, 0, taken).allowed).toBe(true);
+    const d = tryTake(b, p, 0, cost);
     expect(d.allowed).toBe(allowed);
     expect(d.retryAfterMs).toBe(retry);
+  });
+
+  test('a cost above capacity is never allowed at once (the limiter refuses it before the math)', () => {
+    const p = P(10, '1s', 10);
+    const d = tryTake(newBucket(p, 0), p, 0, 10.5);
+    expect(d.allowed).toBe(false);
+    expect(d.retryAfterMs).toBe(50);
   });
 
   test('fractions: cost 0.25 at 1 token/s takes 4 calls per token', () => {

@@ -1,15 +1,14 @@
 import * as core from '@tollgate/core';
+import * as internal from '@tollgate/core/internal';
 import { expect, test } from 'vitest';
 
 // The public surface, as outside code sees it. A change here is a change to the contract.
-test('@tollgate/core exports', () => {
+test('@tollgate/core exports the backends, the limiter, the errors and their guards, and the defaults', () => {
   expect(Object.keys(core).sort()).toMatchInlineSnapshot(`
     [
       "AbortedError",
-      "BUCKET_SCRIPT",
       "BackendTimeoutError",
       "BackendUnavailableError",
-      "COST_EPSILON",
       "CostExceedsCapacityError",
       "DEFAULT_HYBRID_HEADROOM",
       "DEFAULT_LIMITER_OPTIONS",
@@ -18,15 +17,12 @@ test('@tollgate/core exports', () => {
       "HybridBackend",
       "InvalidArgumentError",
       "InvalidOptionsError",
-      "MAX_TOKENS",
       "MaxWaitExceededError",
       "MemoryBackend",
       "RateLimiter",
       "RedisBackend",
       "SharedLimiter",
       "TollgateError",
-      "encodeKey",
-      "giveBack",
       "isAbortedError",
       "isBackendTimeoutError",
       "isBackendUnavailableError",
@@ -35,13 +31,32 @@ test('@tollgate/core exports', () => {
       "isInvalidOptionsError",
       "isMaxWaitExceededError",
       "isTollgateError",
+    ]
+  `);
+});
+
+// Not covered by semver: what @tollgate/agent, the tests and the benchmarks use beyond the API.
+test('@tollgate/core/internal exports the bucket math, the script, key encoding and the synchronous entries', () => {
+  expect(Object.keys(internal).sort()).toMatchInlineSnapshot(`
+    [
+      "BUCKET_SCRIPT",
+      "COST_EPSILON",
+      "MAX_TOKENS",
+      "acquireNow",
+      "describe",
+      "encodeKey",
+      "giveBack",
+      "keySlot",
       "newBucket",
       "normalizePolicy",
       "parseDuration",
       "redisKey",
       "refill",
+      "refundNow",
       "reserve",
       "resetAfter",
+      "take",
+      "toOptionsError",
       "tokensAt",
       "tryTake",
       "waitFor",

@@ -87,6 +87,35 @@ describe('acquire: a user over quota waits, and is served in order', () => {
   });
 });
 
+describe('the head of the queue and the bucket stay in step', () => {
+  test('a refund while the head waits serves it at once; the next caller waits its full 50 ms', async () => {
+    const l = limiter({ rate: 100, per: '1s', capacity: 5 }); // 5 tokens in 50 ms
+    await l.acquire('u', { cost: 5 });
+    const first = track(l.acquire('u', { cost: 5 })); // reserves into debt: 50 ms
+    await l.refund('u', 5);
+    const second = track(l.acquire('u', { cost: 5 }));
+    await vi.advanceTimersByTimeAsync(100);
+    // A token bucket would have served the first from the refund, and the second 50 ms later:
+    // never 10 tokens in one instant from a bucket of 5.
+    expect(first.at).toBe(0);
+    expect(second.at).toBe(50);
+  });
+
+  test('a wait rounded up to a whole ms lets no extra tokens through beside the grant', async () => {
+    const l = limiter({ rate: 500, per: '1s', capacity: 10 }); // 0.5 tokens per ms
+    await l.acquire('u', { cost: 9.7 }); // 0.3 left
+    const big = track(l.acquire('u', { cost: 10 })); // debt 9.7: repaid in 19.4 ms, admitted at 20
+    await vi.advanceTimersByTimeAsync(20);
+    expect(big.at).toBe(20);
+    // 10 tokens went out at 20 ms from a bucket of 10: nothing more at that instant (the 0.3
+    // tokens refilled between 19.4 and 20 ms would make it 10.3).
+    const d = await l.tryAcquire('u', { cost: 0.3 });
+    expect(d.allowed).toBe(false);
+    await vi.advanceTimersByTimeAsync(1);
+    expect((await l.tryAcquire('u', { cost: 0.3 })).allowed).toBe(true);
+  });
+});
+
 describe('maxWaitMs', () => {
   test('a queued caller whose turn has not come by its deadline is rejected then, taking nothing', async () => {
     const l = limiter({ rate: 1, per: '1s', capacity: 1 });
@@ -150,6 +179,22 @@ describe('abort', () => {
     expect((head.error as AbortedError).cause).toEqual(new Error('gone'));
     await vi.advanceTimersByTimeAsync(200);
     expect(next.at).toBe(100);
+  });
+
+  test('two queued calls sharing one signal both fail with AbortedError, and take nothing', async () => {
+    const l = limiter({ rate: 10, per: '1s', capacity: 2 }); // 100 ms a token
+    await l.acquire('u', { cost: 2 });
+    const ac = new AbortController(); // e.g. one request's tool calls
+    const head = track(l.acquire('u', { cost: 2, signal: ac.signal })); // holds: admitted at 200
+    const next = track(l.acquire('u', { cost: 1, signal: ac.signal }));
+    await vi.advanceTimersByTimeAsync(150);
+    // The head's refund leaves 1.5 tokens: enough for the next call, whose own listener has not
+    // run yet when the head's does. It must not be granted.
+    ac.abort();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(head.error).toBeInstanceOf(AbortedError);
+    expect(next.error).toBeInstanceOf(AbortedError);
+    expect((await l.tryAcquire('u', { cost: 1.5 })).allowed).toBe(true);
   });
 
   test('no listener is left on a signal after the call settles', async () => {
@@ -239,6 +284,51 @@ describe('when the backend fails', () => {
     await l.tryAcquire('u');
     expect(calls).toBe(3);
     expect(errors).toHaveLength(1);
+  });
+
+  test('a failing shard sends only its own keys to the failure policy; the others are decided by the backend', async () => {
+    const mem = new MemoryBackend();
+    const down = new Set(['shard-1']);
+    const calls = new Map<string, number>();
+    const shardOf = (_name: string, key: string) => `shard-${key.length % 3}`; // 'u1' → shard-2, 'v' → shard-1
+    const call = <T>(key: string, f: () => T): Promise<T> => {
+      const shard = shardOf('', key);
+      calls.set(shard, (calls.get(shard) ?? 0) + 1);
+      return down.has(shard) ? Promise.reject(new Error(`${shard} is down`)) : Promise.resolve(f());
+    };
+    const sharded: Backend = {
+      kind: 'sharded',
+      shardOf,
+      tryTake: (n, k, p, c) => call(k, () => mem.tryTake(n, k, p, c)),
+      reserve: (n, k, p, c, m) => call(k, () => mem.reserve(n, k, p, c, m)),
+      refund: (n, k, p, a) => call(k, () => mem.refund(n, k, p, a)),
+    };
+    const errors: unknown[] = [];
+    const l = new RateLimiter({
+      backend: sharded,
+      policy: { rate: 100, per: '1s' },
+      onBackendError: 'fail-closed',
+      onError: (e) => errors.push(e),
+    });
+    // Open shard-1's breaker, then call keys of all three shards 20 times each.
+    await expect(l.tryAcquire('v')).rejects.toBeInstanceOf(BackendUnavailableError);
+    const healthy = ['u1', 'abc', 'w2', 'xyz'];
+    for (let i = 0; i < 20; i++) {
+      for (const k of healthy) {
+        expect((await l.tryAcquire(k)).allowed).toBe(true);
+        await expect(l.acquire(k)).resolves.toMatchObject({ waitedMs: 0 });
+      }
+      await expect(l.tryAcquire('v')).rejects.toBeInstanceOf(BackendUnavailableError);
+      await expect(l.acquire('v')).rejects.toBeInstanceOf(BackendUnavailableError);
+    }
+    // shard-1 was asked once: its breaker stayed open. The healthy shards answered every call.
+    expect(calls.get('shard-1')).toBe(1);
+    expect((calls.get('shard-0') ?? 0) + (calls.get('shard-2') ?? 0)).toBe(20 * healthy.length * 2);
+    expect(errors).toHaveLength(1);
+    // shard-1 comes back: after the probe interval, its keys go to the backend again.
+    down.clear();
+    await vi.advanceTimersByTimeAsync(500);
+    expect((await l.tryAcquire('v')).allowed).toBe(true);
   });
 
   test('queued callers are never lost: every one settles under each policy', async () => {

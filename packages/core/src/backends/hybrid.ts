@@ -4,7 +4,8 @@ import type { Decision, Reservation } from '../bucket.js';
 import { InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe } from '../policy.js';
-import { HYBRID_LEARN, HYBRID_TRY, MemoryBackend } from './memory.js';
+import { LocalPrecheck } from './hybrid-local.js';
+import { checkClock } from './memory.js';
 import { RedisBackend, type RedisBackendOptions } from './redis.js';
 
 /** HybridBackendOptions configures a {@link HybridBackend}. */
@@ -42,8 +43,8 @@ export const DEFAULT_HYBRID_HEADROOM = 1.2;
 export class HybridBackend implements Backend {
   readonly kind = 'hybrid';
   readonly redis: RedisBackend;
-  readonly local: MemoryBackend;
   readonly headroom: number;
+  readonly #local: LocalPrecheck;
   readonly #scaled = new WeakMap<Policy, Policy>();
   #lastPolicy: Policy | undefined;
   #lastScaled: Policy | undefined;
@@ -57,15 +58,15 @@ export class HybridBackend implements Backend {
       );
     }
     this.redis = new RedisBackend(redisOptions as RedisBackendOptions);
-    this.local = new MemoryBackend(clock ? { clock } : {});
+    this.#local = new LocalPrecheck(checkClock('HybridBackend', clock === undefined ? {} : { clock }));
     this.headroom = headroom;
   }
 
   tryTake(name: string, key: string, policy: Policy, cost: number): Decision | Promise<Decision> {
     // One clock read and one lookup: the local bucket's slot also holds when Redis last said the
     // key's bucket would be full, which makes local rejections' retryAfterMs honest.
-    const local = this.#local(policy);
-    const no = this.local[HYBRID_TRY](name, key, local, policy, cost);
+    const local = this.#scale(policy);
+    const no = this.#local.check(name, key, local, policy, cost);
     if (no !== undefined) return no;
     return this.#ask(name, key, policy, local, cost);
   }
@@ -73,7 +74,7 @@ export class HybridBackend implements Backend {
   /** Passed the local pre-check: Redis decides. (Its own method: the closure would cost every call a context.) */
   #ask(name: string, key: string, policy: Policy, local: Policy, cost: number): Promise<Decision> {
     return this.redis.tryTake(name, key, policy, cost).then((d) => {
-      this.local[HYBRID_LEARN](name, key, local, d.resetAfterMs);
+      this.#local.learn(name, key, local, d.resetAfterMs);
       return d;
     });
   }
@@ -82,25 +83,37 @@ export class HybridBackend implements Backend {
     // Reservations are taken only by the head of a key's queue (one per process at a time), so
     // they go to Redis directly; the local bucket is charged too, into debt, to stay in step.
     const r = await this.redis.reserve(name, key, policy, cost, maxWaitMs);
-    const local = this.#local(policy);
-    if (r.ok) this.local.reserve(name, key, local, cost, -1);
-    this.local[HYBRID_LEARN](name, key, local, r.resetAfterMs);
+    const local = this.#scale(policy);
+    if (r.ok) this.#local.charge(name, key, local, cost);
+    this.#local.learn(name, key, local, r.resetAfterMs);
     return r;
   }
 
   async refund(name: string, key: string, policy: Policy, amount: number): Promise<void> {
-    const local = this.#local(policy);
-    this.local.refund(name, key, local, amount);
-    this.local[HYBRID_LEARN](name, key, local, 0);
+    this.#local.refund(name, key, this.#scale(policy), amount);
     await this.redis.refund(name, key, policy, amount);
   }
 
-  /** For benchmarks and tests: buckets this process holds knowledge of (local bucket and Redis's reset, one slot). */
-  get size(): number {
-    return this.local.size;
+  /**
+   * shardOf is the Redis Cluster node that owns the key (see {@link RedisBackend.shardOf}): the
+   * local pre-check cannot fail, so the hybrid's shards are Redis's.
+   */
+  shardOf(name: string, key: string): string | undefined {
+    return this.redis.shardOf(name, key);
   }
 
-  #local(policy: Policy): Policy {
+  /** The local buckets this process holds (each with what Redis said of its key, in one slot). */
+  get size(): number {
+    return this.#local.size;
+  }
+
+  /** prune drops the local buckets that are full and hold nothing Redis said; returns how many. */
+  prune(): number {
+    return this.#local.prune();
+  }
+
+  /** The local pre-check's policy: `headroom` × `policy`. */
+  #scale(policy: Policy): Policy {
     // One limiter calls with the same policy object over and over: skip the WeakMap then.
     if (policy === this.#lastPolicy) return this.#lastScaled as Policy;
     let p = this.#scaled.get(policy);

@@ -5,7 +5,7 @@ import type { Decision, Reservation } from '../bucket.js';
 import { BackendTimeoutError, BackendUnavailableError, InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe, toOptionsError } from '../policy.js';
-import { BUCKET_SHA, type BatchCall, type DecisionArgs, type DecisionReply, ScriptBatcher, runScript } from './redis-batch.js';
+import { BUCKET_SHA, type BatchCall, type DecisionArgs, type DecisionReply, ScriptBatcher, keySlot, runScript } from './redis-batch.js';
 import { BUCKET_SCRIPT, decisionSpec } from './redis-script.js';
 
 /** RedisBackendOptions configures a {@link RedisBackend}. */
@@ -206,6 +206,17 @@ export class RedisBackend implements Backend {
       // The batcher bounds the call by timeoutMs (one timer per script call, not per call).
       this.#batcher.submit(call, this.timeoutMs);
     });
+  }
+
+  /**
+   * shardOf is the 'host:port' of the Cluster master that owns the bucket's slot, as the client
+   * knows it now; undefined for a standalone client (one shard) or a slot not yet known. The
+   * limiter keeps a circuit breaker per shard, so one failing master fails only its own keys.
+   */
+  shardOf(name: string, key: string): string | undefined {
+    const slots = (this.client as { isCluster?: boolean; slots?: string[][] }).slots;
+    if (slots === undefined || (this.client as { isCluster?: boolean }).isCluster !== true) return undefined;
+    return slots[keySlot(redisKey(this.prefix, key, name))]?.[0];
   }
 }
 

@@ -1,0 +1,418 @@
+import type { Backend } from './backend.js';
+import { MemoryBackend } from './backends/memory.js';
+import { checkAmount, checkCost, checkKey, checkMaxWait, checkSignal } from './args.js';
+import { type Breaker, Breakers } from './breaker.js';
+import type { Decision, Reservation } from './bucket.js';
+import { AbortedError, BackendUnavailableError, CostExceedsCapacityError, MaxWaitExceededError } from './errors.js';
+import { KeyQueues, type QueueHost, type Waiter } from './key-queue.js';
+import {
+  type AcquireOptions,
+  type BackendErrorPolicy,
+  type Grant,
+  type RateLimiterOptions,
+  type TryAcquireOptions,
+  parseLimiterOptions,
+} from './options.js';
+import { type Policy, type PolicyInput, normalizePolicy } from './policy.js';
+
+/** The grant and the reservation of a call admitted by `fail-open`: nothing taken. */
+const OPEN_DECISION: Decision = Object.freeze({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 0 });
+const OPEN_RESERVATION: Reservation = Object.freeze({ ok: true, waitMs: 0, remaining: 0, resetAfterMs: 0 });
+
+/** Where `fail-open` "takes" its reservations: a backend that admits everything and holds nothing. */
+const OPEN_BACKEND: Backend = {
+  kind: 'fail-open',
+  tryTake: () => OPEN_DECISION,
+  reserve: () => OPEN_RESERVATION,
+  refund: () => undefined,
+};
+
+/** The synchronous entries of RateLimiter, for @tollgate/core/internal (set in a static block). */
+let acquireEntry: (l: RateLimiter, key: string, options: AcquireOptions | undefined) => Grant | Promise<Grant>;
+let refundEntry: (l: RateLimiter, key: string, amount: number) => Promise<void> | undefined;
+
+/**
+ * RateLimiter admits calls per key from token buckets with one policy (or one per key, for tiers).
+ *
+ * - {@link tryAcquire} takes tokens now if the bucket holds them, else says when it would.
+ * - {@link acquire} waits its turn: in this process the callers of one key form a FIFO queue, and
+ *   only the head holds a reservation in the backend, taken into debt (one round trip per
+ *   admitted call, no polling). Processes sharing a key through Redis interleave fairly: each
+ *   reserves again only after its previous caller is admitted.
+ * - {@link refund} gives tokens back.
+ *
+ * A cost above the capacity can never be served and fails at once with
+ * {@link CostExceedsCapacityError}. Safe for concurrent use; share one limiter per policy.
+ *
+ * @example
+ * const limiter = new RateLimiter({ backend: new MemoryBackend(), policy: { rate: 5, per: '1s' } })
+ * await limiter.acquire('user-42')               // waits its turn if user-42 is over quota
+ * const d = await limiter.tryAcquire('user-42')  // { allowed, remaining, retryAfterMs, resetAfterMs }
+ */
+export class RateLimiter {
+  readonly backend: Backend;
+  readonly name: string;
+  readonly onBackendError: BackendErrorPolicy;
+  readonly probeIntervalMs: number;
+  readonly #staticPolicy: Policy | undefined;
+  readonly #policyFn: ((key: string) => PolicyInput) | undefined;
+  readonly #policies = new WeakMap<object, Policy>();
+  readonly #onError: ((e: unknown) => void) | undefined;
+  #fallback: MemoryBackend | undefined;
+  /** One breaker per shard of the backend (one in all unless it is a Redis Cluster). */
+  readonly #breakers: Breakers;
+  /** The breaker of an unsharded backend, read without a lookup. */
+  readonly #breaker: Breaker;
+  readonly #shardOf: ((name: string, key: string) => string | undefined) | undefined;
+  readonly #queues: KeyQueues;
+  /** The last rejection the backend answered synchronously, and the promise made for it. */
+  #rejected: Decision | undefined;
+  #rejectedP: Promise<Decision> = Promise.resolve({ allowed: false, remaining: 0, retryAfterMs: 1, resetAfterMs: 1 });
+
+  static {
+    acquireEntry = (l, key, options) => l.#acquire(key, options, true);
+    refundEntry = (l, key, amount) => l.#refundNow(key, amount);
+  }
+
+  constructor(options: RateLimiterOptions) {
+    const o = parseLimiterOptions(options);
+    this.backend = o.backend;
+    this.name = o.name;
+    this.onBackendError = o.onBackendError;
+    this.probeIntervalMs = o.probeIntervalMs;
+    this.#onError = o.onError;
+    if (typeof o.policy === 'function') {
+      this.#policyFn = o.policy as (key: string) => PolicyInput;
+    } else {
+      this.#staticPolicy = normalizePolicy(o.policy, 'policy');
+    }
+    this.#breakers = new Breakers(this.probeIntervalMs);
+    this.#breaker = this.#breakers.of(undefined);
+    const backend = this.backend;
+    this.#shardOf = typeof backend.shardOf === 'function' ? backend.shardOf.bind(backend) : undefined;
+    this.#queues = new KeyQueues(this.#queueHost);
+  }
+
+  /**
+   * policyFor returns the validated policy of `key`. Throws {@link InvalidOptionsError} when a
+   * policy function returns an invalid policy.
+   */
+  policyFor(key: string): Policy {
+    if (this.#staticPolicy !== undefined) return this.#staticPolicy;
+    const input = (this.#policyFn as (key: string) => PolicyInput)(key);
+    if (typeof input === 'object' && input !== null) {
+      const cached = this.#policies.get(input);
+      if (cached !== undefined) return cached;
+      const p = normalizePolicy(input, `policy(${JSON.stringify(key.length > 40 ? `${key.slice(0, 37)}...` : key)})`);
+      this.#policies.set(input, p);
+      return p;
+    }
+    return normalizePolicy(input, 'policy(key)');
+  }
+
+  /**
+   * tryAcquire takes `cost` tokens from `key`'s bucket now if it holds them; otherwise it takes
+   * nothing and says, in `retryAfterMs`, when it would. It never waits, and it does not jump
+   * the queue: while callers of this process wait on `key` in `acquire`, it answers not allowed.
+   */
+  tryAcquire(key: string, options?: TryAcquireOptions): Promise<Decision> {
+    try {
+      const cost = options === undefined ? 1 : checkCost(options.cost);
+      if (typeof key !== 'string') checkKey(key);
+      const policy = this.#staticPolicy ?? this.policyFor(key);
+      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      // Most of the time no one waits anywhere: skip hashing the key a second time.
+      if (this.#queues.size !== 0) {
+        const q = this.#queues.get(key);
+        if (q !== undefined) {
+          return Promise.resolve({
+            allowed: false,
+            remaining: 0,
+            retryAfterMs: Math.max(1, this.#queues.estimate(q, cost, policy)),
+            resetAfterMs: Math.max(1, this.#queues.estimate(q, policy.capacity, policy)),
+          });
+        }
+      }
+      const breaker = this.#breakerOf(key);
+      if (breaker.downUntil !== 0 && !breaker.shouldProbe()) return this.#degradedTry(key, policy, cost, breaker);
+      let r: Decision | Promise<Decision>;
+      const epoch = breaker.epoch;
+      try {
+        r = this.backend.tryTake(this.name, key, policy, cost);
+      } catch (e) {
+        this.#failed(breaker, e, epoch);
+        return this.#degradedTry(key, policy, cost, breaker, e);
+      }
+      // The asynchronous case is a method of its own: its closures would otherwise cost every
+      // call (synchronous ones too) a context allocation.
+      if (r instanceof Promise) return this.#tryAnswered(r, key, policy, cost, breaker, epoch);
+      if (r.allowed) return Promise.resolve(r);
+      // A backend answers a repeated rejection with the same frozen Decision: so the same promise.
+      if (r !== this.#rejected) {
+        this.#rejected = r;
+        this.#rejectedP = Promise.resolve(r);
+      }
+      return this.#rejectedP;
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  #tryAnswered(
+    r: Promise<Decision>,
+    key: string,
+    policy: Policy,
+    cost: number,
+    breaker: Breaker,
+    epoch: number,
+  ): Promise<Decision> {
+    return r.then(
+      (d) => {
+        breaker.up();
+        return d;
+      },
+      (e: unknown) => {
+        this.#failed(breaker, e, epoch);
+        return this.#degradedTry(key, policy, cost, breaker, e);
+      },
+    );
+  }
+
+  /**
+   * acquire waits until `key`'s bucket grants `cost` tokens, in arrival order among this
+   * process's callers of `key`, then resolves with how long it waited.
+   *
+   * Rejects at once with {@link CostExceedsCapacityError} (cost above capacity),
+   * {@link MaxWaitExceededError} (it would wait more than `maxWaitMs`; nothing taken) or
+   * {@link InvalidArgumentError}; with {@link AbortedError} when `signal` fires (its tokens go
+   * back and the next caller moves up at once).
+   */
+  acquire(key: string, options?: AcquireOptions): Promise<Grant> {
+    return this.#acquire(key, options, false) as Promise<Grant>;
+  }
+
+  /** acquire's work; `sync` answers an at-once grant itself instead of a promise of it. */
+  #acquire(key: string, options: AcquireOptions | undefined, sync: boolean): Grant | Promise<Grant> {
+    let cost: number;
+    let policy: Policy;
+    let maxWaitMs: number;
+    let signal: AbortSignal | undefined;
+    try {
+      cost = checkCost(options?.cost);
+      checkKey(key);
+      maxWaitMs = checkMaxWait(options?.maxWaitMs);
+      signal = checkSignal(options?.signal);
+      policy = this.policyFor(key);
+      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      if (signal?.aborted) throw new AbortedError(key, signal.reason);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+
+    const q = this.#queues.get(key);
+    // Fast path: nobody waits on this key and the backend answers synchronously with no wait.
+    const breaker = q === undefined ? this.#breakerOf(key) : undefined;
+    if (breaker !== undefined && breaker.downUntil === 0) {
+      let r: Reservation | Promise<Reservation> | undefined;
+      const epoch = breaker.epoch;
+      try {
+        r = this.backend.reserve(this.name, key, policy, cost, maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs);
+      } catch {
+        r = undefined;
+      }
+      if (r !== undefined && !(r instanceof Promise)) {
+        if (r.ok && r.waitMs === 0) {
+          const grant = { waitedMs: 0, remaining: r.remaining };
+          return sync ? grant : Promise.resolve(grant);
+        }
+        if (!r.ok) return Promise.reject(new MaxWaitExceededError(key, r.waitMs, maxWaitMs));
+        // Reserved with a wait: queue it as the head already holding its reservation.
+        return this.#queues.enqueue(key, cost, policy, maxWaitMs, signal, { backend: this.backend, reservation: r });
+      }
+      if (r !== undefined) {
+        // An asynchronous backend: this caller is the head, its reservation in flight.
+        const reservation = r;
+        return this.#queues.enqueue(key, cost, policy, maxWaitMs, signal, {
+          pending: (w) => this.#reserveAnswered(reservation, w, breaker, epoch),
+        });
+      }
+    }
+
+    if (q !== undefined && maxWaitMs !== Number.POSITIVE_INFINITY) {
+      const estimate = this.#queues.estimate(q, cost, policy);
+      if (estimate > maxWaitMs) return Promise.reject(new MaxWaitExceededError(key, estimate, maxWaitMs));
+    }
+    return this.#queues.enqueue(key, cost, policy, maxWaitMs, signal);
+  }
+
+  /**
+   * refund gives `amount` tokens back to `key`'s bucket (capped at capacity): a call that did
+   * not happen, or LLM-token reconciliation after a call used fewer than estimated.
+   */
+  refund(key: string, amount: number): Promise<void> {
+    try {
+      return this.#refundNow(key, amount) ?? Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /**
+   * {@link refund}, done synchronously (undefined) when the backend is. Throws what `refund`
+   * rejects with; a returned promise never rejects.
+   */
+  #refundNow(key: string, amount: number): Promise<void> | undefined {
+    checkKey(key);
+    checkAmount(amount);
+    if (amount === 0) return undefined;
+    const policy = this.policyFor(key);
+    const target = this.#breakerOf(key).downUntil !== 0 ? this.#fallbackBackend() : this.backend;
+    if (this.#queues.size !== 0) {
+      const q = this.#queues.holdingOn(key, target);
+      if (q !== undefined) return this.#queues.reReserve(q, amount);
+    }
+    return this.#refundOn(target, key, policy, amount);
+  }
+
+  /** The number of callers of this process waiting on `key` (the head included). */
+  queued(key: string): number {
+    return this.#queues.queued(key);
+  }
+
+  // ---- the queues' reservations -----------------------------------------------------------------
+
+  readonly #queueHost: QueueHost = {
+    reserve: (w, maxWaitMs) => this.#reserveFor(w, maxWaitMs),
+    refund: (w, amount) => (w.heldOn === undefined ? undefined : this.#refundOn(w.heldOn, w.key, w.policy, amount)),
+  };
+
+  /** A queued caller's reservation: on the backend, or by the failure policy while it is down. */
+  #reserveFor(w: Waiter, maxWaitMs: number): Reservation | Promise<Reservation> {
+    const breaker = this.#breakerOf(w.key);
+    if (breaker.downUntil !== 0 && !breaker.shouldProbe()) return this.#degradedReserve(w, maxWaitMs, breaker);
+    const epoch = breaker.epoch;
+    let r: Reservation | Promise<Reservation>;
+    try {
+      r = this.backend.reserve(this.name, w.key, w.policy, w.cost, maxWaitMs);
+    } catch (e) {
+      this.#failed(breaker, e, epoch);
+      return this.#degradedReserve(w, maxWaitMs, breaker, e);
+    }
+    if (r instanceof Promise) return this.#reserveAnswered(r, w, breaker, epoch);
+    w.heldOn = this.backend;
+    return r;
+  }
+
+  /** An asynchronous reservation's answer; a failure is decided by the failure policy. */
+  #reserveAnswered(r: Promise<Reservation>, w: Waiter, breaker: Breaker, epoch: number): Promise<Reservation> {
+    return r.then(
+      (res) => {
+        breaker.up();
+        w.heldOn = this.backend;
+        return res;
+      },
+      (e: unknown) => {
+        this.#failed(breaker, e, epoch);
+        const maxWaitMs = w.deadline === Number.POSITIVE_INFINITY ? -1 : Math.max(0, w.deadline - performance.now());
+        return this.#degradedReserve(w, maxWaitMs, breaker, e);
+      },
+    );
+  }
+
+  // ---- backend failures -----------------------------------------------------------------------
+
+  #breakerOf(key: string): Breaker {
+    return this.#shardOf === undefined ? this.#breaker : this.#breakers.of(this.#shardOf(this.name, key));
+  }
+
+  #fallbackBackend(): MemoryBackend {
+    this.#fallback ??= new MemoryBackend();
+    return this.#fallback;
+  }
+
+  /** A backend call begun at `epoch` of `breaker` failed with `error`. */
+  #failed(breaker: Breaker, error: unknown, epoch: number): void {
+    breaker.down(error, epoch);
+    if (this.#onError !== undefined) {
+      try {
+        this.#onError(error);
+      } catch {
+        // A reporting hook must not break admission.
+      }
+    }
+  }
+
+  /** The error of a call refused by `fail-closed`. */
+  #unavailable(breaker: Breaker, error: unknown): BackendUnavailableError {
+    return new BackendUnavailableError(`the ${this.backend.constructor.name} backend is unavailable`, error ?? breaker.lastError);
+  }
+
+  #degradedTry(key: string, policy: Policy, cost: number, breaker: Breaker, error?: unknown): Promise<Decision> {
+    switch (this.onBackendError) {
+      case 'fail-open':
+        return Promise.resolve({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 0 });
+      case 'fail-closed':
+        return Promise.reject(this.#unavailable(breaker, error));
+      default:
+        return Promise.resolve(this.#fallbackBackend().tryTake(this.name, key, policy, cost));
+    }
+  }
+
+  /** A reservation decided by the failure policy; `w.heldOn` says where it was taken. */
+  #degradedReserve(w: Waiter, maxWaitMs: number, breaker: Breaker, error?: unknown): Reservation {
+    switch (this.onBackendError) {
+      case 'fail-open':
+        w.heldOn = OPEN_BACKEND;
+        return OPEN_RESERVATION;
+      case 'fail-closed':
+        throw this.#unavailable(breaker, error);
+      default: {
+        const fb = this.#fallbackBackend();
+        w.heldOn = fb;
+        return fb.reserve(this.name, w.key, w.policy, w.cost, maxWaitMs);
+      }
+    }
+  }
+
+  /** Undefined when done synchronously; a returned promise never rejects. */
+  #refundOn(backend: Backend, key: string, policy: Policy, amount: number): Promise<void> | undefined {
+    const breaker = backend === this.backend ? this.#breakerOf(key) : undefined;
+    const epoch = breaker?.epoch ?? 0;
+    let r: void | Promise<void>;
+    try {
+      r = backend.refund(this.name, key, policy, amount);
+    } catch (e) {
+      this.#refundFailed(breaker, e, epoch, key, policy, amount);
+      return undefined;
+    }
+    if (r !== undefined && typeof (r as PromiseLike<void>).then === 'function') {
+      return Promise.resolve(r).then(undefined, (e: unknown) => this.#refundFailed(breaker, e, epoch, key, policy, amount));
+    }
+    return undefined;
+  }
+
+  #refundFailed(breaker: Breaker | undefined, e: unknown, epoch: number, key: string, policy: Policy, amount: number): void {
+    if (breaker !== undefined) this.#failed(breaker, e, epoch);
+    if (this.onBackendError === 'fallback') this.#fallbackBackend().refund(this.name, key, policy, amount);
+  }
+}
+
+/**
+ * acquireNow is `limiter.acquire(key, options)`, answering with the grant itself (not a promise)
+ * when it is granted at once by a synchronous backend. A subclass that overrides `acquire` is
+ * honoured: its `acquire` is called.
+ */
+export function acquireNow(limiter: RateLimiter, key: string, options?: AcquireOptions): Grant | Promise<Grant> {
+  // An override (metrics, key namespacing) must see every call.
+  if (limiter.acquire !== RateLimiter.prototype.acquire) return limiter.acquire(key, options);
+  return acquireEntry(limiter, key, options);
+}
+
+/**
+ * refundNow is `limiter.refund(key, amount)`, done synchronously (undefined) when the backend is.
+ * Throws what `refund` rejects with; a returned promise never rejects.
+ */
+export function refundNow(limiter: RateLimiter, key: string, amount: number): Promise<void> | undefined {
+  if (limiter.refund !== RateLimiter.prototype.refund) return limiter.refund(key, amount).catch(() => undefined);
+  return refundEntry(limiter, key, amount);
+}
