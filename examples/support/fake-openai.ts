@@ -184,7 +184,7 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     const model = typeof body?.model === 'string' ? body.model : undefined;
     const attempt = limits.gate.record(rec, model, tenantOf(rec));
     if (rec.method === 'POST' && model !== undefined) {
-      const verdict = limits.decide(path, model, body);
+      const verdict = limits.decide(path, model, body, attempt.date);
       attempt.llmTokens = verdict.llmTokens;
       if (verdict.refused !== undefined) {
         rec.status = 429;

@@ -85,9 +85,8 @@ export class OpenAILimits {
     this.#org = opts.organization ?? 'org-fake';
   }
 
-  /** decide charges one attempt at `path` with `body` (a POST naming a model). */
-  decide(path: string, model: string | undefined, body: Json): OpenAIVerdict {
-    const now = this.gate.now();
+  /** decide charges one attempt at `path` with `body` (a POST naming a model), at `now`. */
+  decide(path: string, model: string | undefined, body: Json, now: number): OpenAIVerdict {
     const buckets = this.gate.buckets(model);
     const forced = this.gate.takeForced(model);
     const headers = () => this.#headers(model, now);

@@ -147,7 +147,7 @@ export class ModelBuckets<D extends string> {
 export interface AttemptRecord {
   /** `performance.now()` at arrival, ms. */
   readonly time: number;
-  /** `Date.now()` at arrival, ms. */
+  /** The limits' clock at arrival, epoch ms (`Date.now()` unless the server got a `clock`). */
   readonly date: number;
   /** The body's `model` (undefined when absent). */
   readonly model: string | undefined;
@@ -256,15 +256,18 @@ export class ProviderGate<D extends string> {
     return b;
   }
 
-  /** record logs an attempt; its status is read live from `rec` (set as the answer is chosen). */
+  /**
+   * record logs an attempt at the clock's now (the instant its limits are decided at); its status
+   * is read live from `rec` (set as the answer is chosen).
+   */
   record(
-    rec: { readonly time: number; readonly date: number; readonly status: number },
+    rec: { readonly time: number; readonly status: number },
     model: string | undefined,
     tenant: string | undefined,
   ): AttemptRecord {
     const a: AttemptRecord = {
       time: rec.time,
-      date: rec.date,
+      date: this.now(),
       model,
       tenant,
       llmTokens: 0,
