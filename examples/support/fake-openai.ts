@@ -36,6 +36,7 @@
  * fake.stats({ model: 'gpt-4o-mini' })  // { attempts, ok, rateLimited, tenants }
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { responsesAnswer } from './openai-responses.ts';
 import { DEFAULT_TEXT, type FakeChatReply, defaultChatReply } from './chat-reply.ts';
 import { type Json, type SSEvent, listenLoopback, parseJSON, sendJSON, sendSSE, sleep, textLength } from './http.ts';
 import {
@@ -315,98 +316,9 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     const text =
       typeof opts.responseText === 'function' ? opts.responseText(body) : (opts.responseText ?? DEFAULT_TEXT);
     const u = usageFor(rec, textLength(body.input) + textLength(body.instructions), text.length);
-    const usage = {
-      input_tokens: u.prompt_tokens,
-      input_tokens_details: { cached_tokens: 0 },
-      output_tokens: u.completion_tokens,
-      output_tokens_details: { reasoning_tokens: 0 },
-      total_tokens: u.prompt_tokens + u.completion_tokens,
-    };
-    const id = nextId('resp');
-    const msgId = nextId('msg');
-    const model = typeof body.model === 'string' ? body.model : 'gpt-fake';
-    const part = { type: 'output_text', text, annotations: [], logprobs: [] };
-    const item = {
-      id: msgId,
-      type: 'message',
-      status: 'completed',
-      role: 'assistant',
-      content: [part],
-    };
-    const response = (status: string, output: object[], withUsage: boolean) => ({
-      id,
-      object: 'response',
-      created_at: Math.floor(Date.now() / 1000),
-      status,
-      error: null,
-      incomplete_details: null,
-      instructions: body.instructions ?? null,
-      max_output_tokens: body.max_output_tokens ?? null,
-      model,
-      output,
-      parallel_tool_calls: true,
-      temperature: 1,
-      tool_choice: 'auto',
-      tools: [],
-      top_p: 1,
-      text: { format: { type: 'text' } },
-      usage: withUsage ? usage : null,
-    });
-    if (body.stream !== true) {
-      sendJSON(res, 200, {
-        ...response('completed', [item], true),
-        output_text: text,
-      });
-      return;
-    }
-    let n = 0;
-    const ev = (type: string, fields: object) => ({
-      event: type,
-      data: { type, sequence_number: n++, ...fields },
-    });
-    const events = [
-      ev('response.created', { response: response('in_progress', [], false) }),
-      ev('response.in_progress', {
-        response: response('in_progress', [], false),
-      }),
-      ev('response.output_item.added', {
-        output_index: 0,
-        item: { ...item, status: 'in_progress', content: [] },
-      }),
-      ev('response.content_part.added', {
-        item_id: msgId,
-        output_index: 0,
-        content_index: 0,
-        part: { ...part, text: '' },
-      }),
-      ...(text.match(/\S+\s*/g) ?? []).map((delta) =>
-        ev('response.output_text.delta', {
-          item_id: msgId,
-          output_index: 0,
-          content_index: 0,
-          delta,
-          logprobs: [],
-        }),
-      ),
-      ev('response.output_text.done', {
-        item_id: msgId,
-        output_index: 0,
-        content_index: 0,
-        text,
-        logprobs: [],
-      }),
-      ev('response.content_part.done', {
-        item_id: msgId,
-        output_index: 0,
-        content_index: 0,
-        part,
-      }),
-      ev('response.output_item.done', { output_index: 0, item }),
-      ev('response.completed', {
-        response: response('completed', [item], true),
-      }),
-    ];
-    await sendSSE(res, events, { done: false, delayMs: opts.chunkDelayMs ?? 0 });
+    const { json, events } = responsesAnswer(body, text, u, nextId);
+    if (body.stream !== true) sendJSON(res, 200, json);
+    else await sendSSE(res, events, { done: false, delayMs: opts.chunkDelayMs ?? 0 });
   }
 
   function embeddings(rec: RecordedRequest, res: ServerResponse, body: Json): void {

@@ -34,11 +34,13 @@ export class Bucket {
   #level: number;
   #at: number;
 
-  constructor(limit: BucketLimit, now: number) {
+  /** `name` is the option the limit came from, for the error a bad value throws. */
+  constructor(limit: BucketLimit, now: number, name = 'limit') {
     if (!(limit.limit > 0) || !Number.isFinite(limit.limit))
-      throw new RangeError(`limit must be a positive finite number (received ${limit.limit})`);
+      throw new RangeError(`${name} must be a positive finite number (received ${limit.limit})`);
     const windowMs = limit.windowMs ?? 60_000;
-    if (!(windowMs > 0)) throw new RangeError(`windowMs must be positive (received ${windowMs})`);
+    if (!(windowMs > 0) || !Number.isFinite(windowMs))
+      throw new RangeError(`${name}'s windowMs must be a positive finite number of ms (received ${windowMs})`);
     this.limit = limit.limit;
     this.windowMs = windowMs;
     this.#level = limit.limit;
@@ -112,10 +114,10 @@ export interface Refusal<D extends string> {
 export class ModelBuckets<D extends string> {
   readonly buckets: ReadonlyMap<D, Bucket>;
 
-  constructor(limits: Partial<Record<D, BucketLimit>>, now: number) {
+  constructor(limits: Partial<Record<D, BucketLimit>>, now: number, model = 'model') {
     const m = new Map<D, Bucket>();
     for (const [dim, limit] of Object.entries(limits) as [D, BucketLimit | undefined][])
-      if (limit !== undefined) m.set(dim, new Bucket(limit, now));
+      if (limit !== undefined) m.set(dim, new Bucket(limit, now, `limits[${JSON.stringify(model)}].${dim}`));
     this.buckets = m;
   }
 
@@ -250,7 +252,7 @@ export class ProviderGate<D extends string> {
     let b = this.#models.get(model);
     const limit = Object.hasOwn(this.#limits, model) ? this.#limits[model] : undefined;
     if (b === undefined && limit !== undefined) {
-      b = new ModelBuckets<D>(limit, this.now());
+      b = new ModelBuckets<D>(limit, this.now(), model);
       this.#models.set(model, b);
     }
     return b;

@@ -310,3 +310,12 @@ describe(`the fake OpenAI server enforces a provider's limits (openai ${OPENAI_M
     }
   });
 });
+
+test('a bad limit is refused at start, naming the option and the value', async () => {
+  await expect(startFakeOpenAI({ limits: { [MODEL]: { requests: 0 } } })).rejects.toThrow(
+    'limits["gpt-4o-mini"].requests must be a positive finite number (received 0)',
+  );
+  await expect(startFakeOpenAI({ limits: { [MODEL]: { llmTokens: 5, windowMs: -1 } } })).rejects.toThrow(
+    `limits["gpt-4o-mini"].llmTokens's windowMs must be a positive finite number of ms (received -1)`,
+  );
+});
