@@ -101,6 +101,8 @@ export interface FakeAnthropic {
   limitState(model: string, dimension: AnthropicDimension): BucketState | undefined;
   /** Requests currently being answered. */
   inFlight(): number;
+  /** The highest `inFlight()` seen so far. */
+  maxInFlight(): number;
   /** Stops the server and closes its connections. */
   close(): Promise<void>;
 }
@@ -121,6 +123,7 @@ export async function startFakeAnthropic(opts: FakeAnthropicOptions = {}): Promi
   const failures: { status: number; headers: Record<string, string> }[] = [];
   const limits = new AnthropicLimits(opts);
   let inFlight = 0;
+  let maxInFlight = 0;
   let seq = 0;
   const nextId = (prefix: string) => `${prefix}_fake${(++seq).toString(36).padStart(8, '0')}`;
   const tenantOf =
@@ -143,6 +146,7 @@ export async function startFakeAnthropic(opts: FakeAnthropicOptions = {}): Promi
     };
     requests.push(rec);
     inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
     res.on('close', () => inFlight--);
     res.setHeader('request-id', nextId('req'));
     const model = typeof body?.model === 'string' ? body.model : undefined;
@@ -255,6 +259,7 @@ export async function startFakeAnthropic(opts: FakeAnthropicOptions = {}): Promi
     stats: (filter) => summarize(limits.gate.log, filter),
     limitState: (model, dimension) => limits.state(model, dimension),
     inFlight: () => inFlight,
+    maxInFlight: () => maxInFlight,
     close: () => server.close(),
   };
 }

@@ -6,7 +6,7 @@ import type { Json, SSEvent } from './http.ts';
 
 /**
  * responsesAnswer builds the answer `text` to a Responses API request: the JSON of a plain call
- * and the events of a streamed one. `usage` is in chat-completion names; `nextId` makes ids.
+ * and the events of a streamed one. `u` is the usage in chat-completion names; `nextId` makes ids.
  */
 export function responsesAnswer(
   body: Json,
