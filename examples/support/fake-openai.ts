@@ -18,7 +18,8 @@
  * With `limits`, it enforces a provider's per-model limits as OpenAI does (see
  * openai-rate-limits.ts): request and LLM-token buckets, the `x-ratelimit-*` headers on every
  * answer, and 429s with OpenAI's body, `retry-after-ms` and `retry-after`. `rateLimitNext` forces
- * 429s for a model; `stats` counts attempts, 2xx and 429s per model and tenant.
+ * 429s for a model; `stats` counts attempts, 2xx and 429s per model and tenant. The limits
+ * decide at arrival, before `latencyMs` and `failNext`: a request `failNext` fails was charged.
  *
  * Usage numbers are deterministic: prompt tokens = ceil(characters of the request's messages or
  * input / 4), completion tokens = ceil(characters of the answer / 4); `opts.usage` overrides them.
