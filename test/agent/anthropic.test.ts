@@ -20,7 +20,11 @@ import { MemoryBackend, RateLimiter, isInvalidOptionsError, isMaxWaitExceededErr
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { type FakeAnthropic, type RecordedAnthropicRequest, startFakeAnthropic } from '../../examples/support/fake-anthropic.ts';
 import { ANTHROPIC } from '../../packages/agent/src/adapters/anthropic.ts';
-import { estimateLLMTokens } from '../../packages/agent/src/adapters/anthropic-llm-tokens.ts';
+import {
+  MessageStreamUsage,
+  estimateLLMTokens,
+  spendsLLMTokens,
+} from '../../packages/agent/src/adapters/anthropic-llm-tokens.ts';
 
 const MODEL = 'claude-fake-1';
 const TEXT = 'Hello from the fake Anthropic server.';
@@ -211,6 +215,24 @@ describe('throttleAnthropic', () => {
       expect(estimateLLMTokens('/v1/messages', { ...params(), tools })).toBe(18 + 64);
       expect(estimateLLMTokens('/v1/messages', { model: MODEL, messages: [] })).toBe(1024);
     });
+  });
+
+  test('only POST /v1/messages spends LLM tokens; a stream settles on cumulative message_delta counts', () => {
+    expect(spendsLLMTokens('POST', '/v1/messages')).toBe(true);
+    expect(spendsLLMTokens('post', '/v1/messages?beta=true')).toBe(true);
+    expect(spendsLLMTokens('post', '/v1/messages/count_tokens')).toBe(false);
+    expect(spendsLLMTokens('post', '/v1/messages/batches')).toBe(false);
+    expect(spendsLLMTokens('get', '/v1/messages')).toBe(false);
+    // Newer API versions repeat the input counts in message_delta, cumulative: they replace
+    // message_start's; a null keeps the earlier count. 40 + 5 + 12 = 57; cache reads not charged.
+    const reader = new MessageStreamUsage();
+    const start = { input_tokens: 30, cache_creation_input_tokens: 5, cache_read_input_tokens: 900, output_tokens: 1 };
+    expect(reader.read({ type: 'message_start', message: { usage: start } })).toBeUndefined();
+    expect(reader.read({ type: 'content_block_delta', delta: { type: 'text_delta', text: 'x' } })).toBeUndefined();
+    const delta = { input_tokens: 40, cache_creation_input_tokens: null, cache_read_input_tokens: 900, output_tokens: 12 };
+    expect(reader.read({ type: 'message_delta', usage: delta })).toBe(57);
+    expect(reader.end()).toBeUndefined();
+    expect(reader.drop()).toBe(false);
   });
 
   test('countTokens takes a request token and no LLM tokens', async () => {
