@@ -361,6 +361,32 @@ describe('throttleAnthropic', () => {
     expect(admitted.map((e) => e.user)).toEqual(['meta-user', ANONYMOUS_USER, 'context-user', 'option-user']);
   });
 
+  test("a client's middleware sees every attempt, and the client stays throttled and settled", async () => {
+    const llmTokens = frozen('llm-tokens');
+    const requests = frozen('requests');
+    const seen: string[] = [];
+    const client = throttleAnthropic(
+      newClient(fake.baseURL, {
+        middleware: [
+          async (request, next) => {
+            seen.push(new URL(request.url).pathname);
+            return next(request);
+          },
+        ],
+      }),
+      { requests, llmTokens },
+    );
+    fake.failNext(1, 429, { 'retry-after-ms': '1' });
+    await withUser('mw', async () => {
+      await client.messages.create(params());
+      await client.messages.stream(params()).finalMessage();
+    });
+    expect(seen).toEqual(['/v1/messages', '/v1/messages', '/v1/messages']);
+    expect(fake.requests.map((r) => r.status)).toEqual([429, 200, 200]);
+    expect(await spent(requests, 'mw')).toBe(3);
+    expect(await spent(llmTokens, 'mw')).toBe(2 * CHARGED);
+  });
+
   test('withOptions keeps the client throttled; a client is throttled once; a non-client is refused by name', async () => {
     const requests = frozen('requests');
     const client = throttleAnthropic(newClient(fake.baseURL), { requests });
