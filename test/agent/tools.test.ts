@@ -133,7 +133,7 @@ describe('defineTool', () => {
     };
     const tool = { name: 'ok', description: '', parameters: weatherSchema, execute: () => 1 };
     fails(() => defineTool({ ...tool, name: 'has space' }), /defineTool options: name must be 1-64 letters, digits, _ or - \(received "has space"\)/);
-    fails(() => defineTool({ ...tool, parameters: {} as z.ZodType }), /parameters must be a zod schema \(received object\)/);
+    fails(() => defineTool({ ...tool, parameters: {} as never }), /parameters must be a zod schema \(zod 3.25\+ or 4\) \(received object\)/);
     fails(() => defineTool({ ...tool, cost: 0 }), /cost must be a finite number > 0 or a function \(received 0\)/);
     fails(() => defineTool({ ...tool, limitter: limiter(1, 1) } as never), /unknown option\(s\) limitter/);
     fails(() => throttleTool(() => 1, { limiter: 5 } as never), /throttleTool options: limiter must be a RateLimiter \(received 5\)/);

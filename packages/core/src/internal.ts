@@ -21,3 +21,6 @@ export {
 export type { BucketState } from './bucket.js';
 export { MAX_TOKENS, describe, normalizePolicy, parseDuration, toOptionsError } from './policy.js';
 export { acquireNow, refundNow } from './rate-limiter.js';
+// The zod that validates Tollgate's own options: @tollgate/agent uses it too, so its option
+// checks never depend on the zod (3 or 4) the app installed.
+export { z } from 'zod';

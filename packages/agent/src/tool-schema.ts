@@ -1,0 +1,87 @@
+import { InvalidOptionsError } from '@tollgate/core';
+import { describe, z } from '@tollgate/core/internal';
+
+/**
+ * ToolSchema is what {@link defineTool} takes as `parameters`: a zod schema from zod 3 (3.25 or
+ * later) or zod 4, whichever the app installed. It is read only through what both majors share:
+ * the Standard Schema `~standard` property (for the argument types) and `safeParse` (to validate
+ * the model's arguments), so the app's own zod always does the validating.
+ */
+export interface ToolSchema<Output = unknown> {
+  readonly '~standard': {
+    readonly vendor: string;
+    readonly types?: { readonly input: unknown; readonly output: Output } | undefined;
+  };
+  safeParse(value: unknown): ToolSchemaResult;
+}
+
+/** What {@link ToolSchema}'s `safeParse` returns, as zod 3 and zod 4 both do. */
+export type ToolSchemaResult =
+  | { readonly success: true; readonly data: unknown }
+  | {
+      readonly success: false;
+      readonly error: { readonly issues: readonly { readonly path: readonly PropertyKey[]; readonly message: string }[] };
+    };
+
+/** ToolArgs is the type a tool's `execute` receives: the output type of its schema. */
+export type ToolArgs<S extends ToolSchema> = NonNullable<S['~standard']['types']>['output'];
+
+/** isToolSchema tells whether `value` can validate a tool's arguments (it has `safeParse`). */
+export function isToolSchema(value: unknown): value is ToolSchema {
+  return typeof value === 'object' && value !== null && typeof (value as { safeParse?: unknown }).safeParse === 'function';
+}
+
+/** The Standard JSON Schema converter zod 4.2+ puts on `~standard` (absent from older zod). */
+interface JsonSchemaConverter {
+  input(options: { target: string }): Record<string, unknown>;
+}
+
+/**
+ * toolJsonSchema returns the JSON Schema of a tool's arguments (the schema's input type, without
+ * `$schema`), for the definition sent to the model: `jsonSchema` when the app gives one, else the
+ * schema's own converter (zod 4.2+, Standard JSON Schema), else zod 4's `toJSONSchema` for an
+ * older zod 4 schema (zod 4.0, 4.1, or `zod/v4` of zod 3.25). zod 3 schemas (`import { z } from
+ * 'zod'` on zod 3) carry no converter: they need `jsonSchema`.
+ *
+ * Throws InvalidOptionsError naming `parameters` for a zod 3 schema without `jsonSchema`, or a
+ * schema JSON Schema cannot describe (a `z.date()`, a transform's output...).
+ */
+export function toolJsonSchema(
+  what: string,
+  parameters: ToolSchema,
+  jsonSchema: Record<string, unknown> | undefined,
+): Record<string, unknown> {
+  const refuse = (message: string) =>
+    new InvalidOptionsError(`invalid ${what}: parameters ${message}`, [{ path: 'parameters', message }]);
+  let schema: Record<string, unknown>;
+  if (jsonSchema !== undefined) {
+    schema = jsonSchema;
+  } else {
+    const converter = (parameters['~standard'] as { jsonSchema?: JsonSchemaConverter } | undefined)?.jsonSchema;
+    const isZod4 = '_zod' in parameters;
+    if (typeof converter?.input !== 'function' && !isZod4) {
+      throw refuse(
+        `has no JSON Schema converter (zod 3 schemas have none): pass the JSON Schema of the arguments as jsonSchema (zodToJsonSchema(parameters) from zod-to-json-schema, say), or write the schema with zod 4 (import { z } from 'zod/v4', which zod 3.25 includes) (received ${vendorOf(parameters)})`,
+      );
+    }
+    try {
+      schema =
+        typeof converter?.input === 'function'
+          ? converter.input({ target: 'draft-2020-12' })
+          : (z.toJSONSchema(parameters as unknown as z.ZodType, { io: 'input' }) as Record<string, unknown>);
+    } catch (e) {
+      throw refuse(
+        `cannot be written as JSON Schema (${(e as Error).message}): pass jsonSchema, or describe the arguments with types JSON can carry`,
+      );
+    }
+  }
+  // The definition is a fragment of a request, not a standalone document.
+  const { $schema: _drop, ...rest } = schema;
+  return rest;
+}
+
+function vendorOf(schema: ToolSchema): string {
+  const vendor = (schema['~standard'] as { vendor?: unknown } | undefined)?.vendor;
+  if (vendor === 'zod') return '_def' in schema ? 'a zod 3 schema' : 'a zod schema';
+  return typeof vendor === 'string' ? `a ${vendor} schema` : describe(schema);
+}
