@@ -68,7 +68,10 @@ export function toolJsonSchema(
       schema =
         typeof converter?.input === 'function'
           ? converter.input({ target: 'draft-2020-12' })
-          : (z.toJSONSchema(parameters as unknown as z.ZodType, { io: 'input' }) as Record<string, unknown>);
+          : (z.toJSONSchema(parameters as unknown as z.ZodType, { io: 'input', metadata: ownMetadata }) as Record<
+              string,
+              unknown
+            >);
     } catch (e) {
       throw refuse(
         `cannot be written as JSON Schema (${(e as Error).message}): pass jsonSchema, or describe the arguments with types JSON can carry`,
@@ -79,6 +82,22 @@ export function toolJsonSchema(
   const { $schema: _drop, ...rest } = schema;
   return rest;
 }
+
+/**
+ * The metadata (`.describe()`, `.meta()`) of an app's schema, for Tollgate's zod's toJSONSchema.
+ * zod from 4.1.13 shares one registry across copies; older zod 4 (and zod/v4 of zod 3.25) keeps it
+ * in its own copy's registry, which only the schema's own `.meta()` reads: without this, the
+ * descriptions the model reads would silently vanish.
+ */
+const ownMetadata = {
+  get(schema: unknown): Record<string, unknown> | undefined {
+    const shared = z.globalRegistry.get(schema as z.ZodType);
+    if (shared !== undefined) return shared;
+    const meta = (schema as { meta?: unknown }).meta;
+    const own: unknown = typeof meta === 'function' ? meta.call(schema) : undefined;
+    return typeof own === 'object' && own !== null ? (own as Record<string, unknown>) : undefined;
+  },
+} as unknown as typeof z.globalRegistry;
 
 function vendorOf(schema: ToolSchema): string {
   const vendor = (schema['~standard'] as { vendor?: unknown } | undefined)?.vendor;
