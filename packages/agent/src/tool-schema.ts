@@ -1,4 +1,8 @@
-import { InvalidOptionsError } from '@tollgate/core';
+/**
+ * The arguments of an agent tool: the app's zod schema (zod 3 or 4), its JSON Schema for the
+ * model, and the validation of the model's arguments.
+ */
+import { InvalidArgumentError, InvalidOptionsError } from '@tollgate/core';
 import { describe, z } from '@tollgate/core/internal';
 
 /**
@@ -29,6 +33,56 @@ export type ToolArgs<S extends ToolSchema> = NonNullable<S['~standard']['types']
 /** isToolSchema tells whether `value` can validate a tool's arguments (it has `safeParse`). */
 export function isToolSchema(value: unknown): value is ToolSchema {
   return typeof value === 'object' && value !== null && typeof (value as { safeParse?: unknown }).safeParse === 'function';
+}
+
+/**
+ * InvalidToolArgumentsError: the model's arguments are not JSON (`reason` `'invalid_json'`), or
+ * do not match the tool's schema (`'invalid_arguments'`).
+ */
+export class InvalidToolArgumentsError extends InvalidArgumentError {
+  /** The tool's name. */
+  readonly tool: string;
+  /** What is wrong with the arguments: not JSON at all, or JSON the schema refuses. */
+  readonly reason: 'invalid_json' | 'invalid_arguments';
+  /** What is wrong, one entry per problem (`path` is '' for the whole value). */
+  readonly issues: readonly { path: string; message: string }[];
+
+  constructor(
+    tool: string,
+    issues: readonly { path: string; message: string }[],
+    reason: 'invalid_json' | 'invalid_arguments' = 'invalid_arguments',
+  ) {
+    const text = issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)).join('; ');
+    const what = reason === 'invalid_json' ? 'malformed JSON arguments' : 'invalid arguments';
+    super(`${what} for tool ${JSON.stringify(tool)}: ${text}`);
+    this.tool = tool;
+    this.reason = reason;
+    this.issues = issues;
+  }
+}
+
+/**
+ * parseToolArgs validates a tool call's arguments (the model's JSON text, or a value; empty text
+ * is `{}`) with the tool's schema and returns the schema's output. Throws
+ * {@link InvalidToolArgumentsError} naming each field the schema refuses.
+ */
+export function parseToolArgs(tool: string, schema: ToolSchema, raw: unknown): unknown {
+  let value = raw;
+  if (typeof raw === 'string') {
+    try {
+      value = raw.trim() === '' ? {} : JSON.parse(raw);
+    } catch (e) {
+      throw new InvalidToolArgumentsError(tool, [{ path: '', message: `not valid JSON (${(e as Error).message})` }], 'invalid_json');
+    }
+  }
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) {
+    throw new InvalidToolArgumentsError(
+      tool,
+      parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
+    );
+  }
+  return parsed.data;
 }
 
 /** The Standard JSON Schema converter zod 4.2+ puts on `~standard` (absent from older zod). */

@@ -1,6 +1,15 @@
-import { InvalidArgumentError, type RateLimiter, isAbortedError, isMaxWaitExceededError } from '@tollgate/core';
+import { type RateLimiter, isAbortedError, isMaxWaitExceededError } from '@tollgate/core';
 import { describe, toOptionsError, z } from '@tollgate/core/internal';
-import { type ToolArgs, type ToolSchema, isToolSchema, toolJsonSchema } from './tool-schema.js';
+import {
+  InvalidToolArgumentsError,
+  type ToolArgs,
+  type ToolSchema,
+  isToolSchema,
+  parseToolArgs,
+  toolJsonSchema,
+} from './tool-schema.js';
+
+export { InvalidToolArgumentsError };
 import { ANONYMOUS_USER, currentUser } from './user-context.js';
 
 /** ThrottleToolOptions configures {@link throttleTool}. */
@@ -141,38 +150,13 @@ export interface Tool<S extends ToolSchema = ToolSchema, R = unknown> {
   };
 }
 
-/**
- * InvalidToolArgumentsError: the model's arguments are not JSON (`reason` `'invalid_json'`), or
- * do not match the tool's schema (`'invalid_arguments'`).
- */
-export class InvalidToolArgumentsError extends InvalidArgumentError {
-  /** The tool's name. */
-  readonly tool: string;
-  /** What is wrong with the arguments: not JSON at all, or JSON the schema refuses. */
-  readonly reason: 'invalid_json' | 'invalid_arguments';
-  /** What is wrong, one entry per problem (`path` is '' for the whole value). */
-  readonly issues: readonly { path: string; message: string }[];
-
-  constructor(
-    tool: string,
-    issues: readonly { path: string; message: string }[],
-    reason: 'invalid_json' | 'invalid_arguments' = 'invalid_arguments',
-  ) {
-    const text = issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)).join('; ');
-    const what = reason === 'invalid_json' ? 'malformed JSON arguments' : 'invalid arguments';
-    super(`${what} for tool ${JSON.stringify(tool)}: ${text}`);
-    this.tool = tool;
-    this.reason = reason;
-    this.issues = issues;
-  }
-}
-
 const TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
 
 /**
  * defineTool makes a tool for the model: `.definition` goes in the request's `tools`, and
  * {@link runToolCalls} (or `.call`) runs it for the model's tool calls, validating the
- * arguments with `parameters` first, then waiting for `limiter` when given.
+ * arguments with `parameters` first, then waiting for `limiter` when given. `parameters` is a
+ * zod 4 schema, or a zod 3 one (3.25+) with the arguments' JSON Schema as `jsonSchema`.
  *
  * @example
  * const weather = defineTool({
@@ -195,28 +179,7 @@ export function defineTool<S extends ToolSchema, R>(config: ToolConfig<S, R>): T
     function: { name, description, parameters: schema, ...(strict !== undefined ? { strict } : {}) },
   };
 
-  const validate = (raw: unknown): ToolArgs<S> => {
-    let value = raw;
-    if (typeof raw === 'string') {
-      try {
-        value = raw.trim() === '' ? {} : JSON.parse(raw);
-      } catch (e) {
-        throw new InvalidToolArgumentsError(
-          name,
-          [{ path: '', message: `not valid JSON (${(e as Error).message})` }],
-          'invalid_json',
-        );
-      }
-    }
-    const parsed = parameters.safeParse(value);
-    if (!parsed.success) {
-      throw new InvalidToolArgumentsError(
-        name,
-        parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
-      );
-    }
-    return parsed.data as ToolArgs<S>;
-  };
+  const validate = (raw: unknown): ToolArgs<S> => parseToolArgs(name, parameters, raw) as ToolArgs<S>;
 
   const run = async (args: ToolArgs<S>, context: Partial<ToolContext> = {}): Promise<Awaited<R>> => {
     const user = context.user ?? currentUser() ?? ANONYMOUS_USER;
