@@ -4,7 +4,7 @@
  * from zod 4, or from `jsonSchema`, which a zod 3 schema needs. This file is type-checked too:
  * it is the proof that a zod 3 app compiles (no TS2740) and gets typed `execute` arguments.
  */
-import { type Tool, defineTool, runToolCalls, throttleOpenAI, withUser } from '@tollgate/agent';
+import { type Tool, type ToolSchema, defineTool, runToolCalls, throttleOpenAI, withUser } from '@tollgate/agent';
 import { InvalidOptionsError, MemoryBackend, RateLimiter } from '@tollgate/core';
 import { describe, expect, expectTypeOf, test } from 'vitest';
 import { z } from 'zod';
@@ -162,6 +162,7 @@ describe('defineTool with a zod 3 schema', () => {
     expectTypeOf(tool.call).returns.resolves.toEqualTypeOf<string>();
     // @ts-expect-error execute's arguments are the schema's output: there is no `town`.
     defineTool({ name: 'x', description: '', parameters: weather3, jsonSchema: {}, execute: (a) => a.town });
+    expectTypeOf(weather3).toExtend<ToolSchema<{ city: string; days: number }>>();
     expect(tool.definition.function.parameters).toHaveProperty('required', ['city']);
   });
 });
