@@ -41,3 +41,10 @@ export function refundNow(limiter: RateLimiter, key: string, amount: number): Pr
   if (limiter.refund !== RateLimiter.prototype.refund) return limiter.refund(key, amount).catch(() => undefined);
   return limiter[REFUND_NOW](key, amount);
 }
+
+// The Redis scripts and batcher, and running the scripts on a fixed clock (tests).
+export { BATCH_SCRIPT, BATCH_SHA, BUCKET_SHA, ENTRY_BYTES, decodeBucket } from './backends/redis/scripts.js';
+export { MAX_BATCH, MAX_IN_FLIGHT, ScriptBatcher } from './backends/redis/batcher.js';
+export type { BatchCall, DecisionSpec } from './backends/redis/batcher.js';
+export { ScriptAt, decisionArgs, runBatch, runScript } from './backends/redis/fixed-clock.js';
+export type { BatchStep } from './backends/redis/fixed-clock.js';
