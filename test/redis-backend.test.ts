@@ -98,7 +98,11 @@ describe('a decision whose reply was lost and that ioredis re-sent is charged on
       return n;
     };
     const tokens = async (key: string) => decodeBucket(await admin.getBuffer(`${prefix}{${key}}:b`))?.tokens;
-    return { proxy, client, backend, scriptCalls, tokens, done: () => (client.disconnect(), proxy.close()) };
+    const done = async () => {
+      client.disconnect();
+      await proxy.close();
+    };
+    return { proxy, client, backend, scriptCalls, tokens, done };
   }
 
   test('a lone call: the re-sent command gets its first reply, and the bucket lost 1 token, not 2', async () => {
