@@ -15,6 +15,12 @@
  * with `retry-after-ms: 20`), and every request is recorded (`requests`) with its arrival time,
  * so tests can assert how calls were spaced.
  *
+ * With `limits`, it enforces a provider's per-model limits as OpenAI does (see
+ * openai-rate-limits.ts): request and LLM-token buckets, the `x-ratelimit-*` headers on every
+ * answer, and 429s with OpenAI's body, `retry-after-ms` and `retry-after`. `rateLimitNext` forces
+ * 429s for a model; `stats` counts attempts, 2xx and 429s per model and tenant. The limits
+ * decide at arrival, before `latencyMs` and `failNext`: a request `failNext` fails was charged.
+ *
  * Usage numbers are deterministic: prompt tokens = ceil(characters of the request's messages or
  * input / 4), completion tokens = ceil(characters of the answer / 4); `opts.usage` overrides them.
  *
@@ -24,13 +30,25 @@
  * fake.failNext(2, 429, { 'retry-after-ms': '50' })
  * await client.chat.completions.create({ model: 'gpt-4o-mini', messages: [...] })  // 3 requests
  * await fake.close()
+ *
+ * @example
+ * // 10 requests per second (bursts of 10) for gpt-4o-mini, as OpenAI would enforce them
+ * const fake = await startFakeOpenAI({ limits: { 'gpt-4o-mini': { requests: 10, windowMs: 1000 } } })
+ * fake.stats({ model: 'gpt-4o-mini' })  // { attempts, ok, rateLimited, tenants }
  */
-import { type IncomingMessage, type ServerResponse, createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { responsesAnswer } from './openai-responses.ts';
+import { DEFAULT_TEXT, type FakeChatReply, defaultChatReply } from './chat-reply.ts';
+import { type Json, type SSEvent, listenLoopback, parseJSON, sendJSON, sendSSE, sleep, textLength } from './http.ts';
+import {
+  type OpenAIDimension,
+  OpenAILimits,
+  type OpenAIModelLimit,
+  type RateLimitHeaderStyle,
+} from './openai-rate-limits.ts';
+import { type AttemptRecord, type BucketState, type Stats, headerValue, summarize } from './provider-limits.ts';
 
-/** Parsed JSON from the wire: the server reads whatever shape the client sent. */
-// biome-ignore lint/suspicious/noExplicitAny: request bodies are untyped JSON
-type Json = any;
+export type { AttemptRecord, BucketState, FakeChatReply, OpenAIModelLimit, RateLimitHeaderStyle, Stats };
 
 /** One request the server received. */
 export interface RecordedRequest {
@@ -55,13 +73,6 @@ export interface FakeUsage {
   completion_tokens: number;
 }
 
-/** What one chat completion answers: text, or tool calls. */
-export interface FakeChatReply {
-  /** The assistant's text (ignored when `toolCalls` is non-empty). */
-  content?: string;
-  /** Tool calls to make; `arguments` is sent as given when a string, else JSON-encoded. */
-  toolCalls?: { name: string; arguments: unknown }[];
-}
 
 export interface FakeOpenAIOptions {
   /** Port to listen on. @default 0 (a free port) */
@@ -87,6 +98,25 @@ export interface FakeOpenAIOptions {
   chat?: (body: Json, req: RecordedRequest) => FakeChatReply | undefined;
   /** The text of a `/v1/responses` answer. @default "Hello from the fake OpenAI server." */
   responseText?: string | ((body: Json) => string);
+  /**
+   * The provider's limits per model (the body's `model`); models not named are unlimited.
+   * @default {} (no limits, no `x-ratelimit-*` headers)
+   */
+  limits?: Readonly<Record<string, OpenAIModelLimit>>;
+  /** How `x-ratelimit-*` headers are sent: `'real'`, `'minus-one'` (Azure), `'none'`. @default 'real' */
+  rateLimitHeaders?: RateLimitHeaderStyle;
+  /** Whether a limit's 429 carries `retry-after-ms` and `retry-after`. @default true */
+  retryHeaders?: boolean;
+  /** LLM tokens charged for the output when a request sets no maximum. @default 0 */
+  defaultMaxTokens?: number;
+  /** The organization named in 429 messages. @default 'org-fake' */
+  organization?: string;
+  /** The limits' clock, epoch ms. @default Date.now */
+  clock?: () => number;
+  /**
+   * Whose attempt it is, for `stats`. @default the `x-tenant` header, else the body's `user`
+   */
+  tenant?: (req: RecordedRequest) => string | undefined;
 }
 
 export interface FakeOpenAI {
@@ -105,41 +135,38 @@ export interface FakeOpenAI {
   inFlight(): number;
   /** The highest `inFlight()` seen so far. */
   maxInFlight(): number;
+  /**
+   * rateLimitNext makes the next `n` attempts for `model` answer 429 with OpenAI's body, the
+   * model's `x-ratelimit-*` headers, and `retry-after-ms` / `retry-after` when `retryAfterMs` is
+   * set (none when it is undefined). They spend nothing from the model's buckets.
+   */
+  rateLimitNext(model: string, n: number, opts?: { retryAfterMs?: number }): void;
+  /** Every attempt with its model, tenant and status, in arrival order (never cleared). */
+  readonly attempts: readonly AttemptRecord[];
+  /** stats counts attempts, 2xx and 429s (of one model, since a `performance.now()` instant). */
+  stats(filter?: { model?: string; since?: number }): Stats;
+  /** limitState is a model's bucket now (undefined when that limit is not set). */
+  limitState(model: string, dimension: OpenAIDimension): BucketState | undefined;
   /** Stops the server and closes its connections. */
   close(): Promise<void>;
 }
-
-const DEFAULT_TEXT = 'Hello from the fake OpenAI server.';
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** startFakeOpenAI starts the server on 127.0.0.1 and resolves once it listens. */
 export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<FakeOpenAI> {
   const requests: RecordedRequest[] = [];
   const failures: { status: number; headers: Record<string, string> }[] = [];
+  const limits = new OpenAILimits(opts);
   let inFlight = 0;
   let maxInFlight = 0;
   let seq = 0;
   const nextId = (prefix: string) => `${prefix}_${(++seq).toString(36).padStart(6, '0')}`;
-
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      void handle(req, res, Buffer.concat(chunks).toString('utf8')).catch((err: unknown) => {
-        if (!res.headersSent) sendError(res, 500, `fake server error: ${String(err)}`, 'server_error');
-        else res.destroy();
-      });
-    });
-  });
+  const tenantOf =
+    opts.tenant ??
+    ((rec: RecordedRequest) =>
+      headerValue(rec.headers, 'x-tenant') ?? (typeof rec.body?.user === 'string' ? rec.body.user : undefined));
 
   async function handle(req: IncomingMessage, res: ServerResponse, raw: string): Promise<void> {
-    let body: Json;
-    try {
-      body = raw === '' ? undefined : JSON.parse(raw);
-    } catch {
-      body = undefined;
-    }
+    const body = parseJSON(raw);
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     const rec: RecordedRequest = {
       time: performance.now(),
@@ -154,6 +181,20 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     inFlight++;
     maxInFlight = Math.max(maxInFlight, inFlight);
     res.on('close', () => inFlight--);
+
+    // The provider decides at arrival, and answers a 429 at once.
+    const model = typeof body?.model === 'string' ? body.model : undefined;
+    const attempt = limits.gate.record(rec, model, tenantOf(rec));
+    if (rec.method === 'POST' && model !== undefined) {
+      const verdict = limits.decide(path, model, body, attempt.date);
+      attempt.llmTokens = verdict.llmTokens;
+      if (verdict.refused !== undefined) {
+        rec.status = 429;
+        sendJSON(res, 429, verdict.refused.body, verdict.refused.headers);
+        return;
+      }
+      for (const [name, value] of Object.entries(verdict.headers)) res.setHeader(name, value);
+    }
 
     const latency = typeof opts.latencyMs === 'function' ? opts.latencyMs(rec) : (opts.latencyMs ?? 0);
     if (latency > 0) await sleep(latency);
@@ -269,7 +310,8 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     if (includeUsage) events.push({ ...base, choices: [], usage });
     await sendSSE(
       res,
-      events.map((e) => ({ data: e })),
+      events.map((e): SSEvent => ({ data: e })),
+      { done: true, delayMs: opts.chunkDelayMs ?? 0 },
     );
   }
 
@@ -277,98 +319,9 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     const text =
       typeof opts.responseText === 'function' ? opts.responseText(body) : (opts.responseText ?? DEFAULT_TEXT);
     const u = usageFor(rec, textLength(body.input) + textLength(body.instructions), text.length);
-    const usage = {
-      input_tokens: u.prompt_tokens,
-      input_tokens_details: { cached_tokens: 0 },
-      output_tokens: u.completion_tokens,
-      output_tokens_details: { reasoning_tokens: 0 },
-      total_tokens: u.prompt_tokens + u.completion_tokens,
-    };
-    const id = nextId('resp');
-    const msgId = nextId('msg');
-    const model = typeof body.model === 'string' ? body.model : 'gpt-fake';
-    const part = { type: 'output_text', text, annotations: [], logprobs: [] };
-    const item = {
-      id: msgId,
-      type: 'message',
-      status: 'completed',
-      role: 'assistant',
-      content: [part],
-    };
-    const response = (status: string, output: object[], withUsage: boolean) => ({
-      id,
-      object: 'response',
-      created_at: Math.floor(Date.now() / 1000),
-      status,
-      error: null,
-      incomplete_details: null,
-      instructions: body.instructions ?? null,
-      max_output_tokens: body.max_output_tokens ?? null,
-      model,
-      output,
-      parallel_tool_calls: true,
-      temperature: 1,
-      tool_choice: 'auto',
-      tools: [],
-      top_p: 1,
-      text: { format: { type: 'text' } },
-      usage: withUsage ? usage : null,
-    });
-    if (body.stream !== true) {
-      sendJSON(res, 200, {
-        ...response('completed', [item], true),
-        output_text: text,
-      });
-      return;
-    }
-    let n = 0;
-    const ev = (type: string, fields: object) => ({
-      event: type,
-      data: { type, sequence_number: n++, ...fields },
-    });
-    const events = [
-      ev('response.created', { response: response('in_progress', [], false) }),
-      ev('response.in_progress', {
-        response: response('in_progress', [], false),
-      }),
-      ev('response.output_item.added', {
-        output_index: 0,
-        item: { ...item, status: 'in_progress', content: [] },
-      }),
-      ev('response.content_part.added', {
-        item_id: msgId,
-        output_index: 0,
-        content_index: 0,
-        part: { ...part, text: '' },
-      }),
-      ...(text.match(/\S+\s*/g) ?? []).map((delta) =>
-        ev('response.output_text.delta', {
-          item_id: msgId,
-          output_index: 0,
-          content_index: 0,
-          delta,
-          logprobs: [],
-        }),
-      ),
-      ev('response.output_text.done', {
-        item_id: msgId,
-        output_index: 0,
-        content_index: 0,
-        text,
-        logprobs: [],
-      }),
-      ev('response.content_part.done', {
-        item_id: msgId,
-        output_index: 0,
-        content_index: 0,
-        part,
-      }),
-      ev('response.output_item.done', { output_index: 0, item }),
-      ev('response.completed', {
-        response: response('completed', [item], true),
-      }),
-    ];
-    await sendSSE(res, events, false);
+    const { json, events } = responsesAnswer(body, text, u, nextId);
+    if (body.stream !== true) sendJSON(res, 200, json);
+    else await sendSSE(res, events, { done: false, delayMs: opts.chunkDelayMs ?? 0 });
   }
 
   function embeddings(rec: RecordedRequest, res: ServerResponse, body: Json): void {
@@ -389,31 +342,12 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     });
   }
 
-  async function sendSSE(res: ServerResponse, events: { event?: string; data: object }[], done = true): Promise<void> {
-    res.writeHead(200, {
-      'content-type': 'text/event-stream',
-      'cache-control': 'no-cache',
-      connection: 'keep-alive',
-    });
-    for (const e of events) {
-      if (res.destroyed) return;
-      res.write(`${e.event !== undefined ? `event: ${e.event}\n` : ''}data: ${JSON.stringify(e.data)}\n\n`);
-      if (opts.chunkDelayMs) await sleep(opts.chunkDelayMs);
-    }
-    if (done) res.write('data: [DONE]\n\n');
-    res.end();
-  }
-
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as AddressInfo;
-  const url = `http://127.0.0.1:${port}`;
-
+  const server = await listenLoopback(opts.port ?? 0, handle, (res, err) =>
+    sendError(res, 500, `fake server error: ${String(err)}`, 'server_error'),
+  );
   return {
-    url,
-    baseURL: `${url}/v1`,
+    url: server.url,
+    baseURL: `${server.url}/v1`,
     requests,
     failNext(n, status = 429, headers) {
       const h = headers ?? (status === 429 ? { 'retry-after-ms': '20' } : {});
@@ -421,82 +355,14 @@ export async function startFakeOpenAI(opts: FakeOpenAIOptions = {}): Promise<Fak
     },
     inFlight: () => inFlight,
     maxInFlight: () => maxInFlight,
-    close() {
-      return new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      });
+    rateLimitNext(model, n, o = {}) {
+      limits.gate.forceNext(model, n, o.retryAfterMs);
     },
+    attempts: limits.gate.log,
+    stats: (filter) => summarize(limits.gate.log, filter),
+    limitState: (model, dimension) => limits.state(model, dimension),
+    close: () => server.close(),
   };
-}
-
-function defaultChatReply(body: Json, messages: Json[]): FakeChatReply {
-  const tools: Json[] = Array.isArray(body.tools) ? body.tools : [];
-  const last = messages[messages.length - 1];
-  if (tools.length > 0 && last?.role !== 'tool' && body.tool_choice !== 'none') {
-    const fn = tools.find((t) => t?.type === 'function')?.function;
-    if (fn !== undefined)
-      return {
-        toolCalls: [{ name: fn.name, arguments: sampleFromSchema(fn.parameters) }],
-      };
-  }
-  if (last?.role === 'tool') {
-    const results = messages
-      .slice(messages.findLastIndex((m) => m?.role !== 'tool') + 1)
-      .map((m) => (typeof m.content === 'string' ? m.content : JSON.stringify(m.content)));
-    return { content: `Done: ${results.join('; ')}` };
-  }
-  return { content: DEFAULT_TEXT };
-}
-
-/** sampleFromSchema makes a value that satisfies a simple JSON schema (objects, scalars, enums). */
-function sampleFromSchema(schema: Json): unknown {
-  if (schema === null || typeof schema !== 'object') return {};
-  if (Array.isArray(schema.enum) && schema.enum.length > 0) return schema.enum[0];
-  if (schema.const !== undefined) return schema.const;
-  const type = Array.isArray(schema.type) ? schema.type[0] : schema.type;
-  switch (type) {
-    case 'string':
-      return 'Paris';
-    case 'number':
-      return typeof schema.minimum === 'number' ? schema.minimum : 1;
-    case 'integer':
-      return typeof schema.minimum === 'number' ? Math.ceil(schema.minimum) : 1;
-    case 'boolean':
-      return true;
-    case 'array':
-      return [sampleFromSchema(schema.items)];
-    case 'null':
-      return null;
-    default: {
-      const out: Record<string, unknown> = {};
-      const props = schema.properties ?? {};
-      const required: string[] = Array.isArray(schema.required) ? schema.required : Object.keys(props);
-      for (const k of required) out[k] = sampleFromSchema(props[k]);
-      return out;
-    }
-  }
-}
-
-/** textLength counts the characters of the text inside a request's messages or input. */
-function textLength(value: unknown): number {
-  if (typeof value === 'string') return value.length;
-  if (Array.isArray(value)) return value.reduce((n: number, v) => n + textLength(v), 0);
-  if (value !== null && typeof value === 'object') {
-    const o = value as Record<string, unknown>;
-    return textLength(o.content) + textLength(o.text) + textLength(o.input);
-  }
-  return 0;
-}
-
-function sendJSON(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(text),
-    ...headers,
-  });
-  res.end(text);
 }
 
 function sendError(
