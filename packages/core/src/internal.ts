@@ -26,3 +26,7 @@ export { MAX_BATCH, MAX_IN_FLIGHT, ScriptBatcher } from './backends/redis/batche
 export type { BatchCall, DecisionSpec } from './backends/redis/batcher.js';
 export { ScriptAt, decisionArgs, runBatch, runScript } from './backends/redis/fixed-clock.js';
 export type { BatchStep } from './backends/redis/fixed-clock.js';
+
+// The zod that validates Tollgate's own options: @tollgate/agent uses it too, so its option
+// checks never depend on the zod (3 or 4) the app installed.
+export { z } from 'zod';

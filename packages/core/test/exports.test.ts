@@ -72,6 +72,7 @@ test('@tollgate/core/internal exports the bucket math, the script, key encoding 
       "tokensAt",
       "tryTake",
       "waitFor",
+      "z",
     ]
   `);
 });
