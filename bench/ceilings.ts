@@ -67,13 +67,14 @@ export class RawEvalsha {
     this.#sha = (await this.client.script('LOAD', this.script)) as string;
   }
 
-  #last: [string, string, string, string] = ['', '', '', ''];
+  #seq = 0;
 
-  /** One decision of cost 1, no max wait, no deadline; the spec string is made once per policy. */
+  /**
+   * One decision of cost 1, no max wait, remembered 1 s under a fresh call id, as RedisBackend
+   * sends it before it knows the server's clock.
+   */
   call(key: string, mode: string, ratePerMs: string, capacity: string): Promise<unknown> {
-    const l = this.#last;
-    if (l[0] !== mode || l[1] !== ratePerMs || l[2] !== capacity) this.#last = [mode, ratePerMs, capacity, `${mode} ${ratePerMs} ${capacity} 1 -1`];
-    const spec = this.#last[3];
-    return this.client.evalsha(this.#sha, 1, key, spec, '');
+    const id = `rawcall0${(this.#seq++ % 1e8).toString(36).padStart(8, '0')}`;
+    return this.client.evalsha(this.#sha, 1, key, mode, ratePerMs, capacity, '1', '-1', '-1000', id);
   }
 }

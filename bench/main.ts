@@ -18,6 +18,7 @@ import { type Sizes, TARGETS, scenarios } from './scenarios.js';
 import { openaiScenario } from './openai.js';
 import { scalingScenarios } from './scaling.js';
 import { SHARED_TARGETS, type SharedProbe, sharedProbe, sharedScenarios } from './shared.js';
+import { type CpuRow, redisCpu } from './redis-cpu.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -82,6 +83,12 @@ try {
 
   await openai.close();
 
+  let cpu: CpuRow[] | undefined;
+  if (only === undefined || only.includes('redis-cpu')) {
+    log('  Redis CPU per decision …');
+    cpu = await redisCpu(ctx, admin, full ? 20_000 : 10_000, rounds);
+  }
+
   let perKey: MemoryPerKey | undefined;
   let burst: BurstResult | undefined;
   let procs: ProcessScaling[] | undefined;
@@ -111,7 +118,15 @@ try {
     const ratio = tg && other ? tg.opsPerSec / other.opsPerSec : undefined;
     return { ...t, ratio, holds: ratio === undefined ? undefined : ratio >= t.min };
   });
+  const cpuOf = (prefix: string) => cpu?.find((c) => c.name.startsWith(prefix))?.usPerDecision;
+  const rlfCpu = cpuOf('rate-limiter-flexible (sequential)');
   const extraTargets = [
+    ...(['Tollgate, single', 'Tollgate, batch'] as const).map((prefix) => {
+      const v = cpuOf(prefix);
+      return v === undefined || rlfCpu === undefined
+        ? undefined
+        : { text: `Redis CPU µs per decision, ${prefix.slice(10)} script: <= rlf's (${rlfCpu.toFixed(1)})`, value: v, holds: v <= rlfCpu };
+    }),
     perKey && {
       text: 'memory per idle key at 1M keys: <= 200 bytes (key strings included)',
       value: perKey.bytesPerKey,
@@ -125,13 +140,13 @@ try {
   ].filter((x) => x !== undefined);
 
   const seconds = (performance.now() - started) / 1000;
-  const json = `${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, perKey, burst, procs, shared }, null, 2)}\n`;
+  const json = `${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, cpu, perKey, burst, procs, shared }, null, 2)}\n`;
   // --save keeps the figures of the run whose table is printed.
   if (args.save !== undefined) writeFileSync(args.save, json);
   if (args.json) {
     process.stdout.write(json);
   } else {
-    print(results, targets, extraTargets, perKey, burst, procs);
+    print(results, targets, extraTargets, perKey, burst, procs, cpu);
     if (shared) console.log(`\nSharedLimiter on Redis: ${JSON.stringify(shared)}`);
     console.log(`\n${machine.command} — ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}`);
     console.log(`median of ${rounds} rounds after 1 warm-up round; ${pinned}; took ${seconds.toFixed(1)} s`);
@@ -174,6 +189,7 @@ function print(
   perKey: MemoryPerKey | undefined,
   burst: BurstResult | undefined,
   procs: ProcessScaling[] | undefined,
+  cpu: CpuRow[] | undefined,
 ): void {
   const t = new Table({ head: ['scenario', 'contender', 'ops/s', 'Tollgate ÷ it'], style: { head: [], border: [] } });
   for (const r of results) {
@@ -204,9 +220,14 @@ function print(
 
   const tt = new Table({ head: ['target', 'measured', 'holds'], style: { head: [], border: [] } });
   for (const x of targets) if (x.ratio !== undefined) tt.push([x.text, `${x.ratio.toFixed(2)}×`, x.holds ? 'yes' : 'NO']);
-  for (const x of extra) tt.push([x.text, x.value.toFixed(0), x.holds ? 'yes' : 'NO']);
+  for (const x of extra) tt.push([x.text, x.value.toFixed(x.value < 100 ? 1 : 0), x.holds ? 'yes' : 'NO']);
   console.log(`\n${tt.toString()}`);
 
+  if (cpu) {
+    const ct = new Table({ head: ['Redis CPU per decision', 'µs', 'decisions per script call'], style: { head: [], border: [] } });
+    for (const c of cpu) ct.push([c.name, c.usPerDecision.toFixed(2), c.perScriptCall.toFixed(1)]);
+    console.log(`\n${ct.toString()}`);
+  }
   if (perKey) {
     console.log(
       `\nmemory per idle key at ${perKey.keys.toLocaleString('en')} keys: ${perKey.bytesPerKey.toFixed(0)} bytes (key strings included), ${perKey.bytesPerKeyWithoutKeyStrings.toFixed(0)} bytes without them`,

@@ -8,7 +8,7 @@ import { redisKey } from '@tollgate/core/internal';
 import type { Redis } from 'ioredis';
 import { describe, expect, test } from 'vitest';
 import { type Call, Watched, failOnUnhandledRejections, load, percentile, sleep, within } from './support/faults.ts';
-import { decodeBucket } from '../packages/core/src/backends/redis-script.ts';
+import { decodeBucket } from '@tollgate/core/internal';
 import { startRedis } from './support/redis.ts';
 
 failOnUnhandledRejections();

@@ -3,9 +3,20 @@
  * cost) on fixed instants gives the same decision, tokens and waits from both.
  */
 import { RedisBackend } from '@tollgate/core';
-import { type BucketState, giveBack, newBucket, normalizePolicy, reserve, tokensAt, tryTake } from '@tollgate/core/internal';
+import {
+  BUCKET_SCRIPT,
+  type BucketState,
+  ScriptAt,
+  decodeBucket,
+  giveBack,
+  newBucket,
+  normalizePolicy,
+  redisKey,
+  reserve,
+  tokensAt,
+  tryTake,
+} from '@tollgate/core/internal';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { decodeBucket } from '../packages/core/src/backends/redis-script.ts';
 import { rng } from './support/random.ts';
 import { type RedisServer, startRedis } from './support/redis.ts';
 
@@ -26,8 +37,7 @@ test.each([
   const policy = normalizePolicy(input);
   const client = srv.client();
   let now = 1_700_000_000_000 + seed * 1000.125; // an absolute instant, with a fraction
-  const backend = new RedisBackend({ client, prefix: `parity${seed}:` });
-  backend.useClockForTests(() => now);
+  const backend = new ScriptAt(client, (k, n) => redisKey(`parity${seed}:`, k, n), () => now);
   const state: BucketState = newBucket(policy, now);
   const random = rng(seed);
   const fill = policy.capacity / policy.ratePerMs;
@@ -59,19 +69,33 @@ test.each([
   }
 });
 
-test('every write sets PEXPIRE to ceil(ms until full), an integer ≥ 1', async () => {
+test('every write sets PX to ceil(ms until full), an integer ≥ 1, and keeps a call remembered until its deadline', async () => {
   const client = srv.client();
-  const backend = new RedisBackend({ client, prefix: 'ttl:' });
-  const policy = normalizePolicy({ rate: 10, per: '1s', capacity: 20 }); // 100 ms a token
-  await backend.tryTake('b', 'u', policy, 5); // 5 missing: full in 500 ms
+  const backend = new RedisBackend({ client, prefix: 'ttl:', timeoutMs: 50 });
+  // 1 token an hour: 5 missing make the bucket full in 5 h, however late PTTL is read.
+  const slow = normalizePolicy({ rate: 1, per: '1h', capacity: 20 });
+  await backend.tryTake('b', 'u', slow, 5);
   const ttl = await client.pttl('ttl:{u}:b');
-  expect(ttl).toBeGreaterThan(400);
-  expect(ttl).toBeLessThanOrEqual(500);
-  await backend.tryTake('b', 'tiny', normalizePolicy({ rate: 1e6, per: '1s' }), 1e-6); // full in 1 ns
-  expect(await client.pttl('ttl:{tiny}:b')).toBeGreaterThanOrEqual(0); // PEXPIRE 1, not 0 (0 deletes at once)
-  // An idle key vanishes when it would be full anyway, and a missing key is a full bucket.
-  await new Promise((r) => setTimeout(r, 550));
-  expect(await client.exists('ttl:{u}:b')).toBe(0);
+  expect(ttl).toBeGreaterThan(5 * 3_600_000 - 60_000);
+  expect(ttl).toBeLessThanOrEqual(5 * 3_600_000);
+  // Full again within 1 ns, but the call is remembered until its deadline (timeoutMs 50 after it
+  // was sent). The key may be gone before PTTL reads it, so only the upper bound is asserted.
+  const tiny = await backend.tryTake('b', 'tiny', normalizePolicy({ rate: 1e6, per: '1s' }), 1e-6);
+  expect(tiny.allowed).toBe(true);
+  expect(await client.pttl('ttl:{tiny}:b')).toBeLessThanOrEqual(50 + 20); // + the clock estimate's error
+  // Without a call id (the script alone), PX 1: PX 0 would be an error and fail the call.
+  const bare = await client.eval(BUCKET_SCRIPT, 1, 'ttl:{bare}:b', 't', String(1000), '1', '1e-6', '-1', '', '');
+  expect((bare as number[])[0]).toBe(1);
+  expect(await client.pttl('ttl:{bare}:b')).toBeLessThanOrEqual(1);
+});
+
+test('an idle bucket vanishes when it would be full, and a missing bucket is a full one', async () => {
+  const client = srv.client();
+  const backend = new RedisBackend({ client, prefix: 'idle:', timeoutMs: 100 });
+  const policy = normalizePolicy({ rate: 10, per: '1s', capacity: 20 }); // 100 ms a token
+  await backend.tryTake('b', 'u', policy, 5); // full again in 500 ms
+  await new Promise((r) => setTimeout(r, 600));
+  expect(await client.exists('idle:{u}:b')).toBe(0);
   expect((await backend.tryTake('b', 'u', policy, 20)).allowed).toBe(true);
 });
 
@@ -85,10 +109,9 @@ test('the script ioredis sends is the one Redis loads: its SHA1 matches SCRIPT L
 
 test('a bucket an older version left as a hash {t, u} is read as that bucket, then replaced by the string', async () => {
   const client = srv.client();
-  const backend = new RedisBackend({ client, prefix: 'old:' });
   const policy = normalizePolicy({ rate: 10, per: '1s', capacity: 20 });
   let now = 1_700_000_000_000.25;
-  backend.useClockForTests(() => now);
+  const backend = new ScriptAt(client, (k, n) => redisKey('old:', k, n), () => now);
   const state: BucketState = { tokens: 3.5, updatedAt: now - 100 };
   await client.hset('old:{u}:b', 't', '3.5', 'u', String(now - 100));
   await client.pexpire('old:{u}:b', 60_000);

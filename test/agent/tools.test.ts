@@ -57,9 +57,11 @@ describe('throttleTool', () => {
     await a;
     const aTimes = ran.filter((r) => r.user === 'a').map((r) => r.at);
     const bTime = ran.find((r) => r.user === 'b')?.at ?? Number.NaN;
+    // A's 4th call cannot run before 3 refills (300 ms); B does not queue behind A: it runs
+    // before A's 2nd call, due at 100 ms (an order, not a duration, so a busy machine cannot fail it).
     expect(aTimes[3]).toBeGreaterThanOrEqual(290);
-    expect(aTimes[3]).toBeLessThan(600);
-    expect(bTime).toBeLessThan(20 + 40);
+    expect(aTimes[3]).toBeLessThan(1500);
+    expect(bTime).toBeLessThan(aTimes[1] ?? Number.NaN);
   });
 
   test('a call whose signal aborts while it waits rejects with AbortedError, gives its token back, and never runs', async () => {
@@ -133,7 +135,7 @@ describe('defineTool', () => {
     };
     const tool = { name: 'ok', description: '', parameters: weatherSchema, execute: () => 1 };
     fails(() => defineTool({ ...tool, name: 'has space' }), /defineTool options: name must be 1-64 letters, digits, _ or - \(received "has space"\)/);
-    fails(() => defineTool({ ...tool, parameters: {} as z.ZodType }), /parameters must be a zod schema \(received object\)/);
+    fails(() => defineTool({ ...tool, parameters: {} as never }), /parameters must be a zod schema \(zod 3.25\+ or 4\) \(received object\)/);
     fails(() => defineTool({ ...tool, cost: 0 }), /cost must be a finite number > 0 or a function \(received 0\)/);
     fails(() => defineTool({ ...tool, limitter: limiter(1, 1) } as never), /unknown option\(s\) limitter/);
     fails(() => throttleTool(() => 1, { limiter: 5 } as never), /throttleTool options: limiter must be a RateLimiter \(received 5\)/);

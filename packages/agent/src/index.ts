@@ -20,6 +20,7 @@ export type { AdmitEvent, ThrottleOptions } from './pipeline/options.js';
 export { DEFAULT_PER_USER } from './per-user-queue.js';
 export type { PerUserOptions } from './per-user-queue.js';
 export { InvalidToolArgumentsError, defineTool, runToolCalls, throttleTool } from './tools.js';
+export type { ToolArgs, ToolSchema, ToolSchemaResult } from './tool-schema.js';
 export type {
   FunctionToolDefinition,
   RunToolCallsOptions,

@@ -1,6 +1,15 @@
-import { InvalidArgumentError, type RateLimiter, isAbortedError, isMaxWaitExceededError } from '@tollgate/core';
-import { describe, toOptionsError } from '@tollgate/core/internal';
-import { z } from 'zod';
+import { type RateLimiter, isAbortedError, isMaxWaitExceededError } from '@tollgate/core';
+import { describe, toOptionsError, z } from '@tollgate/core/internal';
+import {
+  InvalidToolArgumentsError,
+  type ToolArgs,
+  type ToolSchema,
+  isToolSchema,
+  parseToolArgs,
+  toolJsonSchema,
+} from './tool-schema.js';
+
+export { InvalidToolArgumentsError };
 import { ANONYMOUS_USER, currentUser } from './user-context.js';
 
 /** ThrottleToolOptions configures {@link throttleTool}. */
@@ -67,24 +76,34 @@ export interface ToolContext {
 }
 
 /** ToolConfig configures {@link defineTool}. */
-export interface ToolConfig<S extends z.ZodType, R> {
+export interface ToolConfig<S extends ToolSchema, R> {
   /** The function name the model calls (letters, digits, `_` and `-`, at most 64). */
   name: string;
   /** What the tool does, for the model. */
   description: string;
-  /** A zod schema of the arguments; the model's arguments are validated with it before anything else. */
+  /**
+   * A zod schema of the arguments, from zod 3 (3.25+) or zod 4: the model's arguments are
+   * validated with it (the app's own zod) before anything else. A zod 4 schema also gives the
+   * definition's JSON Schema; a zod 3 schema needs `jsonSchema`.
+   */
   parameters: S;
+  /**
+   * The JSON Schema of the arguments for `.definition`, used as given (less `$schema`).
+   * @default made from `parameters` (zod 4); required for a zod 3 schema
+   * @example zodToJsonSchema(parameters)   // zod-to-json-schema, for a zod 3 schema
+   */
+  jsonSchema?: Record<string, unknown>;
   /** Runs the tool with validated arguments. Its result is sent to the model (strings as is, else JSON). */
-  execute: (args: z.output<S>, context: ToolContext) => R;
+  execute: (args: ToolArgs<S>, context: ToolContext) => R;
   /** When given, each call waits for a token of this limiter after validation, before running. */
   limiter?: RateLimiter;
   /**
    * The limiter key of a call. @default the current user (so a limiter per tool gives per-user,
    * per-tool buckets, and tier policies see plain user ids)
    */
-  key?: (args: z.output<S>, user: string) => string;
+  key?: (args: ToolArgs<S>, user: string) => string;
   /** Tokens one call takes. @default 1 */
-  cost?: number | ((args: z.output<S>) => number);
+  cost?: number | ((args: ToolArgs<S>) => number);
   /** The longest a call may wait for its token, in ms. @default Infinity */
   maxWaitMs?: number;
   /** Sets `strict` in the definition (the schema must then follow OpenAI's strict rules). */
@@ -103,11 +122,11 @@ export interface FunctionToolDefinition {
 }
 
 /** Tool is a tool made by {@link defineTool}. */
-export interface Tool<S extends z.ZodType = z.ZodType, R = unknown> {
+export interface Tool<S extends ToolSchema = ToolSchema, R = unknown> {
   readonly name: string;
   readonly description: string;
   readonly parameters: S;
-  /** The OpenAI function-tool definition, parameters as JSON Schema made by zod. */
+  /** The OpenAI function-tool definition, parameters as JSON Schema (made by zod 4, or `jsonSchema`). */
   readonly definition: FunctionToolDefinition;
   /**
    * call validates `args` (the model's JSON text, or a value), waits for the limiter, then runs
@@ -125,36 +144,10 @@ export interface Tool<S extends z.ZodType = z.ZodType, R = unknown> {
       name: string;
       description: string;
       parameters: Record<string, unknown>;
-      parse: (args: string) => z.output<S>;
-      function: (args: z.output<S>) => Promise<Awaited<R>>;
+      parse: (args: string) => ToolArgs<S>;
+      function: (args: ToolArgs<S>) => Promise<Awaited<R>>;
     };
   };
-}
-
-/**
- * InvalidToolArgumentsError: the model's arguments are not JSON (`reason` `'invalid_json'`), or
- * do not match the tool's schema (`'invalid_arguments'`).
- */
-export class InvalidToolArgumentsError extends InvalidArgumentError {
-  /** The tool's name. */
-  readonly tool: string;
-  /** What is wrong with the arguments: not JSON at all, or JSON the schema refuses. */
-  readonly reason: 'invalid_json' | 'invalid_arguments';
-  /** What is wrong, one entry per problem (`path` is '' for the whole value). */
-  readonly issues: readonly { path: string; message: string }[];
-
-  constructor(
-    tool: string,
-    issues: readonly { path: string; message: string }[],
-    reason: 'invalid_json' | 'invalid_arguments' = 'invalid_arguments',
-  ) {
-    const text = issues.map((i) => (i.path === '' ? i.message : `${i.path}: ${i.message}`)).join('; ');
-    const what = reason === 'invalid_json' ? 'malformed JSON arguments' : 'invalid arguments';
-    super(`${what} for tool ${JSON.stringify(tool)}: ${text}`);
-    this.tool = tool;
-    this.reason = reason;
-    this.issues = issues;
-  }
 }
 
 const TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
@@ -162,7 +155,8 @@ const TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
 /**
  * defineTool makes a tool for the model: `.definition` goes in the request's `tools`, and
  * {@link runToolCalls} (or `.call`) runs it for the model's tool calls, validating the
- * arguments with `parameters` first, then waiting for `limiter` when given.
+ * arguments with `parameters` first, then waiting for `limiter` when given. `parameters` is a
+ * zod 4 schema, or a zod 3 one (3.25+) with the arguments' JSON Schema as `jsonSchema`.
  *
  * @example
  * const weather = defineTool({
@@ -173,42 +167,21 @@ const TOOL_NAME = /^[a-zA-Z0-9_-]{1,64}$/;
  *   limiter: weatherLimiter,
  * })
  */
-export function defineTool<S extends z.ZodType, R>(config: ToolConfig<S, R>): Tool<S, R> {
-  const { name, description, parameters, execute, limiter, key, cost, maxWaitMs, strict } = parse(
+export function defineTool<S extends ToolSchema, R>(config: ToolConfig<S, R>): Tool<S, R> {
+  const { name, description, parameters, jsonSchema, execute, limiter, key, cost, maxWaitMs, strict } = parse(
     'defineTool options',
     defineToolSchema,
     config,
   ) as ToolConfig<S, R>;
-  const { $schema: _drop, ...schema } = z.toJSONSchema(parameters, { io: 'input' }) as Record<string, unknown>;
+  const schema = toolJsonSchema('defineTool options', parameters, jsonSchema);
   const definition: FunctionToolDefinition = {
     type: 'function',
     function: { name, description, parameters: schema, ...(strict !== undefined ? { strict } : {}) },
   };
 
-  const validate = (raw: unknown): z.output<S> => {
-    let value = raw;
-    if (typeof raw === 'string') {
-      try {
-        value = raw.trim() === '' ? {} : JSON.parse(raw);
-      } catch (e) {
-        throw new InvalidToolArgumentsError(
-          name,
-          [{ path: '', message: `not valid JSON (${(e as Error).message})` }],
-          'invalid_json',
-        );
-      }
-    }
-    const parsed = parameters.safeParse(value);
-    if (!parsed.success) {
-      throw new InvalidToolArgumentsError(
-        name,
-        parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
-      );
-    }
-    return parsed.data as z.output<S>;
-  };
+  const validate = (raw: unknown): ToolArgs<S> => parseToolArgs(name, parameters, raw) as ToolArgs<S>;
 
-  const run = async (args: z.output<S>, context: Partial<ToolContext> = {}): Promise<Awaited<R>> => {
+  const run = async (args: ToolArgs<S>, context: Partial<ToolContext> = {}): Promise<Awaited<R>> => {
     const user = context.user ?? currentUser() ?? ANONYMOUS_USER;
     if (limiter !== undefined) {
       const c = typeof cost === 'function' ? cost(args) : cost;
@@ -374,10 +347,15 @@ const defineToolSchema = z.strictObject(
       .string({ error: (i) => `must be 1-64 letters, digits, _ or - ${received(i)}` })
       .regex(TOOL_NAME, { error: (i) => `must be 1-64 letters, digits, _ or - ${received(i)}` }),
     description: z.string({ error: (i) => `must be a string ${received(i)}` }),
-    parameters: z.custom<z.ZodType>(
-      (v) => typeof v === 'object' && v !== null && typeof (v as { safeParse?: unknown }).safeParse === 'function',
-      { error: (i) => `must be a zod schema ${received(i)}` },
-    ),
+    // Duck-typed and never parsed by Tollgate's zod: the app's schema may come from zod 3 or 4.
+    parameters: z.custom<ToolSchema>(isToolSchema, {
+      error: (i) => `must be a zod schema (zod 3.25+ or 4) ${received(i)}`,
+    }),
+    jsonSchema: z
+      .custom<Record<string, unknown>>((v) => typeof v === 'object' && v !== null && !Array.isArray(v), {
+        error: (i) => `must be a JSON Schema object like { type: 'object', properties: {...} } ${received(i)}`,
+      })
+      .optional(),
     execute: fnSchema,
     limiter: limiterSchema.optional(),
     ...waiting,

@@ -2,7 +2,7 @@
  * The token-bucket math, pure: every function takes `now` (ms) as an argument, so the memory
  * backend, the Lua script's tests and the unit tests run it on fixed instants with no sleeping.
  *
- * The Lua script in `backends/redis-script.ts` is a line-for-line copy of this arithmetic (same
+ * The Lua script in `backends/redis/scripts.ts` is a line-for-line copy of this arithmetic (same
  * operations in the same order on IEEE doubles), so both give identical decisions; a test checks it.
  */
 import type { Policy } from './policy.js';

@@ -10,8 +10,8 @@ export { DEFAULT_HYBRID_HEADROOM, HybridBackend } from './backends/hybrid.js';
 export type { HybridBackendOptions } from './backends/hybrid.js';
 export { MemoryBackend } from './backends/memory.js';
 export type { MemoryBackendOptions } from './backends/memory.js';
-export { DEFAULT_REDIS_OPTIONS, RedisBackend } from './backends/redis.js';
-export type { RedisBackendOptions } from './backends/redis.js';
+export { DEFAULT_REDIS_OPTIONS, RedisBackend } from './backends/redis/backend.js';
+export type { RedisBackendOptions } from './backends/redis/backend.js';
 export type { Decision, Reservation } from './bucket.js';
 export {
   AbortedError,

@@ -3,9 +3,7 @@
  * public API. NOT covered by semver: names here may change or vanish in any release. Applications
  * import from `@tollgate/core` only.
  */
-export { BUCKET_SCRIPT } from './backends/redis-script.js';
-export { encodeKey, redisKey } from './backends/redis.js';
-export { keySlot } from './backends/redis-batch.js';
+export { encodeKey, keySlot, redisKey } from './backends/redis/keys.js';
 export {
   COST_EPSILON,
   giveBack,
@@ -21,3 +19,14 @@ export {
 export type { BucketState } from './bucket.js';
 export { MAX_TOKENS, describe, normalizePolicy, parseDuration, toOptionsError } from './policy.js';
 export { acquireNow, refundNow } from './rate-limiter.js';
+
+// The Redis scripts and batcher, and running the scripts on a fixed clock (tests).
+export { BATCH_SCRIPT, BATCH_SHA, BUCKET_SCRIPT, BUCKET_SHA, ENTRY_BYTES, decodeBucket } from './backends/redis/scripts.js';
+export { MAX_BATCH, MAX_IN_FLIGHT, ScriptBatcher } from './backends/redis/batcher.js';
+export type { BatchCall, DecisionSpec } from './backends/redis/batcher.js';
+export { ScriptAt, decisionArgs, runBatch, runScript } from './backends/redis/fixed-clock.js';
+export type { BatchStep } from './backends/redis/fixed-clock.js';
+
+// The zod that validates Tollgate's own options: @tollgate/agent uses it too, so its option
+// checks never depend on the zod (3 or 4) the app installed.
+export { z } from 'zod';

@@ -39,10 +39,20 @@ test('@tollgate/core exports the backends, the limiter, the errors and their gua
 test('@tollgate/core/internal exports the bucket math, the script, key encoding and the synchronous entries', () => {
   expect(Object.keys(internal).sort()).toMatchInlineSnapshot(`
     [
+      "BATCH_SCRIPT",
+      "BATCH_SHA",
       "BUCKET_SCRIPT",
+      "BUCKET_SHA",
       "COST_EPSILON",
+      "ENTRY_BYTES",
+      "MAX_BATCH",
+      "MAX_IN_FLIGHT",
       "MAX_TOKENS",
+      "ScriptAt",
+      "ScriptBatcher",
       "acquireNow",
+      "decisionArgs",
+      "decodeBucket",
       "describe",
       "encodeKey",
       "giveBack",
@@ -55,11 +65,14 @@ test('@tollgate/core/internal exports the bucket math, the script, key encoding 
       "refundNow",
       "reserve",
       "resetAfter",
+      "runBatch",
+      "runScript",
       "take",
       "toOptionsError",
       "tokensAt",
       "tryTake",
       "waitFor",
+      "z",
     ]
   `);
 });

@@ -1,6 +1,5 @@
 import type { RateLimiter } from '@tollgate/core';
-import { describe, toOptionsError } from '@tollgate/core/internal';
-import { z } from 'zod';
+import { describe, toOptionsError, z } from '@tollgate/core/internal';
 import { DEFAULT_PER_USER, type PerUserOptions } from '../per-user-queue.js';
 
 /**

@@ -6,7 +6,7 @@ import type { Policy } from '../policy.js';
 import { describe } from '../policy.js';
 import { LocalPrecheck } from './hybrid-local.js';
 import { checkClock } from './memory.js';
-import { RedisBackend, type RedisBackendOptions } from './redis.js';
+import { RedisBackend, type RedisBackendOptions } from './redis/backend.js';
 
 /** HybridBackendOptions configures a {@link HybridBackend}. */
 export interface HybridBackendOptions {

@@ -1,5 +1,5 @@
 import type { Cluster, Redis } from 'ioredis';
-import { encodeKey } from '../backends/redis.js';
+import { encodeKey } from '../backends/redis/keys.js';
 import { BackendTimeoutError, BackendUnavailableError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { type Observation, type PoolAnswer, type PoolStatus, SHARE_GRACE_MS } from './pool-math.js';

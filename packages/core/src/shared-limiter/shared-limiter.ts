@@ -2,7 +2,7 @@ import { z } from 'zod';
 import type { Backend, MaybePromise } from '../backend.js';
 import { HybridBackend } from '../backends/hybrid.js';
 import { MemoryBackend } from '../backends/memory.js';
-import { RedisBackend } from '../backends/redis.js';
+import { RedisBackend } from '../backends/redis/backend.js';
 import type { Decision } from '../bucket.js';
 import {
   AbortedError,

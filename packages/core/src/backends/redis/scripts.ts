@@ -1,0 +1,244 @@
+/**
+ * The Lua scripts behind {@link RedisBackend}: one atomic decision on one bucket
+ * ({@link BUCKET_SCRIPT}), or a list of them ({@link BATCH_SCRIPT}). Their arithmetic is
+ * `bucket.ts` line for line (same operations, same order, IEEE doubles), so the memory and Redis
+ * strategies decide identically; `test/lua-parity.test.ts` checks it on random sequences.
+ *
+ * A bucket is one string value: two little-endian IEEE doubles (`struct.pack('<dd')`), exact to
+ * the last bit with no text formatting or parsing,
+ *   tokens     may be negative: debt
+ *   updatedAt  when `tokens` was computed, ms on the Redis server's clock
+ * followed by up to {@link MAX_REMEMBERED} remembered decisions of {@link ENTRY_BYTES} bytes each:
+ * a call's 16-byte id, then `struct.pack('<ddddd')` of when it may be forgotten (ms) and its reply
+ * (allowed, remaining, wait, ms until full). A command re-sent after a lost reply finds its id
+ * and gets its first reply back, charging nothing again. A 16-byte value (no decisions
+ * remembered) is a bucket as earlier versions wrote it; a hash {t, u} is an older one still, read
+ * as that bucket and replaced by the string on its next write.
+ *
+ * A missing key is a full bucket. Every write is one `SET key value PX ms`: ms = ceil(ms until
+ * full), at least 1, and at least until the last remembered decision may be forgotten.
+ */
+import { createHash } from 'node:crypto';
+
+/** Bytes of one remembered decision: a 16-byte call id and five doubles. */
+export const ENTRY_BYTES = 56;
+/** Most decisions a bucket remembers (one per client: a newer one replaces the client's older). */
+export const MAX_REMEMBERED = 8;
+
+/**
+ * DECIDE_LUA defines `decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)`, shared by
+ * both scripts (one copy of the arithmetic in Lua). Returns allowed (1|0), remaining, wait ms,
+ * ms until full (numbers), and true when `id` was decided before (then nothing changed). `id`
+ * nil: the decision is not remembered (the batch script remembers its whole reply instead).
+ */
+export const DECIDE_LUA = `
+local pack, unpack, floor, ceil, min, sub = struct.pack, struct.unpack, math.floor, math.ceil, math.min, string.sub
+local function decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)
+  local tokens, upd
+  local tail, keepUntil = '', 0
+  local v = redis.pcall('GET', key)
+  if type(v) == 'string' then
+    local n = #v
+    if n >= 16 then
+      tokens, upd = unpack('<dd', v)
+      if n > 16 then
+        -- One remembered decision per client: this client's older one is replaced below.
+        local client = id and sub(id, 1, 8)
+        local kept, k = {}, 0
+        for o = 17, n - ${ENTRY_BYTES - 1}, ${ENTRY_BYTES} do
+          local eid = sub(v, o, o + 15)
+          local forget, a, r, w, s = unpack('<ddddd', v, o + 16)
+          if eid == id then return a, r, w, s, true end
+          if forget >= now and sub(eid, 1, 8) ~= client and k < ${MAX_REMEMBERED - 1} then
+            k = k + 1
+            kept[k] = sub(v, o, o + ${ENTRY_BYTES - 1})
+            if forget > keepUntil then keepUntil = forget end
+          end
+        end
+        tail = table.concat(kept)
+      end
+    end
+  elseif type(v) == 'table' and v.err ~= nil then
+    -- WRONGTYPE: a bucket written by an older Tollgate, as a hash {t, u}.
+    local s = redis.call('HMGET', key, 't', 'u')
+    tokens = tonumber(s[1])
+    upd = tonumber(s[2])
+  end
+  if tokens == nil or upd == nil then
+    tokens = cap
+    upd = now
+  end
+  local elapsed = now - upd
+  if elapsed > 0 then
+    upd = now
+  else
+    elapsed = 0
+  end
+  tokens = min(cap, tokens + elapsed * rate)
+  local wait = 0
+  local allowed = 0
+  if mode == 'f' then
+    tokens = min(cap, tokens + cost)
+    allowed = 1
+  else
+    local deficit = cost - tokens
+    if deficit > cost * 1e-9 then
+      wait = ceil(deficit / rate)
+    end
+    if mode == 't' then
+      if wait == 0 then allowed = 1 end
+    elseif maxw < 0 or wait <= maxw then
+      allowed = 1
+    end
+    if allowed == 1 then tokens = tokens - cost end
+  end
+  local reset = ceil((cap - tokens) / rate)
+  if reset < 0 then reset = 0 end
+  local remaining = 0
+  if tokens > 0 then remaining = floor(tokens + 1e-9) end
+  if allowed == 1 then
+    local value = pack('<dd', tokens, upd)
+    if id then
+      value = value .. id .. pack('<ddddd', forgetAt, 1, remaining, wait, reset) .. tail
+      if forgetAt > keepUntil then keepUntil = forgetAt end
+    else
+      value = value .. tail
+    end
+    local ttl = reset
+    if keepUntil - now > ttl then ttl = ceil(keepUntil - now) end
+    if ttl < 1 then ttl = 1 end
+    if ttl > 1e13 then ttl = 1e13 end
+    -- An integer below 1e14 goes to Redis as its integer text.
+    redis.call('SET', key, value, 'PX', ttl)
+  end
+  return allowed, remaining, wait, reset, false
+end
+-- Beyond 2^53 (only deep in debt), as text: Redis truncates a Lua number reply to 64 bits and
+-- JavaScript reads 53. remaining is at most capacity (<= 1e15).
+local function big(x)
+  if x > 9007199254740991 then return string.format('%.17g', x) end
+  return x
+end
+`;
+
+/**
+ * BUCKET_SCRIPT decides one call.
+ *
+ * KEYS[1]  the bucket's key, `<prefix>{<encoded key>}:<name>`
+ * ARGV[1]  mode: 't' try (take now or change nothing), 'r' reserve (take into debt within the max
+ *          wait), 'f' refund (give `cost` back)
+ * ARGV[2]  tokens added per ms; ARGV[3] capacity; ARGV[4] cost (JavaScript's shortest round-trip
+ *          text, which Lua's tonumber reads back to the same double)
+ * ARGV[5]  max wait ms for 'r' (negative: no limit)
+ * ARGV[6]  the caller's deadline, ms on the server's clock ('': none). A command that runs after
+ *          it (held in an offline queue, re-sent after a reconnect, stuck behind DEBUG SLEEP or
+ *          CLIENT PAUSE) changes nothing and returns allowed = -1: its caller has stopped
+ *          waiting, so charging the bucket would only take a phantom token. A negative value -t:
+ *          no deadline (the client does not know the server's clock yet), remember the call t ms.
+ * ARGV[7]  the call's id, 16 bytes, the first 8 naming the client ('': not remembered). A charged
+ *          decision is remembered in the bucket until the deadline, so the same command re-sent
+ *          after a lost reply gets the first reply and is not charged again.
+ * ARGV[8]  absent in production: a fixed `now` in ms instead of the server's TIME (tests).
+ *
+ * Returns { allowed (1|0, -1: past the deadline), remaining (whole tokens left, floored, never
+ * negative), wait ms, ms until full, now (the server's clock in µs, an integer) }; the middle
+ * three are integers, or %.17g text beyond 2^53.
+ */
+export const BUCKET_SCRIPT = `${DECIDE_LUA}
+local now, nowus
+if ARGV[8] then
+  now = tonumber(ARGV[8])
+  nowus = floor(now * 1000)
+else
+  local t = redis.call('TIME')
+  now = t[1] * 1000 + t[2] / 1000
+  nowus = t[1] * 1000000 + t[2]
+end
+local deadline = tonumber(ARGV[6])
+local forgetAt = now
+if deadline then
+  if deadline < 0 then
+    forgetAt = now - deadline
+  elseif now > deadline then
+    return { -1, 0, 0, 0, nowus }
+  else
+    forgetAt = deadline
+  end
+end
+local id = ARGV[7]
+if id == '' then id = nil end
+local a, r, w, s = decide(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), now, id, forgetAt)
+return { a, r, big(w), big(s), nowus }
+`;
+
+/**
+ * BATCH_SCRIPT runs a list of decisions, in order, each exactly as {@link BUCKET_SCRIPT} would
+ * (`test/redis-batch.test.ts` checks it on random sequences). All share one reading of TIME.
+ *
+ * KEYS[1..n]  the bucket of decision i (all in one Cluster slot)
+ * KEYS[n+1]   where this script call's reply is remembered (a key of the same slot, unique to the
+ *             call): run again after a lost reply, the call answers that and changes nothing
+ * ARGV        runs of consecutive decisions that share their arguments, eight entries a run:
+ *             mode, rate, capacity, cost, max wait (as BUCKET_SCRIPT's ARGV[1..5]), deadline (as
+ *             BUCKET_SCRIPT's ARGV[6]), now ('': the server's TIME; a fixed ms in tests only), and how many
+ *             decisions (KEYS, in order) the run covers
+ *
+ * Returns a flat array: for each decision, in order, allowed (1|0, -1: past its deadline),
+ * remaining, wait ms, ms until full as BUCKET_SCRIPT returns them; then the server's now in µs.
+ */
+export const BATCH_SCRIPT = `${DECIDE_LUA}
+local replyKey = KEYS[#KEYS]
+local seen = redis.call('GET', replyKey)
+if seen then return cmsgpack.unpack(seen) end
+local out = {}
+local i, j = 0, 0
+local charged = false
+local forgetAt = 0
+local servernow, now
+for r = 1, #ARGV, 8 do
+  local mode, rate, cap, cost, maxw = ARGV[r], tonumber(ARGV[r + 1]), tonumber(ARGV[r + 2]), tonumber(ARGV[r + 3]), tonumber(ARGV[r + 4])
+  local deadline = tonumber(ARGV[r + 5])
+  if ARGV[r + 6] ~= '' then
+    now = tonumber(ARGV[r + 6])
+  else
+    if servernow == nil then
+      local t = redis.call('TIME')
+      servernow = t[1] * 1000 + t[2] / 1000
+    end
+    now = servernow
+  end
+  local late, f = false, now
+  if deadline then
+    if deadline < 0 then f = now - deadline else late, f = now > deadline, deadline end
+  end
+  for _ = 1, tonumber(ARGV[r + 7]) do
+    i = i + 1
+    if late then
+      out[j + 1], out[j + 2], out[j + 3], out[j + 4] = -1, 0, 0, 0
+    else
+      local a, rem, w, s = decide(KEYS[i], mode, rate, cap, cost, maxw, now, nil, 0)
+      out[j + 1], out[j + 2], out[j + 3], out[j + 4] = a, rem, big(w), big(s)
+      if a == 1 then
+        charged = true
+        if f > forgetAt then forgetAt = f end
+      end
+    end
+    j = j + 4
+  end
+end
+out[j + 1] = floor((now or 0) * 1000)
+if charged then redis.call('SET', replyKey, cmsgpack.pack(out), 'PX', math.max(1, ceil(forgetAt - now))) end
+return out
+`;
+
+const sha1 = (text: string): string => createHash('sha1').update(text).digest('hex');
+/** What EVALSHA calls the single-decision script by. */
+export const BUCKET_SHA = sha1(BUCKET_SCRIPT);
+/** What EVALSHA calls the batch script by. */
+export const BATCH_SHA = sha1(BATCH_SCRIPT);
+
+/** decodeBucket reads a stored bucket's state; undefined when the value is not one. */
+export function decodeBucket(value: Buffer | null): { tokens: number; updatedAt: number } | undefined {
+  if (value === null || value.length < 16 || (value.length - 16) % ENTRY_BYTES !== 0) return undefined;
+  return { tokens: value.readDoubleLE(0), updatedAt: value.readDoubleLE(8) };
+}
