@@ -22,6 +22,7 @@ describe('@tollgate/agent public API', () => {
       'isQueueFullError',
       'perUserStats',
       'runToolCalls',
+      'throttleAnthropic',
       'throttleOpenAI',
       'throttleTool',
       'tollgateMiddleware',

@@ -3,6 +3,8 @@
  * tokens settled from usage), agent tools (validated with zod, then throttled), and per-user
  * queues. Calls queue; only a full queue or a caller's deadline says no.
  */
+export { throttleAnthropic } from './adapters/anthropic.js';
+export type { AnthropicClientLike, ThrottleAnthropicOptions } from './adapters/anthropic.js';
 export { tollgateMiddleware } from './adapters/ai-sdk.js';
 export type { ModelCallAdmitEvent, ModelCallParams, SharedPoolLimiter, TollgateMiddleware, TollgateMiddlewareOptions } from './adapters/ai-sdk.js';
 export { QueueFullError, isQueueFullError } from './errors.js';

@@ -82,8 +82,9 @@ export function throttleOpenAI<C extends OpenAIClientLike>(client: C, options: T
 }
 
 /**
- * perUserStats returns, for a client made by {@link throttleOpenAI} with `perUser`, how many of
- * `user`'s calls wait for a slot and how many hold one. Zeros for an idle user or another client.
+ * perUserStats returns, for a client made by {@link throttleOpenAI} or `throttleAnthropic` with
+ * `perUser`, how many of `user`'s calls wait for a slot and how many hold one. Zeros for an idle
+ * user or another client.
  */
 export function perUserStats(client: object, user: string): { queued: number; inFlight: number } {
   return pipelineOf(client)?.queues?.stats(user) ?? { queued: 0, inFlight: 0 };

@@ -1,6 +1,6 @@
 /**
- * Hooks into a Stainless-generated client (the `openai` package, majors 5 to 7; the Anthropic SDK
- * is built the same way): where each of its HTTP attempts starts, is sent and is answered. The
+ * Hooks into a Stainless-generated client (the `openai` package, majors 5 to 7, and
+ * `@anthropic-ai/sdk` 1.x): where each of its HTTP attempts starts, is sent and is answered. The
  * hooks are installed on the client the user built, as its own members: nothing is copied and no
  * client is constructed.
  */
@@ -17,7 +17,15 @@ export interface RequestOptions {
   stream?: boolean | undefined;
 }
 
-type FetchWithTimeout = (url: unknown, init: object | undefined, ms: number, controller: AbortController) => Promise<Response>;
+/** `requestOptions` and `logCtx`: passed by @anthropic-ai/sdk only (openai's takes four arguments). */
+type FetchWithTimeout = (
+  url: unknown,
+  init: object | undefined,
+  ms: number,
+  controller: AbortController,
+  requestOptions?: unknown,
+  logCtx?: unknown,
+) => Promise<Response>;
 
 /** The members of a Stainless client that the hooks rely on. */
 export interface StainlessClient {
@@ -65,7 +73,8 @@ export function checkClient(client: unknown, what: string, expected: string): as
  *   retry what this hook throws);
  * - `prepareRequest` links the attempt's request init to it. The init is the one object that
  *   goes from there to the send: auth hooks (a `provider`'s, a subclass's) may replace its
- *   headers or body, never the init itself;
+ *   headers or body, never the init itself (@anthropic-ai/sdk prepares its request inside
+ *   `fetchWithTimeout` and hands it the call's options: there the link is made at the send);
  * - `fetchWithTimeout` sends it: the response (or the failure) settles the attempt;
  * - `makeRequest` watches the whole call: an attempt that failed before it was sent (in a hook,
  *   while its body was built) gives back what it took, and one sent past `fetchWithTimeout` (a
@@ -101,12 +110,17 @@ export function hookStainlessClient(client: StainlessClient, p: Pipeline): Stain
     init: object | undefined,
     ms: number,
     controller: AbortController,
+    requestOptions?: unknown,
+    logCtx?: unknown,
   ): Promise<Response> {
+    // @anthropic-ai/sdk hands the call's options here and runs prepareRequest later, inside
+    // fetchWithTimeout, on another init object: the attempt is linked to this init here.
+    if (init !== undefined && typeof requestOptions === 'object' && requestOptions !== null) p.link(init, requestOptions);
     const attempt = init !== undefined ? p.send(init) : undefined;
-    if (attempt === undefined) return fetchWithTimeout.call(this, url, init, ms, controller);
+    if (attempt === undefined) return fetchWithTimeout.call(this, url, init, ms, controller, requestOptions, logCtx);
     let sent: Promise<Response>;
     try {
-      sent = fetchWithTimeout.call(this, url, init, ms, controller);
+      sent = fetchWithTimeout.call(this, url, init, ms, controller, requestOptions, logCtx);
     } catch (e) {
       attempt.fail();
       return Promise.reject(e);
