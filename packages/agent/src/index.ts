@@ -4,7 +4,7 @@
  * queues. Calls queue; only a full queue or a caller's deadline says no.
  */
 export { tollgateMiddleware } from './adapters/ai-sdk.js';
-export type { ModelCallAdmitEvent, ModelCallParams, SharedPoolLimiter, TollgateMiddleware, TollgateMiddlewareOptions } from './adapters/ai-sdk.js';
+export type { ModelCallAdmitEvent, ModelCallParams, TollgateMiddleware, TollgateMiddlewareOptions } from './adapters/ai-sdk.js';
 export { QueueFullError, isQueueFullError } from './errors.js';
 export {
   CHARS_PER_LLM_TOKEN,
