@@ -1,7 +1,9 @@
 /**
  * @tollgate/agent: throttle an LLM agent per user — the OpenAI client (every HTTP attempt, LLM
  * tokens settled from usage), agent tools (validated with zod, then throttled), and per-user
- * queues. Calls queue; only a full queue or a caller's deadline says no.
+ * queues — and keep all users under the provider's own limits, shared fairly (`shared` pools
+ * steered by the provider's rate-limit headers). Calls queue; only a full queue or a caller's
+ * deadline says no.
  */
 export { tollgateMiddleware } from './adapters/ai-sdk.js';
 export type { ModelCallAdmitEvent, ModelCallParams, TollgateMiddleware, TollgateMiddlewareOptions } from './adapters/ai-sdk.js';
@@ -14,7 +16,10 @@ export {
 } from './adapters/openai-llm-tokens.js';
 export { perUserStats, throttleOpenAI } from './adapters/openai.js';
 export type { OpenAIClientLike, ThrottleOpenAIOptions } from './adapters/openai.js';
-export type { AdmitEvent, ThrottleOptions } from './pipeline/options.js';
+export type { AdmitEvent, SharedPools, ThrottleOptions } from './pipeline/options.js';
+// For clients Tollgate does not wrap: read a response's headers, pass them to SharedLimiter.observe.
+export { readAnthropicRateLimits, readOpenAIRateLimits } from './rate-limit-headers.js';
+export type { HeadersLike, ProviderRateLimits, RateLimitWindow } from './rate-limit-headers.js';
 export { DEFAULT_PER_USER } from './per-user-queue.js';
 export type { PerUserOptions } from './per-user-queue.js';
 export { InvalidToolArgumentsError, defineTool, runToolCalls, throttleTool } from './tools.js';
