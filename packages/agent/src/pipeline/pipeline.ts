@@ -43,8 +43,8 @@ function holdLimit(limiter: SharedLimiter, pool: string, report: PoolReport): Po
  * Pipeline runs every attempt of a throttled client through the same steps: admit (the user's
  * queue slot, then the `requests` and `llmTokens` buckets, then the user's share of the `shared`
  * pools), send, settle (the LLM tokens to the response's usage, streams included, in the user's
- * bucket and in the pool), and learn from the response (its rate-limit headers steer the pools). The client-specific part —
- * where the client's attempts start, are sent and are answered, and what its requests and
+ * bucket and in the pool), and learn from the response (its rate-limit headers steer the
+ * pools). The client-specific part — where the client's attempts start, are sent and are answered, and what its requests and
  * responses mean — belongs to the adapter that calls it (see adapter.ts).
  *
  * Calls are found by an object the client keeps for the whole call (its request options), and
