@@ -21,6 +21,8 @@ describe('@tollgate/agent public API', () => {
       'estimateLLMTokens',
       'isQueueFullError',
       'perUserStats',
+      'readAnthropicRateLimits',
+      'readOpenAIRateLimits',
       'runToolCalls',
       'throttleAnthropic',
       'throttleOpenAI',

@@ -5,7 +5,6 @@
  * package, at run time or in its types.
  */
 import { CHARS_PER_LLM_TOKEN, DEFAULT_MAX_OUTPUT_LLM_TOKENS } from './openai-llm-tokens.js';
-import { ANONYMOUS_USER, currentUser } from '../user-context.js';
 
 /**
  * ModelCallParams is the part of the AI SDK's `LanguageModelV4CallOptions` (the `params` a
@@ -37,27 +36,22 @@ export interface ModelLike {
 }
 
 /**
- * userOfCall finds the user of a model call: the nearest `withUser`, else `resolve(params)`,
- * else the first string `safetyIdentifier` or `user` among the call's provider options (what
- * `@ai-sdk/openai` sends as `safety_identifier` / `user`), else {@link ANONYMOUS_USER}.
+ * userOfProviderOptions is the first string `safetyIdentifier` or `user` among a call's provider
+ * options (what `@ai-sdk/openai` sends as `safety_identifier` / `user`), if any. The middleware
+ * asks it after `withUser` and its `user` option.
  */
-export function userOfCall(params: ModelCallParams, resolve: ((params: ModelCallParams) => string | undefined) | undefined): string {
-  const fromContext = currentUser();
-  if (fromContext !== undefined) return fromContext;
-  const resolved = resolve?.(params);
-  if (typeof resolved === 'string' && resolved !== '') return resolved;
+export function userOfProviderOptions(params: ModelCallParams): string | undefined {
   const byProvider = params.providerOptions;
-  if (byProvider !== undefined && byProvider !== null) {
-    for (const name in byProvider) {
-      const o = byProvider[name];
-      if (o === null || typeof o !== 'object') continue;
-      for (const field of ['safetyIdentifier', 'user']) {
-        const v = o[field];
-        if (typeof v === 'string' && v !== '') return v;
-      }
+  if (byProvider === undefined || byProvider === null) return undefined;
+  for (const name in byProvider) {
+    const o = byProvider[name];
+    if (o === null || typeof o !== 'object') continue;
+    for (const field of ['safetyIdentifier', 'user']) {
+      const v = o[field];
+      if (typeof v === 'string' && v !== '') return v;
     }
   }
-  return ANONYMOUS_USER;
+  return undefined;
 }
 
 /**

@@ -1,17 +1,21 @@
-import { InvalidOptionsError, type RateLimiter } from '@tollgate/core';
-import { type PerUserOptions, PerUserQueues } from '../per-user-queue.js';
-import { type Admission, type Limits, type ProviderWord, type SharedPoolLimiter, admit, learn } from './ai-sdk-admission.js';
+import type { RateLimiter } from '@tollgate/core';
+import type { PerUserOptions } from '../per-user-queue.js';
+import type { ProviderAdapter, StreamUsageReader } from '../pipeline/adapter.js';
+import type { Attempt } from '../pipeline/attempt.js';
+import { type SharedPools, parseThrottleOptions } from '../pipeline/options.js';
+import { type Call, Pipeline } from '../pipeline/pipeline.js';
+import { providerLimits } from '../pipeline/provider-limits.js';
+import { readAnthropicRateLimits, readOpenAIRateLimits } from '../rate-limit-headers.js';
 import {
   type ModelCallParams,
   type ModelLike,
   type ModelUsage,
   estimateCallLLMTokens,
   usageOfCall,
-  userOfCall,
+  userOfProviderOptions,
 } from './ai-sdk-call.js';
 
 export type { ModelCallParams, ModelLike, ModelUsage } from './ai-sdk-call.js';
-export type { SharedPoolLimiter } from './ai-sdk-admission.js';
 
 /**
  * TollgateMiddlewareOptions configures {@link tollgateMiddleware}: the options of
@@ -48,11 +52,15 @@ export interface TollgateMiddlewareOptions {
    */
   perUser?: PerUserOptions;
   /**
-   * The provider's limits, shared fairly by all users (`SharedLimiter` from @tollgate/core);
+   * The provider's limits, shared fairly by all users (`SharedLimiter`s from @tollgate/core);
    * the pool is the model id (`model.modelId`). A call waits for the user's own buckets first,
-   * then for its share of the pool; the provider's rate-limit headers steer the pools.
+   * then for its share of the pool (its LLM-token estimate capped at the pool's capacity,
+   * settled to the reported usage). The provider's rate-limit headers, on answers and on
+   * errors alike, steer the pools: Anthropic's for an `anthropic*` provider, OpenAI's
+   * `x-ratelimit-*` (which OpenAI-compatible providers share) for any other; a 429's retry time
+   * pauses the model's pools in every process.
    */
-  shared?: { requests?: SharedPoolLimiter; llmTokens?: SharedPoolLimiter };
+  shared?: SharedPools;
   /** Whose share of the `shared` pools a user draws on, e.g. the user's tenant. @default the user */
   shareKey?: (user: string) => string;
   /**
@@ -112,18 +120,29 @@ export type WrapOptions<Do extends 'doGenerate' | 'doStream', R> = { [K in Do]: 
   model: ModelLike;
 };
 
-const KNOWN = [
-  'requests',
-  'llmTokens',
-  'user',
-  'perUser',
-  'shared',
-  'shareKey',
-  'maxWaitMs',
-  'estimateLLMTokens',
-  'onAdmit',
-  'onError',
-];
+/** The request a middleware call hands the pipeline: the call's parameters and its model. */
+interface ModelCall {
+  readonly params: ModelCallParams;
+  readonly model: ModelLike;
+}
+
+const NO_STREAM_USAGE: StreamUsageReader = { read: () => undefined, drop: () => false, end: () => undefined };
+
+/**
+ * AI_SDK is the {@link ProviderAdapter} of a model call: the AI SDK asks for stream usage and
+ * reads it itself, so usage comes from its results, not from bodies or events; and the
+ * middleware reads the rate-limit headers by the model's provider (see {@link learn}).
+ */
+const AI_SDK: ProviderAdapter = {
+  name: 'tollgateMiddleware',
+  spendsLLMTokens: () => true,
+  estimateLLMTokens: (_path, body) => estimateCallLLMTokens((body as ModelCall).params),
+  userOf: (body) => userOfProviderOptions((body as ModelCall).params),
+  modelOf: (body) => (body as ModelCall).model.modelId,
+  askStreamUsage: () => undefined,
+  usageOf: () => undefined,
+  streamUsage: () => NO_STREAM_USAGE,
+};
 
 /**
  * tollgateMiddleware returns an AI SDK language-model middleware whose every model call first
@@ -142,94 +161,98 @@ const KNOWN = [
  * await withUser('user-42', () => generateText({ model, prompt: 'Hello' }))
  */
 export function tollgateMiddleware(options: TollgateMiddlewareOptions = {}): TollgateMiddleware {
-  const o = checkOptions(options);
-  const onError = o.onError;
-  const limits: Limits = {
-    requests: o.requests,
-    llmTokens: o.llmTokens,
-    queues: o.perUser !== undefined ? new PerUserQueues(o.perUser) : undefined,
-    sharedRequests: o.shared?.requests,
-    sharedLLMTokens: o.shared?.llmTokens,
-    shareKey: o.shareKey ?? ((user) => user),
-    maxWaitMs: o.maxWaitMs ?? Number.POSITIVE_INFINITY,
-    background(work) {
-      work.catch((e: unknown) => {
-        try {
-          onError?.(e);
-        } catch {
-          // onError must not throw; nothing more to do.
-        }
-      });
-    },
-  };
-  const estimate = o.estimateLLMTokens ?? estimateCallLLMTokens;
-  const learnsFromHeaders = limits.sharedRequests !== undefined || limits.sharedLLMTokens !== undefined;
+  const config = parseThrottleOptions('tollgateMiddleware', options);
+  const { user, estimateLLMTokens, onAdmit } = options;
+  const p = new Pipeline(AI_SDK, {
+    ...config,
+    // The options see a call's parameters; the pipeline hands them the request it was given.
+    user: user !== undefined ? (body) => user((body as ModelCall).params) : undefined,
+    estimateLLMTokens: estimateLLMTokens !== undefined ? (_path, body) => estimateLLMTokens((body as ModelCall).params) : undefined,
+    // Reported here, with the provider and model the pipeline does not know.
+    onAdmit: undefined,
+  });
 
-  const enter = async (params: ModelCallParams, model: ModelLike, operation: 'generate' | 'stream'): Promise<Admission> => {
-    const user = userOfCall(params, o.user);
+  const enter = async (params: ModelCallParams, model: ModelLike, operation: 'generate' | 'stream'): Promise<Attempt> => {
     const signal = params.abortSignal;
-    const needsEstimate = limits.llmTokens !== undefined || limits.sharedLLMTokens !== undefined;
-    const llm = needsEstimate ? Math.max(1, Math.ceil(estimate(params))) : 0;
     const start = performance.now();
-    let admission: Admission;
-    try {
-      admission = await admit(limits, user, model.modelId, llm, signal);
-    } catch (e) {
-      // The caller's abort surfaces as the AI SDK's own abort would: the signal's reason.
-      if (signal?.aborted) throw signal.reason;
-      throw e;
-    }
-    if (o.onAdmit !== undefined) {
-      const event = { user, provider: model.provider, model: model.modelId, operation, waitedMs: performance.now() - start, llmTokens: admission.llmTokens };
+    // One call per model call: the AI SDK's retries call the middleware again.
+    const call = p.openCall({}, { method: 'POST', path: operation, body: { params, model } satisfies ModelCall, stream: false });
+    const admitting = p.admit(call, signal, false);
+    if (admitting !== undefined) await admitting;
+    const attempt = call.current as Attempt;
+    // Aborted while waiting: everything went back; the caller sees the AI SDK's own abort error.
+    if (!attempt.send()) throw signal?.reason ?? new DOMException('This operation was aborted', 'AbortError');
+    if (onAdmit !== undefined) {
+      const event = {
+        user: call.user,
+        provider: model.provider,
+        model: model.modelId,
+        operation,
+        waitedMs: performance.now() - start,
+        llmTokens: attempt.llmReserved,
+      };
       try {
-        o.onAdmit(event);
+        onAdmit(event);
       } catch (e) {
-        limits.background(Promise.reject(e));
+        p.background(Promise.reject(e));
       }
     }
-    return admission;
+    return attempt;
   };
 
-  const failed = (admission: Admission, model: ModelLike, error: unknown): never => {
-    admission.fail();
-    if (learnsFromHeaders) learn(limits, model.modelId, wordOf(responseHeadersOf(error)));
+  const failed = (attempt: Attempt, model: ModelLike, error: unknown): never => {
+    attempt.fail();
+    const e = error !== null && typeof error === 'object' ? (error as { statusCode?: unknown; responseHeaders?: unknown }) : {};
+    learn(p, attempt.call, model, typeof e.statusCode === 'number' ? e.statusCode : 0, e.responseHeaders);
     throw error;
   };
 
   return {
     specificationVersion: 'v4',
     async wrapGenerate<R extends GenerateResultLike>({ doGenerate, params, model }: WrapOptions<'doGenerate', R>): Promise<R> {
-      const admission = await enter(params, model, 'generate');
+      const attempt = await enter(params, model, 'generate');
       let result: R;
       try {
         result = await doGenerate();
       } catch (e) {
-        return failed(admission, model, e);
+        return failed(attempt, model, e);
       }
-      admission.settle(usageOfCall(result.usage));
-      if (learnsFromHeaders) learn(limits, model.modelId, wordOf(result.response?.headers));
+      attempt.settle(usageOfCall(result.usage));
+      learn(p, attempt.call, model, 200, result.response?.headers);
       return result;
     },
     async wrapStream<R extends StreamResultLike>({ doStream, params, model }: WrapOptions<'doStream', R>): Promise<R> {
-      const admission = await enter(params, model, 'stream');
+      const attempt = await enter(params, model, 'stream');
       let result: R;
       try {
         result = await doStream();
       } catch (e) {
-        return failed(admission, model, e);
+        return failed(attempt, model, e);
       }
-      if (learnsFromHeaders) learn(limits, model.modelId, wordOf(result.response?.headers));
-      return { ...result, stream: watchStream(result.stream, admission) };
+      learn(p, attempt.call, model, 200, result.response?.headers);
+      return { ...result, stream: watchStream(result.stream, attempt) };
     },
   };
 }
 
 /**
- * watchStream passes the model's stream parts on unchanged, settles `admission` to the usage of
+ * learn passes the provider's rate-limit headers of a call's answer (or of its error, the AI
+ * SDK's `APICallError.responseHeaders`) to the call's shared pools: Anthropic's headers for an
+ * `anthropic*` provider, else OpenAI's `x-ratelimit-*`.
+ */
+function learn(p: Pipeline, call: Call, model: ModelLike, status: number, headers: unknown): void {
+  if (call.pool === undefined || headers === null || typeof headers !== 'object') return;
+  const h = headers as Readonly<Record<string, string | undefined>>;
+  const read = String(model.provider).startsWith('anthropic') ? readAnthropicRateLimits(h) : readOpenAIRateLimits(h);
+  p.steer(call, providerLimits(read, status));
+}
+
+/**
+ * watchStream passes the model's stream parts on unchanged, settles `attempt` to the usage of
  * the `finish` part, and frees its slot when the stream ends, errors or is cancelled (settling
  * with unknown usage, so the estimate stays, when no `finish` part came).
  */
-function watchStream(source: ReadableStream<unknown>, admission: Admission): ReadableStream<unknown> {
+function watchStream(source: ReadableStream<unknown>, attempt: Attempt): ReadableStream<unknown> {
   const reader = source.getReader();
   return new ReadableStream<unknown>({
     async pull(controller) {
@@ -237,100 +260,22 @@ function watchStream(source: ReadableStream<unknown>, admission: Admission): Rea
       try {
         chunk = await reader.read();
       } catch (e) {
-        admission.settle(undefined);
+        attempt.settle(undefined);
         controller.error(e);
         return;
       }
       if (chunk.done) {
-        admission.settle(undefined);
+        attempt.settle(undefined);
         controller.close();
         return;
       }
       const part = chunk.value as { type?: unknown; usage?: ModelUsage } | null;
-      if (part !== null && typeof part === 'object' && part.type === 'finish') admission.settle(usageOfCall(part.usage));
+      if (part !== null && typeof part === 'object' && part.type === 'finish') attempt.settle(usageOfCall(part.usage));
       controller.enqueue(chunk.value);
     },
     cancel(reason) {
-      admission.settle(undefined);
+      attempt.settle(undefined);
       return reader.cancel(reason);
     },
   });
-}
-
-/** The response headers of a failed call: the AI SDK's `APICallError.responseHeaders`. */
-function responseHeadersOf(error: unknown): Record<string, string | undefined> | undefined {
-  if (error === null || typeof error !== 'object') return undefined;
-  const h = (error as { responseHeaders?: unknown }).responseHeaders;
-  return h !== null && typeof h === 'object' ? (h as Record<string, string | undefined>) : undefined;
-}
-
-/**
- * wordOf reads what the provider said in its headers: OpenAI's `x-ratelimit-{limit,remaining}-
- * {requests,tokens}` and `retry-after-ms` / `retry-after` (seconds). Numbers that are missing,
- * negative or not numbers (Azure's `-1`) are left out.
- */
-function wordOf(headers: Record<string, string | undefined> | undefined): ProviderWord {
-  if (headers === undefined) return {};
-  const count = (name: string): number | undefined => {
-    const v = headers[name];
-    if (v === undefined || !/^\d+(\.\d+)?$/.test(v.trim())) return undefined;
-    return Number(v);
-  };
-  const window = (suffix: string) => {
-    const limit = count(`x-ratelimit-limit-${suffix}`);
-    const remaining = count(`x-ratelimit-remaining-${suffix}`);
-    if (limit === undefined && remaining === undefined) return undefined;
-    return { ...(limit !== undefined && limit > 0 ? { limit } : {}), ...(remaining !== undefined ? { remaining } : {}) };
-  };
-  const word: ProviderWord = {};
-  const requests = window('requests');
-  const llmTokens = window('tokens');
-  if (requests !== undefined) word.requests = requests;
-  if (llmTokens !== undefined) word.llmTokens = llmTokens;
-  const ms = count('retry-after-ms');
-  const seconds = count('retry-after');
-  if (ms !== undefined) word.retryAfterMs = ms;
-  else if (seconds !== undefined) word.retryAfterMs = seconds * 1000;
-  return word;
-}
-
-function checkOptions(o: TollgateMiddlewareOptions): TollgateMiddlewareOptions {
-  if (typeof o !== 'object' || o === null) throw invalid('(options)', 'must be an object', o);
-  for (const k of Object.keys(o)) if (!KNOWN.includes(k)) throw invalid(k, 'is not a known option', k);
-  for (const k of ['requests', 'llmTokens'] as const) {
-    const l = o[k];
-    if (l !== undefined && (typeof l !== 'object' || l === null || typeof l.acquire !== 'function')) {
-      throw invalid(k, 'must be a RateLimiter', l);
-    }
-  }
-  for (const k of ['user', 'shareKey', 'estimateLLMTokens', 'onAdmit', 'onError'] as const) {
-    if (o[k] !== undefined && typeof o[k] !== 'function') throw invalid(k, 'must be a function', o[k]);
-  }
-  if (o.shared !== undefined) {
-    if (typeof o.shared !== 'object' || o.shared === null) throw invalid('shared', 'must be an object', o.shared);
-    for (const k of ['requests', 'llmTokens'] as const) {
-      const l = o.shared[k];
-      if (l !== undefined && (typeof l !== 'object' || l === null || typeof l.acquire !== 'function' || typeof l.observe !== 'function')) {
-        throw invalid(`shared.${k}`, 'must be a SharedLimiter', l);
-      }
-    }
-  }
-  const w = o.maxWaitMs;
-  if (w !== undefined && (typeof w !== 'number' || Number.isNaN(w) || w < 0)) throw invalid('maxWaitMs', 'must be a number >= 0', w);
-  return o;
-}
-
-function invalid(path: string, constraint: string, received: unknown): InvalidOptionsError {
-  const shown =
-    typeof received === 'string'
-      ? JSON.stringify(received)
-      : received === null
-        ? 'null'
-        : Array.isArray(received)
-          ? 'an array'
-          : typeof received === 'object'
-            ? 'object'
-            : String(received);
-  const message = `${constraint} (received ${shown})`;
-  return new InvalidOptionsError(`invalid tollgateMiddleware options: ${path} ${message}`, [{ path, message }]);
 }

@@ -3,10 +3,11 @@
  * Anthropic's Messages API (which requests spend LLM tokens, their estimate, where `usage` is in
  * a message and in a stream, and the `anthropic-ratelimit-*` headers).
  */
-import type { PoolReport, ProviderAdapter, ProviderLimits } from '../pipeline/adapter.js';
+import type { ProviderAdapter, ProviderLimits } from '../pipeline/adapter.js';
 import { type ThrottleOptions, parseThrottleOptions } from '../pipeline/options.js';
 import { Pipeline } from '../pipeline/pipeline.js';
-import { type RateLimitWindow, readAnthropicRateLimits } from '../rate-limit-headers.js';
+import { readAnthropicRateLimits } from '../rate-limit-headers.js';
+import { providerLimits } from '../pipeline/provider-limits.js';
 import { MessageStreamUsage, estimateLLMTokens, spendsLLMTokens, usageOf } from './anthropic-llm-tokens.js';
 import { checkClient, hookStainlessClient } from './stainless-hooks.js';
 
@@ -40,23 +41,10 @@ export const ANTHROPIC: ProviderAdapter = {
  * readRateLimits reads `anthropic-ratelimit-requests-*` into the requests pool and
  * `anthropic-ratelimit-tokens-*` (the most restrictive of the input and output token limits in
  * effect) into the LLM-token pool. A 429's `retry-after` pauses both: which limit it hit is only
- * in its body. Undefined when the response says nothing valid.
+ * in its body.
  */
 function readRateLimits(status: number, headers: Headers): ProviderLimits | undefined {
-  const read = readAnthropicRateLimits(headers);
-  const retryAfterMs = status === 429 ? read.retryAfterMs : undefined;
-  const requests = pool(read.requests, retryAfterMs);
-  const llmTokens = pool(read.llmTokens, retryAfterMs);
-  if (requests === undefined && llmTokens === undefined) return undefined;
-  const out: ProviderLimits = {};
-  if (requests !== undefined) out.requests = requests;
-  if (llmTokens !== undefined) out.llmTokens = llmTokens;
-  return out;
-}
-
-function pool(window: RateLimitWindow | undefined, retryAfterMs: number | undefined): PoolReport | undefined {
-  if (retryAfterMs === undefined) return window;
-  return { ...window, retryAfterMs };
+  return providerLimits(readAnthropicRateLimits(headers), status);
 }
 
 /**

@@ -6,6 +6,8 @@
 import type { ProviderAdapter, ProviderRequest, StreamUsageReader } from '../pipeline/adapter.js';
 import { type ThrottleOptions, parseThrottleOptions } from '../pipeline/options.js';
 import { Pipeline } from '../pipeline/pipeline.js';
+import { providerLimits } from '../pipeline/provider-limits.js';
+import { readOpenAIRateLimits } from '../rate-limit-headers.js';
 import { estimateLLMTokens, spendsLLMTokens, usageOf } from './openai-llm-tokens.js';
 import { checkClient, hookStainlessClient, pipelineOf } from './stainless-hooks.js';
 
@@ -39,6 +41,8 @@ export const OPENAI: ProviderAdapter = {
   },
   usageOf,
   streamUsage: (): StreamUsageReader => STREAM_USAGE,
+  // `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, and a 429's `retry-after-ms` / `retry-after`.
+  readRateLimits: (status, headers) => providerLimits(readOpenAIRateLimits(headers), status),
 };
 
 /** OpenAI's usage arrives whole, in one event: the first one seen is final. */
@@ -61,7 +65,10 @@ const STREAM_USAGE: StreamUsageReader = {
  * `user` or `safety_identifier`, else `ANONYMOUS_USER`.
  *
  * The order of waits is: the user's queue slot, then the `requests` and `llmTokens` buckets
- * together. LLM tokens are settled before the caller sees the result, from the body the client
+ * together, then (with `shared`) the user's fair share of the model's pools. With `shared`, every
+ * response's `x-ratelimit-*` headers steer the pools, and a 429's retry time pauses the model's
+ * pools in every process; the client's own retry of that attempt sleeps the same retry time,
+ * then queues for its tokens again with everyone else. LLM tokens are settled before the caller sees the result, from the body the client
  * reads anyway; a stream is settled as its usage chunk passes. When a Chat Completions stream
  * did not ask for `stream_options.include_usage`, it is asked for, and the extra usage chunk
  * (`choices: []`) is removed before the client parses the stream, so the caller sees exactly the
@@ -72,6 +79,8 @@ const STREAM_USAGE: StreamUsageReader = {
  *   requests: new RateLimiter({ backend, policy: { rate: 60, per: '1m' }, name: 'requests' }),
  *   llmTokens: new RateLimiter({ backend, policy: { rate: 40_000, per: '1m' }, name: 'llm-tokens' }),
  *   perUser: { concurrency: 4, maxQueued: 100 },
+ *   shared: { requests: new SharedLimiter({ backend, name: 'openai-requests', policy: { rate: 10_000, per: '1m' } }) },
+ *   shareKey: (user) => tenantOf(user),
  * })
  * await withUser('user-42', () => client.chat.completions.create({ model, messages }))
  */

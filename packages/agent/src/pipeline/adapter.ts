@@ -75,7 +75,8 @@ export interface ProviderAdapter {
   /**
    * readRateLimits reads the provider's rate-limit headers (and a 429's retry time) of a
    * response. Missing or nonsense values are left out, never an error. Optional: without it the
-   * provider's word is not read.
+   * provider's word is not read. `providerLimits` (provider-limits.ts) turns what the readers of
+   * rate-limit-headers.ts return into this shape (a retry time counts on a 429 only).
    */
   readRateLimits?(status: number, headers: Headers): ProviderLimits | undefined;
 }

@@ -1,7 +1,7 @@
 import type { PerUserQueues } from '../per-user-queue.js';
 import { type Holdings, giveBack, takeTokens } from './admission.js';
 import type { Call, Pipeline } from './pipeline.js';
-import { settle, settleBody } from './settlement.js';
+import { settleBody, settleLLM } from './settlement.js';
 import { readUsageEvents } from './sse.js';
 
 /**
@@ -10,12 +10,15 @@ import { readUsageEvents } from './sse.js';
  * - `ready`: admitted, not yet handed to the network (a caller's abort gives everything back);
  * - `sent`: handed to the network; what it took stays taken until the response says otherwise;
  * - `done`: settled (LLM tokens to usage, or back on failure) and its slot freed.
+ * Its shares of the shared pools follow the user's tokens through the same states.
  */
 export class Attempt implements Holdings {
   state: 'admitting' | 'ready' | 'sent' | 'done' = 'admitting';
   release: Holdings['release'] = undefined;
   requestTaken = false;
   llmReserved = 0;
+  sharedRequestTaken = false;
+  sharedLLMReserved = 0;
   #usageSeen = false;
   #unlisten: (() => void) | undefined;
   readonly #p: Pipeline;
@@ -145,12 +148,14 @@ export class Attempt implements Holdings {
       });
     }
     const reserved = this.llmReserved;
-    if (reserved > 0 && (!call.streams || type.includes('json'))) {
+    const shared = this.sharedLLMReserved;
+    if ((reserved > 0 || shared > 0) && (!call.streams || type.includes('json'))) {
       // Settled as the client reads the body (settlement.ts); the slot is free now.
       this.llmReserved = 0;
+      this.sharedLLMReserved = 0;
       this.state = 'done';
       this.release?.();
-      return settleBody(p, call, reserved, response);
+      return settleBody(p, call, reserved, shared, response);
     }
     this.settle(undefined);
     return response;
@@ -160,9 +165,10 @@ export class Attempt implements Holdings {
   #settleStream(usage: number | undefined): void {
     this.#usageSeen = true;
     const reserved = this.llmReserved;
+    const shared = this.sharedLLMReserved;
     this.llmReserved = 0;
-    const llm = this.#p.llmTokens;
-    if (llm !== undefined && reserved > 0 && usage !== undefined) settle(this.#p, llm, this.call.user, reserved, usage);
+    this.sharedLLMReserved = 0;
+    settleLLM(this.#p, this.call, reserved, shared, usage);
   }
 
   /** settle ends the attempt with the LLM tokens it used (undefined: the estimate stays) and frees its slot. */
@@ -179,14 +185,14 @@ export class Attempt implements Holdings {
     if (this.state === 'done') return;
     this.state = 'done';
     const p = this.#p;
-    const llm = p.llmTokens;
     const reserved = this.llmReserved;
+    const shared = this.sharedLLMReserved;
     this.llmReserved = 0;
-    if (llm !== undefined && reserved > 0) {
-      const user = this.call.user;
-      if (failed) p.refund(llm, user, reserved);
-      else if (usage !== undefined) settle(p, llm, user, reserved, usage);
-    }
+    this.sharedLLMReserved = 0;
+    if (failed) {
+      if (reserved > 0 && p.llmTokens !== undefined) p.refund(p.llmTokens, this.call.user, reserved);
+      if (shared > 0 && p.sharedLLMTokens !== undefined) p.refundShare(p.sharedLLMTokens, this.call, shared);
+    } else settleLLM(p, this.call, reserved, shared, usage);
     this.release?.();
   }
 }

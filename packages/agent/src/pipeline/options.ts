@@ -1,4 +1,4 @@
-import type { RateLimiter } from '@tollgate/core';
+import type { RateLimiter, SharedLimiter } from '@tollgate/core';
 import { describe, toOptionsError, z } from '@tollgate/core/internal';
 import { DEFAULT_PER_USER, type PerUserOptions } from '../per-user-queue.js';
 
@@ -48,12 +48,44 @@ export interface ThrottleOptions {
    * @default Infinity
    */
   maxWaitMs?: number;
+  /**
+   * The provider's limits, shared fairly by every user (`SharedLimiter`s from @tollgate/core):
+   * the pool is the request's `model` (a request without one draws on no pool), the key is the
+   * current user, or `shareKey(user)`. An attempt waits for its user's own buckets first, then
+   * for its fair share of the pool: one request from `requests`, and from `llmTokens` the same
+   * estimate as the user's (capped at the pool's capacity), settled to `usage` in the pool too.
+   * What an attempt took goes back in the same cases as the user's tokens.
+   *
+   * Every response's rate-limit headers (2xx and 429 alike) steer the pools through
+   * `SharedLimiter.observe`, in every process sharing their backend: a lower `remaining` empties
+   * the pool down to it, a lower `limit` replaces the policy's rate, and a 429's `retry-after-ms`
+   * / `retry-after` admits nothing for that model until then. The provider's `limit` is read per
+   * the pool policy's `per`: give the pools the provider's window (OpenAI and Anthropic count per
+   * minute). Missing or nonsense headers (Azure's `-1`) are ignored.
+   * @example { requests: new SharedLimiter({ backend, name: 'openai-requests', policy: { rate: 10_000, per: '1m' } }) }
+   */
+  shared?: SharedPools;
+  /**
+   * Whose share of the `shared` pools a user draws on, e.g. the user's tenant (the pools' `weight`
+   * option weighs these keys).
+   * @default (user) => user
+   * @example (user) => tenantOf(user)
+   */
+  shareKey?: (user: string) => string;
   /** Replaces the provider's default estimate (`estimateLLMTokens` for OpenAI) of a request's LLM tokens. */
   estimateLLMTokens?: (path: string, body: unknown) => number;
   /** Called each time an attempt is admitted, after its wait (for logs, metrics and demos). Must not throw. */
   onAdmit?: (event: AdmitEvent) => void;
   /** Called with errors of background work (refunds and charges after a call). Must not throw. */
   onError?: (error: unknown) => void;
+}
+
+/** SharedPools names the shared limiters of {@link ThrottleOptions.shared}; each is optional. */
+export interface SharedPools {
+  /** The provider's requests per model: one per HTTP attempt. */
+  requests?: SharedLimiter;
+  /** The provider's LLM tokens per model: the attempt's estimate, settled to `usage`. */
+  llmTokens?: SharedLimiter;
 }
 
 /** AdmitEvent describes one admitted HTTP attempt. */
@@ -77,6 +109,10 @@ export interface ThrottleConfig {
   readonly user: ((body: unknown) => string | undefined) | undefined;
   readonly perUser: Required<PerUserOptions> | undefined;
   readonly maxWaitMs: number;
+  readonly sharedRequests: SharedLimiter | undefined;
+  readonly sharedLLMTokens: SharedLimiter | undefined;
+  /** Whose share a user draws on; undefined: the user's own. */
+  readonly shareKey: ((user: string) => string) | undefined;
   readonly estimateLLMTokens: ((path: string, body: unknown) => number) | undefined;
   readonly onAdmit: ((event: AdmitEvent) => void) | undefined;
   readonly onError: ((error: unknown) => void) | undefined;
@@ -89,6 +125,15 @@ const received = (i: { input: unknown }) => `(received ${describe(i.input)})`;
 const limiter = z.custom<RateLimiter>(
   (v) => typeof v === 'object' && v !== null && typeof (v as { acquire?: unknown }).acquire === 'function',
   { error: (i) => `must be a RateLimiter ${received(i)}` },
+);
+
+// Duck-typed like `limiter`: what the pipeline calls on a SharedLimiter.
+const sharedLimiter = z.custom<SharedLimiter>(
+  (v) =>
+    typeof v === 'object' &&
+    v !== null &&
+    ['acquire', 'refund', 'observe', 'policyFor'].every((m) => typeof (v as Record<string, unknown>)[m] === 'function'),
+  { error: (i) => `must be a SharedLimiter ${received(i)}` },
 );
 
 const fn = z.custom<(...args: never[]) => unknown>((v) => typeof v === 'function', {
@@ -118,6 +163,13 @@ const schema = z.strictObject(
       .number({ error: (i) => `must be a number of ms >= 0 ${received(i)}` })
       .refine((v) => v >= 0, { error: (i) => `must be a number of ms >= 0 ${received(i)}` })
       .optional(),
+    shared: z
+      .strictObject(
+        { requests: sharedLimiter.optional(), llmTokens: sharedLimiter.optional() },
+        { error: (i) => `must be an object like { requests, llmTokens } of SharedLimiters ${received(i)}` },
+      )
+      .optional(),
+    shareKey: fn.optional(),
     estimateLLMTokens: fn.optional(),
     onAdmit: fn.optional(),
     onError: fn.optional(),
@@ -145,6 +197,9 @@ export function parseThrottleOptions(what: string, input: unknown): ThrottleConf
             maxQueued: o.perUser.maxQueued ?? DEFAULT_PER_USER.maxQueued,
           },
     maxWaitMs: o.maxWaitMs ?? Number.POSITIVE_INFINITY,
+    sharedRequests: o.shared?.requests,
+    sharedLLMTokens: o.shared?.llmTokens,
+    shareKey: o.shareKey,
     estimateLLMTokens: o.estimateLLMTokens,
     onAdmit: o.onAdmit,
     onError: o.onError,

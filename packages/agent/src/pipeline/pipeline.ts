@@ -1,8 +1,8 @@
-import type { RateLimiter } from '@tollgate/core';
+import type { RateLimiter, SharedLimiter } from '@tollgate/core';
 import { refundNow } from '@tollgate/core/internal';
 import { PerUserQueues } from '../per-user-queue.js';
 import { ANONYMOUS_USER, currentUser } from '../user-context.js';
-import type { ProviderAdapter, ProviderRequest } from './adapter.js';
+import type { PoolReport, ProviderAdapter, ProviderLimits, ProviderRequest } from './adapter.js';
 import { Attempt } from './attempt.js';
 import type { AdmitEvent, ThrottleConfig } from './options.js';
 
@@ -17,15 +17,34 @@ export interface Call {
   readonly streams: boolean;
   /** The body the client must send: the caller's, or a copy asking for stream usage. */
   readonly body: unknown;
+  /** The shared pool the call draws on (its model); undefined without `shared`, or without a model. */
+  readonly pool: string | undefined;
+  /** Whose share of the pool it draws on: `shareKey(user)`, or the user (meaningful with a pool). */
+  readonly shareKey: string;
   /** The attempt under way (the latest), if any. */
   current: Attempt | undefined;
 }
 
 /**
+ * holdLimit keeps a limit the provider states with a retry time in force through the pause and
+ * one window after it: an observed limit lasts max(per, resetAfterMs), and a pause longer than
+ * that would otherwise end with the pool back at the policy's (too high) rate, all at once.
+ */
+function holdLimit(limiter: SharedLimiter, pool: string, report: PoolReport): PoolReport {
+  const retry = report.retryAfterMs;
+  if (report.limit === undefined || retry === undefined || retry <= 0) return report;
+  const perMs = limiter.policyFor(pool)?.perMs;
+  if (perMs === undefined) return report;
+  const until = retry + perMs;
+  return (report.resetAfterMs ?? 0) >= until ? report : { ...report, resetAfterMs: until };
+}
+
+/**
  * Pipeline runs every attempt of a throttled client through the same steps: admit (the user's
- * queue slot, then the `requests` and `llmTokens` buckets), send, settle (the LLM tokens to the
- * response's usage, streams included), and learn from the response. The client-specific part —
- * where the client's attempts start, are sent and are answered, and what its requests and
+ * queue slot, then the `requests` and `llmTokens` buckets, then the user's share of the `shared`
+ * pools), send, settle (the LLM tokens to the response's usage, streams included, in the user's
+ * bucket and in the pool), and learn from the response (its rate-limit headers steer the
+ * pools). The client-specific part — where the client's attempts start, are sent and are answered, and what its requests and
  * responses mean — belongs to the adapter that calls it (see adapter.ts).
  *
  * Calls are found by an object the client keeps for the whole call (its request options), and
@@ -38,6 +57,8 @@ export class Pipeline {
   readonly llmTokens: RateLimiter | undefined;
   readonly queues: PerUserQueues | undefined;
   readonly maxWaitMs: number;
+  readonly sharedRequests: SharedLimiter | undefined;
+  readonly sharedLLMTokens: SharedLimiter | undefined;
   readonly #config: ThrottleConfig;
   readonly #calls = new WeakMap<object, Call>();
   /** The attempt an attempt's request object belongs to, from its link until it is sent. */
@@ -52,6 +73,8 @@ export class Pipeline {
     this.llmTokens = config.llmTokens;
     this.queues = config.perUser !== undefined ? new PerUserQueues(config.perUser) : undefined;
     this.maxWaitMs = config.maxWaitMs;
+    this.sharedRequests = config.sharedRequests;
+    this.sharedLLMTokens = config.sharedLLMTokens;
   }
 
   /** callOf returns the call opened under `key`, if any. */
@@ -62,7 +85,7 @@ export class Pipeline {
   /** openCall starts the call of `request` under `key` (the object the client keeps for the whole call). */
   openCall(key: object, request: ProviderRequest): Call {
     const adapter = this.adapter;
-    const spendsLLM = this.llmTokens !== undefined && adapter.spendsLLMTokens(request);
+    const spendsLLM = (this.llmTokens !== undefined || this.sharedLLMTokens !== undefined) && adapter.spendsLLMTokens(request);
     let body = request.body;
     let askedUsage = false;
     if (spendsLLM && request.stream) {
@@ -72,13 +95,19 @@ export class Pipeline {
         askedUsage = true;
       }
     }
+    const user = this.#userOf(request.body);
+    const shares = this.sharedRequests !== undefined || this.sharedLLMTokens !== undefined;
+    const pool = shares ? adapter.modelOf(request.body) : undefined;
+    const shareKey = pool !== undefined && this.#config.shareKey !== undefined ? this.#config.shareKey(user) : user;
     const call: Call = {
-      user: this.#userOf(request.body),
+      user,
       path: request.path,
       spendsLLM,
       askedUsage,
       streams: request.stream,
       body,
+      pool,
+      shareKey,
       current: undefined,
     };
     this.#calls.set(key, call);
@@ -127,17 +156,51 @@ export class Pipeline {
 
   /**
    * learn is the step where a response's status and headers (the provider's word on its limits)
-   * steer shared pools through the adapter's `readRateLimits`. With no shared pool to steer, it
-   * reads nothing.
+   * steer the call's shared pools, through the adapter's `readRateLimits`. A call with no pool
+   * (no `shared`, or no model) reads nothing; a reader that throws is reported to `onError`.
    */
-  learn(_call: Call, _status: number, _headers: Headers): void {
-    // No shared pool is configured: nothing to steer.
+  learn(call: Call, status: number, headers: Headers): void {
+    if (call.pool === undefined || this.adapter.readRateLimits === undefined) return;
+    let limits: ProviderLimits | undefined;
+    try {
+      limits = this.adapter.readRateLimits(status, headers);
+    } catch (e) {
+      this.background(Promise.reject(e));
+      return;
+    }
+    this.steer(call, limits);
+  }
+
+  /**
+   * steer passes what the provider said about its limits on to the call's pools
+   * (`SharedLimiter.observe`, which reaches every process sharing the pools' backend). For
+   * adapters that read the provider's word themselves (a middleware that sees no `Response`).
+   */
+  steer(call: Call, limits: ProviderLimits | undefined): void {
+    const pool = call.pool;
+    if (pool === undefined || limits === undefined) return;
+    if (limits.requests !== undefined) this.#observe(this.sharedRequests, pool, limits.requests);
+    if (limits.llmTokens !== undefined) this.#observe(this.sharedLLMTokens, pool, limits.llmTokens);
+  }
+
+  #observe(limiter: SharedLimiter | undefined, pool: string, report: PoolReport): void {
+    if (limiter === undefined) return;
+    try {
+      this.background(limiter.observe(pool, holdLimit(limiter, pool, report)));
+    } catch (e) {
+      this.background(Promise.reject(e));
+    }
+  }
+
+  /** guess is the LLM-token estimate of `call` before any cap: the option's, else the adapter's; at least 1. */
+  guess(call: Call): number {
+    const guess = (this.#config.estimateLLMTokens ?? this.adapter.estimateLLMTokens)(call.path, call.body);
+    return Math.max(1, Math.ceil(guess));
   }
 
   /** estimate is the LLM-token estimate of `call`, at least 1, at most the user's capacity. */
   estimate(call: Call, llm: RateLimiter): number {
-    const guess = (this.#config.estimateLLMTokens ?? this.adapter.estimateLLMTokens)(call.path, call.body);
-    return Math.min(Math.max(1, Math.ceil(guess)), llm.policyFor(call.user).capacity);
+    return Math.min(this.guess(call), llm.policyFor(call.user).capacity);
   }
 
   /** True when an `onAdmit` callback wants the admit events. */
@@ -158,6 +221,15 @@ export class Pipeline {
     try {
       const pending = refundNow(limiter, user, amount);
       if (pending !== undefined) this.background(pending);
+    } catch (e) {
+      this.background(Promise.reject(e));
+    }
+  }
+
+  /** refundShare gives `amount` back to `call`'s pool in `limiter`, in the background. */
+  refundShare(limiter: SharedLimiter, call: Call, amount: number): void {
+    try {
+      this.background(limiter.refund(call.shareKey, amount, { pool: call.pool as string }));
     } catch (e) {
       this.background(Promise.reject(e));
     }

@@ -1,7 +1,8 @@
 /**
- * Settlement: an attempt's LLM-token reservation turned into what the response says it used.
+ * Settlement: an attempt's LLM-token reservations (the user's, and its share of the pool) turned
+ * into what the response says it used.
  */
-import type { RateLimiter } from '@tollgate/core';
+import type { RateLimiter, SharedLimiter } from '@tollgate/core';
 import type { Call, Pipeline } from './pipeline.js';
 import { parseJSON } from './sse.js';
 
@@ -23,25 +24,70 @@ export function settle(p: Pipeline, llm: RateLimiter, user: string, reserved: nu
   }
 }
 
-/** The LLM-token reservation of a JSON response, settled once its body is read. */
+/**
+ * settleShare does for `call`'s share of the shared `llm` pool what {@link settle} does for the
+ * user's bucket: the difference goes back to the pool, or the excess is charged to the call's
+ * key in the background (in pieces of at most the pool's capacity), where it waits its turn.
+ */
+export function settleShare(p: Pipeline, llm: SharedLimiter, call: Call, reserved: number, actual: number): void {
+  const diff = actual - reserved;
+  const pool = call.pool as string;
+  if (diff < 0) {
+    p.refundShare(llm, call, -diff);
+    return;
+  }
+  if (diff === 0) return;
+  try {
+    const capacity = llm.policyFor(pool)?.capacity;
+    if (capacity === undefined) return; // a pool with no limit counts nothing
+    for (let left = diff; left > 0; left -= capacity) {
+      p.background(llm.acquire(call.shareKey, { cost: Math.min(left, capacity), pool }));
+    }
+  } catch (e) {
+    p.background(Promise.reject(e));
+  }
+}
+
+/**
+ * settleLLM settles both reservations of `call` (`reserved` in the user's bucket, `shared` in the
+ * pool) to `usage`; undefined usage keeps the estimates.
+ */
+export function settleLLM(p: Pipeline, call: Call, reserved: number, shared: number, usage: number | undefined): void {
+  if (usage === undefined) return;
+  const llm = p.llmTokens;
+  if (llm !== undefined && reserved > 0) settle(p, llm, call.user, reserved, usage);
+  const pooled = p.sharedLLMTokens;
+  if (pooled !== undefined && shared > 0) settleShare(p, pooled, call, shared, usage);
+}
+
+/** The LLM-token reservations of a JSON response, settled once its body is read. */
 interface PendingSettlement {
   readonly p: Pipeline;
-  readonly user: string;
+  readonly call: Call;
+  /** In the user's bucket. */
   readonly reserved: number;
+  /** In the shared pool. */
+  readonly shared: number;
   done: boolean;
 }
 
 /**
- * settleBody settles `reserved` LLM tokens from the JSON body of `response`, read once, by the
- * client: its own `json()` (openai 5 and 6), `text()` (openai 7), `arrayBuffer()` and `bytes()`
+ * settleBody settles `reserved` LLM tokens (and `shared` in the pool) from the JSON body of
+ * `response`, read once, by the client: its own `json()` (openai 5 and 6), `text()` (openai 7), `arrayBuffer()` and `bytes()`
  * settle to the usage of what they return, and the response is otherwise untouched. A stream
  * call answered with JSON (the client reads it through `body`) and a Response of another fetch
  * implementation (its own methods) are read here instead, and handed on as a copy. A body read
  * in another way, never read, without usage, or whose read fails, keeps the estimate: a 2xx JSON
  * response is generated whole before its headers are sent, so the provider has counted it.
  */
-export function settleBody(p: Pipeline, call: Call, reserved: number, response: Response): Response | Promise<Response> {
-  const pending: PendingSettlement = { p, user: call.user, reserved, done: false };
+export function settleBody(
+  p: Pipeline,
+  call: Call,
+  reserved: number,
+  shared: number,
+  response: Response,
+): Response | Promise<Response> {
+  const pending: PendingSettlement = { p, call, reserved, shared, done: false };
   if (call.streams || Object.getPrototypeOf(response) !== Response.prototype) return settleEagerly(response, pending);
   // Own members set the same way on every such response (one shape, shared functions).
   const r = response as unknown as Record<PropertyKey, unknown>;
@@ -67,9 +113,7 @@ function settleEagerly(response: Response, pending: PendingSettlement): Promise<
 function settleOnce(pending: PendingSettlement, usage: number | undefined): void {
   if (pending.done) return;
   pending.done = true;
-  const { p, user, reserved } = pending;
-  const llm = p.llmTokens;
-  if (llm !== undefined && usage !== undefined) settle(p, llm, user, reserved, usage);
+  settleLLM(pending.p, pending.call, pending.reserved, pending.shared, usage);
 }
 
 /** readFailed: a read that failed keeps the estimate (the provider counted the response). */
