@@ -4,7 +4,7 @@
  */
 import { RateLimiter, RedisBackend, isBackendUnavailableError } from '@tollgate/core';
 import { describe, expect, test } from 'vitest';
-import { Watched, failOnUnhandledRejections, load, percentile, sleep, within } from './support/faults.ts';
+import { Watched, failOnUnhandledRejections, load, percentile, sleep, timerLag, within } from './support/faults.ts';
 import { startCluster } from './support/redis.ts';
 import { admissionBounds, runLoad } from './support/load.ts';
 
@@ -33,6 +33,7 @@ test('a master is killed and fails over to its replica under load: calls keep be
 
     let stop = false;
     const admitted = new Map<string, number>();
+    const lag = timerLag();
     const t0 = performance.now();
     const tries = load(
       async (i) => {
@@ -50,6 +51,8 @@ test('a master is killed and fails over to its replica under load: calls keep be
     await sleep(1500);
     stop = true;
     const t = await within(tries, 10_000, 'the load');
+    const lagMs = lag.maxMs();
+    lag.stop();
     const elapsedS = (performance.now() - t0) / 1000;
 
     const ms = t.map((c) => c.ms);
@@ -75,12 +78,14 @@ test('a master is killed and fails over to its replica under load: calls keep be
       onVictim: onVictim.length,
       worstVictimAdmitted: worst,
       nominal,
+      lagMs,
       others: Math.max(...users.filter((u) => !onVictim.includes(u)).map((u) => admitted.get(u) ?? 0)),
     });
     expect(t.filter((c) => c.outcome === 'error')).toEqual([]);
-    expect(Math.max(...ms)).toBeLessThanOrEqual(TIMEOUT_MS * 1.2 + 150);
-    // Calls never stopped being decided (the breaker answers from memory while the slot moves).
-    expect(stall).toBeLessThanOrEqual(TIMEOUT_MS + 150);
+    // Every call settles within the timeout, and calls never stopped being decided (the breaker
+    // answers from memory while the slot moves): plus however late this process's timers ran.
+    expect(Math.max(...ms)).toBeLessThanOrEqual(TIMEOUT_MS * 1.2 + 150 + lagMs);
+    expect(stall).toBeLessThanOrEqual(TIMEOUT_MS + 150 + lagMs);
     // Redis decides again once the cluster is ok.
     expect(answeredAfter).toBeGreaterThan(100);
     expect((firstAfter ?? Number.POSITIVE_INFINITY) - okAt).toBeLessThanOrEqual(2000);
