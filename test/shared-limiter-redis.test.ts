@@ -96,12 +96,19 @@ describe('round trips', () => {
 
 test('the script is sent again when Redis lost it (NOSCRIPT), and idle pools leave nothing behind', async () => {
   const client = srv.client();
-  const l = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'ns:' }), policy: { rate: 50, per: '1s', capacity: 5 } });
+  // A token every 12 s: nothing refills between the calls, however slow the machine.
+  const l = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'ns:' }), policy: { rate: 5, per: '1m', capacity: 5 } });
   await l.acquire('a', { pool: 'gpt-4o' });
   await client.script('FLUSH');
   const g = await l.acquire('b', { pool: 'gpt-4o', cost: 2 });
-  expect(g.remaining).toBe(2);
+  expect(g.remaining).toBe(2); // the pool kept the first call's token
   expect(await client.keys('ns:*')).toEqual(['ns:pool{gpt-4o}:shared']);
+  // Full again: the pool's hash goes at once.
+  await l.refund('b', 3, { pool: 'gpt-4o' });
+  expect(await client.keys('ns:*')).toEqual([]);
+  // Left to refill (50/s: full 60 ms after taking 3), it expires when it would be full.
+  const fast = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'ns:' }), policy: { rate: 50, per: '1s', capacity: 5 } });
+  await fast.acquire('c', { pool: 'o3', cost: 3 });
   await new Promise((r) => setTimeout(r, 150));
   expect(await client.keys('ns:*')).toEqual([]);
 });
