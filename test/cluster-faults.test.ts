@@ -102,7 +102,8 @@ test('a master is killed: keys of the healthy masters never see the failure poli
   const cluster = await startCluster({ masters: 3, replicas: 1, nodeTimeoutMs: 1000, requireFullCoverage: false });
   try {
     const client = cluster.client({ enableAutoPipelining: true });
-    const backend = new RedisBackend({ client, prefix: 'shard:', timeoutMs: 300 });
+    // 1 s: a deadline that only a dead master misses, not a healthy one on a busy machine.
+    const backend = new RedisBackend({ client, prefix: 'shard:', timeoutMs: 1000 });
     const limiter = new RateLimiter({ backend, policy: { rate: 1e6, per: '1s' }, onBackendError: 'fail-closed' });
     const users = Array.from({ length: 30 }, (_, i) => `user-${i}`);
     for (const u of users) await limiter.tryAcquire(u); // slots known, scripts loaded
@@ -116,18 +117,21 @@ test('a master is killed: keys of the healthy masters never see the failure poli
     let stop = false;
     let killedAt = Number.POSITIVE_INFINITY;
     const healthy = { ok: 0, failed: 0, firstFailure: '' };
-    const dead = { okAfterFailover: 0, failed: 0, lastFailureAt: 0 };
+    const dead = { okAfterFailover: 0, failed: 0, lastFailureAt: 0, lastOkAt: 0 };
     let okAt = Number.POSITIVE_INFINITY;
     const loop = async (u: string) => {
       while (!stop) {
         try {
           await limiter.tryAcquire(u);
           if (!onVictim.has(u)) healthy.ok++;
-          else if (performance.now() > okAt) dead.okAfterFailover++;
+          else {
+            dead.lastOkAt = performance.now();
+            if (dead.lastOkAt > okAt) dead.okAfterFailover++;
+          }
         } catch (e) {
           if (!onVictim.has(u)) {
             healthy.failed++;
-            healthy.firstFailure ||= `${u} at +${Math.round(performance.now() - killedAt)} ms: ${String(e)}`;
+            healthy.firstFailure ||= `${u} at +${Math.round(performance.now() - killedAt)} ms: ${String(e)} (${String((e as Error).cause)})`;
           } else {
             expect(isBackendUnavailableError(e)).toBe(true);
             dead.failed++;
@@ -149,10 +153,11 @@ test('a master is killed: keys of the healthy masters never see the failure poli
     debug('per-shard breaker', { healthy, dead, failoverMs: okAt - killedAt, lastDeadFailureAfterOk: dead.lastFailureAt - okAt });
     expect(healthy.failed, healthy.firstFailure).toBe(0);
     expect(healthy.ok).toBeGreaterThan(100);
-    // The dead master's keys did fail while it was down, and Redis decides them again after.
+    // The dead master's keys did fail while it was down, and Redis decides them again after: the
+    // run ends with them decided (their last failure came before their last decision).
     expect(dead.failed).toBeGreaterThan(0);
     expect(dead.okAfterFailover).toBeGreaterThan(0);
-    expect(dead.lastFailureAt - okAt).toBeLessThan(3000);
+    expect(dead.lastOkAt).toBeGreaterThan(dead.lastFailureAt);
   } finally {
     await cluster.stop();
   }

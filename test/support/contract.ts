@@ -51,6 +51,7 @@ export function backendContract(name: string, setup: () => Promise<ContractTarge
       watched.catch(() => {});
       await vi.advanceTimersByTimeAsync(0); // what settles without time passing
       for (let i = 0; i < 10_000 && !settled; i++) await vi.advanceTimersToNextTimerAsync();
+      if (!settled) throw new Error('still pending after 10,000 timers on the fake clock');
       return watched;
     };
 
