@@ -4,9 +4,9 @@
  */
 import { RateLimiter, RedisBackend, isBackendUnavailableError } from '@tollgate/core';
 import { describe, expect, test } from 'vitest';
-import { Watched, failOnUnhandledRejections, load, percentile, sleep, within } from './support/faults.ts';
+import { Watched, failOnUnhandledRejections, load, percentile, sleep, timerLag, within } from './support/faults.ts';
 import { startCluster } from './support/redis.ts';
-import { runLoad } from './support/load.ts';
+import { admissionBounds, runLoad } from './support/load.ts';
 
 failOnUnhandledRejections();
 
@@ -33,6 +33,7 @@ test('a master is killed and fails over to its replica under load: calls keep be
 
     let stop = false;
     const admitted = new Map<string, number>();
+    const lag = timerLag();
     const t0 = performance.now();
     const tries = load(
       async (i) => {
@@ -50,6 +51,8 @@ test('a master is killed and fails over to its replica under load: calls keep be
     await sleep(1500);
     stop = true;
     const t = await within(tries, 10_000, 'the load');
+    const lagMs = lag.maxMs();
+    lag.stop();
     const elapsedS = (performance.now() - t0) / 1000;
 
     const ms = t.map((c) => c.ms);
@@ -75,12 +78,14 @@ test('a master is killed and fails over to its replica under load: calls keep be
       onVictim: onVictim.length,
       worstVictimAdmitted: worst,
       nominal,
+      lagMs,
       others: Math.max(...users.filter((u) => !onVictim.includes(u)).map((u) => admitted.get(u) ?? 0)),
     });
     expect(t.filter((c) => c.outcome === 'error')).toEqual([]);
-    expect(Math.max(...ms)).toBeLessThanOrEqual(TIMEOUT_MS * 1.2 + 150);
-    // Calls never stopped being decided (the breaker answers from memory while the slot moves).
-    expect(stall).toBeLessThanOrEqual(TIMEOUT_MS + 150);
+    // Every call settles within the timeout, and calls never stopped being decided (the breaker
+    // answers from memory while the slot moves): plus however late this process's timers ran.
+    expect(Math.max(...ms)).toBeLessThanOrEqual(TIMEOUT_MS * 1.2 + 150 + lagMs);
+    expect(stall).toBeLessThanOrEqual(TIMEOUT_MS + 150 + lagMs);
     // Redis decides again once the cluster is ok.
     expect(answeredAfter).toBeGreaterThan(100);
     expect((firstAfter ?? Number.POSITIVE_INFINITY) - okAt).toBeLessThanOrEqual(2000);
@@ -97,7 +102,8 @@ test('a master is killed: keys of the healthy masters never see the failure poli
   const cluster = await startCluster({ masters: 3, replicas: 1, nodeTimeoutMs: 1000, requireFullCoverage: false });
   try {
     const client = cluster.client({ enableAutoPipelining: true });
-    const backend = new RedisBackend({ client, prefix: 'shard:', timeoutMs: 300 });
+    // 1 s: a deadline that only a dead master misses, not a healthy one on a busy machine.
+    const backend = new RedisBackend({ client, prefix: 'shard:', timeoutMs: 1000 });
     const limiter = new RateLimiter({ backend, policy: { rate: 1e6, per: '1s' }, onBackendError: 'fail-closed' });
     const users = Array.from({ length: 30 }, (_, i) => `user-${i}`);
     for (const u of users) await limiter.tryAcquire(u); // slots known, scripts loaded
@@ -111,18 +117,21 @@ test('a master is killed: keys of the healthy masters never see the failure poli
     let stop = false;
     let killedAt = Number.POSITIVE_INFINITY;
     const healthy = { ok: 0, failed: 0, firstFailure: '' };
-    const dead = { okAfterFailover: 0, failed: 0, lastFailureAt: 0 };
+    const dead = { okAfterFailover: 0, failed: 0, lastFailureAt: 0, lastOkAt: 0 };
     let okAt = Number.POSITIVE_INFINITY;
     const loop = async (u: string) => {
       while (!stop) {
         try {
           await limiter.tryAcquire(u);
           if (!onVictim.has(u)) healthy.ok++;
-          else if (performance.now() > okAt) dead.okAfterFailover++;
+          else {
+            dead.lastOkAt = performance.now();
+            if (dead.lastOkAt > okAt) dead.okAfterFailover++;
+          }
         } catch (e) {
           if (!onVictim.has(u)) {
             healthy.failed++;
-            healthy.firstFailure ||= `${u} at +${Math.round(performance.now() - killedAt)} ms: ${String(e)}`;
+            healthy.firstFailure ||= `${u} at +${Math.round(performance.now() - killedAt)} ms: ${String(e)} (${String((e as Error).cause)})`;
           } else {
             expect(isBackendUnavailableError(e)).toBe(true);
             dead.failed++;
@@ -144,48 +153,43 @@ test('a master is killed: keys of the healthy masters never see the failure poli
     debug('per-shard breaker', { healthy, dead, failoverMs: okAt - killedAt, lastDeadFailureAfterOk: dead.lastFailureAt - okAt });
     expect(healthy.failed, healthy.firstFailure).toBe(0);
     expect(healthy.ok).toBeGreaterThan(100);
-    // The dead master's keys did fail while it was down, and Redis decides them again after.
+    // The dead master's keys did fail while it was down, and Redis decides them again after: the
+    // run ends with them decided (their last failure came before their last decision).
     expect(dead.failed).toBeGreaterThan(0);
     expect(dead.okAfterFailover).toBeGreaterThan(0);
-    expect(dead.lastFailureAt - okAt).toBeLessThan(3000);
+    expect(dead.lastOkAt).toBeGreaterThan(dead.lastFailureAt);
   } finally {
     await cluster.stop();
   }
 }, 60_000);
 
 describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master cluster', () => {
-  test.each(['redis', 'hybrid'] as const)('%s admits between 0.99 × (b + r·T) and b + r·T + 1', async (backend) => {
+  test.each(['redis', 'hybrid'] as const)('%s admits at most b + r·T + 1, and at least 90% of r·T, T the time they called', async (backend) => {
     const cluster = await startCluster({ masters: 3 });
     try {
       const policy = { rate: 200, per: '1s', capacity: 50 };
       const durationMs = 2500;
-      const startAt = Date.now() + 4000; // time for the children to boot and connect
       const ports = cluster.nodes.map((n) => n.port);
-      const { admitted, errors, first, last, lastStart, errorSamples, results } = await runLoad(4, {
+      const totals = await runLoad(4, {
         cluster: ports,
         backend,
         prefix: `cl-${backend}:`,
         key: 'shared',
         policy,
-        startAt,
         durationMs,
         concurrency: 100,
         timeoutMs: 2000,
       });
-      // T is the run as it happened (a child slow to boot on a busy machine starts late). Upper
-      // bound: from the first call's start to the last call's end. Lower bound: to the last
-      // call's start (tokens made later, while a starved process finished its last calls, had
-      // no one left to ask for them).
-      const bT = policy.capacity + (policy.rate * (last - first)) / 1000; // ~550
-      const bTdemand = policy.capacity + (policy.rate * (lastStart - first)) / 1000;
-      debug('cluster load', backend, { admitted, bT, bTdemand, spanMs: last - first, per: results.map((r) => [r.admitted, r.rejected, r.first - first, last - r.last]) });
+      const { admitted, errors, first, last, errorSamples, results } = totals;
+      const { upper, lower } = admissionBounds(policy, totals);
+      debug('cluster load', backend, { admitted, upper, lower, spanMs: last - first, per: results.map((r) => [r.admitted, r.rejected, r.first - first, last - r.last]) });
       expect(errors, errorSamples).toBe(0);
-      expect(admitted).toBeLessThanOrEqual(bT + 1);
-      expect(admitted).toBeGreaterThanOrEqual(0.99 * bTdemand);
-      // The run was long enough to mean something (a child may boot late on a busy machine).
-      expect(last - first).toBeGreaterThanOrEqual(durationMs / 2);
+      // Started together: each child called for durationMs, so T ≥ 2500 ms and ~550 were due.
+      expect(last - first).toBeGreaterThanOrEqual(durationMs);
+      expect(admitted).toBeLessThanOrEqual(upper);
+      expect(admitted).toBeGreaterThanOrEqual(lower);
     } finally {
       await cluster.stop();
     }
-  }, 40_000);
+  }, 60_000);
 });

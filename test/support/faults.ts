@@ -1,8 +1,9 @@
 /**
  * Helpers for the fault tests: a guard that fails a file on any unhandled rejection, a backend
- * wrapper that records when the real backend answered, and a load generator that records how
- * long every call took to settle and how.
+ * wrapper that records when the real backend answered, a load generator that records how long
+ * every call took to settle and how, and a gauge of how late this process's timers ran.
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Backend, Decision, Policy, Reservation } from '@tollgate/core';
 import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 
@@ -131,4 +132,15 @@ export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
       },
     );
   });
+}
+
+/**
+ * timerLag measures how late this process's timers fire from now on (CPU starvation on a busy
+ * machine, GC, a long synchronous stretch): no deadline can be kept closer than that, so the
+ * fault tests add it to their deadline bounds. `maxMs()` is the worst lag so far, in ms.
+ */
+export function timerLag(): { maxMs(): number; stop(): void } {
+  const h = monitorEventLoopDelay({ resolution: 10 });
+  h.enable();
+  return { maxMs: () => h.max / 1e6, stop: () => h.disable() };
 }

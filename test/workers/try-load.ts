@@ -1,16 +1,18 @@
 /**
- * One process of the load tests: `concurrency` loops call tryAcquire on one key (of a standalone
- * Redis, or of a Redis Cluster when `cluster` lists its ports) from `startAt` (epoch ms) for
- * `durationMs`, and print { admitted, rejected, errors, first, lastStart, last, errorSample } as
- * JSON (epoch ms: the first call's start, the last call's start, the last call's end).
+ * One process of the load tests: once connected it prints READY and, on GO (every process ready:
+ * test/workers/barrier.ts), `concurrency` loops call tryAcquire on one key (of a standalone Redis,
+ * or of a Redis Cluster when `cluster` lists its ports) for `durationMs`, then it prints
+ * { admitted, rejected, errors, first, lastStart, last, errorSample } as JSON (epoch ms: the first
+ * call's start, the last call's start, the last call's end).
  * A rejected loop sleeps min(retryAfterMs, 5) ms, as a real caller would (never spinning on a
  * hybrid's local rejections, which would starve this process's Redis replies); 100 loops still
  * ask every few ms, so a token is taken within ms of appearing.
- * argv: JSON { port?, cluster?: number[], backend: 'redis'|'hybrid', prefix, key, policy, startAt,
+ * argv: JSON { port?, cluster?: number[], backend: 'redis'|'hybrid', prefix, key, policy,
  * durationMs, concurrency, timeoutMs? }
  */
 import { HybridBackend, type PolicyInput, RateLimiter, RedisBackend } from '@tollgate/core';
 import { Cluster, Redis } from '../support/ioredis.ts';
+import { ready } from './barrier.ts';
 
 const cfg = JSON.parse(process.argv[2] as string) as {
   port?: number;
@@ -19,7 +21,6 @@ const cfg = JSON.parse(process.argv[2] as string) as {
   prefix: string;
   key: string;
   policy: PolicyInput;
-  startAt: number;
   durationMs: number;
   concurrency: number;
   timeoutMs?: number;
@@ -45,9 +46,8 @@ let errorSample = '';
 let first = Number.POSITIVE_INFINITY;
 let lastStart = 0;
 let last = 0;
-const end = cfg.startAt + cfg.durationMs;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-await sleep(Math.max(0, cfg.startAt - Date.now()));
+const end = (await ready()) + cfg.durationMs;
 
 async function loop(): Promise<void> {
   while (Date.now() < end) {

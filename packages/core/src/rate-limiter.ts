@@ -143,8 +143,7 @@ export class RateLimiter {
         this.#failed(breaker, e, epoch);
         return this.#degradedTry(key, policy, cost, breaker, e);
       }
-      // The asynchronous case is a method of its own: its closures would otherwise cost every
-      // call (synchronous ones too) a context allocation.
+      // The asynchronous case is a method of its own, so the synchronous path creates no closures.
       if (r instanceof Promise) return this.#tryAnswered(r, key, policy, cost, breaker, epoch);
       if (r.allowed) return Promise.resolve(r);
       // A backend answers a repeated rejection with the same frozen Decision: so the same promise.
