@@ -23,6 +23,11 @@ export class Breaker {
     this.#probeIntervalMs = probeIntervalMs;
   }
 
+  /** Whether a call should go to the backend now: the breaker is closed, or it is the probe's turn. */
+  allow(): boolean {
+    return this.downUntil === 0 || this.shouldProbe();
+  }
+
   /** Whether the caller may try the backend, the breaker being open: one probe per interval. */
   shouldProbe(): boolean {
     if (this.#probing || performance.now() < this.downUntil) return false;

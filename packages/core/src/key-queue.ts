@@ -11,6 +11,7 @@ import type { Reservation } from './bucket.js';
 import { AbortedError, MaxWaitExceededError } from './errors.js';
 import type { Grant } from './options.js';
 import type { Policy } from './policy.js';
+import { arm } from './timer.js';
 
 /** A caller of `acquire` waiting its turn on one key. */
 export interface Waiter {
@@ -380,13 +381,4 @@ function clear(w: Waiter): void {
     clearTimeout(w.timer);
     w.timer = undefined;
   }
-}
-
-/** setTimeout's longest delay: a longer one would fire after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
-/** arm runs `fn` after `ms` on `w.timer` (cleared with clearTimeout), however long `ms` is. */
-function arm(w: Waiter, ms: number, fn: () => void): void {
-  if (ms <= MAX_TIMER_MS) w.timer = setTimeout(fn, ms);
-  else w.timer = setTimeout(() => arm(w, ms - MAX_TIMER_MS, fn), MAX_TIMER_MS);
 }

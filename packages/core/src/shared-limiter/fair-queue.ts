@@ -1,6 +1,7 @@
 import type { MaybePromise } from '../backend.js';
 import { AbortedError, MaxWaitExceededError } from '../errors.js';
 import type { Policy } from '../policy.js';
+import { arm } from '../timer.js';
 import { DEFERRED, GRANTED, type PoolAnswer } from './pool-math.js';
 import type { Pools } from './pools.js';
 
@@ -61,14 +62,6 @@ interface KeyQueue {
 
 const now = (): number => performance.now();
 
-/** setTimeout's longest delay: a longer one would fire after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
-function arm(w: Waiter, ms: number, fn: () => void): void {
-  if (ms <= MAX_TIMER_MS) w.timer = setTimeout(fn, ms);
-  else w.timer = setTimeout(() => arm(w, ms - MAX_TIMER_MS, fn), MAX_TIMER_MS);
-}
-
 /** queueId is the map key of (pool, key). */
 export function queueId(pool: string, key: string): string {
   return `${pool}\u0000${key}`;
@@ -78,6 +71,13 @@ export function queueId(pool: string, key: string): string {
  * FairQueues holds a SharedLimiter's local FIFO queue per (pool, key). The head of each queue
  * alone holds a turn in the pool: it asks, is granted (then waits for its start), or is told
  * when to ask again; when it starts, the next caller becomes the head and asks.
+ *
+ * Not RateLimiter's KeyQueues (key-queue.ts), though the FIFO and the pump are alike: a head
+ * here may be refused for now with nothing taken (DEFERRED: not its key's turn in the pool) and
+ * asks again on a timer; it tells the pool whether callers wait behind it (`more`); the
+ * provider's retry-after holds heads already granted (holdUntil); and a grant is not taken
+ * again when admitted late, as KeyQueues does on a local bucket. Folding those into KeyQueues
+ * would put pool-only states on RateLimiter's hot path.
  */
 export class FairQueues {
   readonly #host: QueueHost;
