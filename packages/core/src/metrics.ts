@@ -3,11 +3,21 @@
  * until the application registers a MeterProvider.
  *
  * - `tollgate.decisions` (counter): decisions by `tollgate.limiter` (the limiter's name),
- *   `tollgate.backend` ('memory', 'redis', 'hybrid') and `tollgate.outcome`.
- * - `tollgate.wait.duration` (histogram, seconds): how long a granted call waited.
+ *   `tollgate.backend` ('memory', 'redis', 'hybrid') and `tollgate.outcome`, one per call:
+ *   - `allowed`: granted by the backend (an `acquire`, after its wait; a `tryAcquire` that took);
+ *   - `rejected`: a `tryAcquire` answered not allowed, a cost above the capacity, or a call
+ *     refused by `fail-closed`;
+ *   - `timeout`: an `acquire` that would wait (or waited) more than its `maxWaitMs`;
+ *   - `aborted`: an `acquire` whose signal fired;
+ *   - `fallback`: decided by `onBackendError` while the backend failed (`fail-open`, or the
+ *     fallback bucket, whatever it answered);
+ *   - `queue_full`: @tollgate/agent's per-user queue refused a call.
+ *   Invalid arguments are the caller's bug, not a decision: not counted.
+ * - `tollgate.wait.duration` (histogram, seconds): how long a granted call waited (0 when at once).
  * - `tollgate.queue.size` (up-down counter): callers waiting now.
  *
- * No key (user id) is ever an attribute: unbounded cardinality, and private.
+ * No key (user id) is ever an attribute: unbounded cardinality, and private. Limiters sharing a
+ * name and a backend add up into one series.
  *
  * Cost: a decision adds one integer to a per-limiter tally; the tallies are reported when the
  * application's reader collects (observable instruments), so the hot path makes no OpenTelemetry
@@ -45,7 +55,7 @@ export const RECHECK_EVERY = 1024;
 const METER_NAME = 'tollgate';
 const NOOP_HISTOGRAM = createNoopMeter().createHistogram('noop').constructor;
 
-/** The instruments made on one MeterProvider, and every limiter's tallies reported through them. */
+/** The instruments made on one MeterProvider. */
 interface Binding {
   readonly provider: MeterProvider;
   readonly wait: Histogram;
@@ -53,9 +63,37 @@ interface Binding {
   readonly live: boolean;
 }
 
-/** Every LimiterMetrics alive, reported by the observable instruments' callbacks. */
-const registry = new Set<WeakRef<LimiterMetrics>>();
+/**
+ * One time series set: the tallies of every limiter with one (name, backend). Limiters that share
+ * a name add up (an observable reports one value per attribute set, the last one observed), and a
+ * limiter that is garbage-collected takes nothing away from a counter.
+ */
+interface Series {
+  readonly attrs: readonly Attributes[];
+  readonly queueAttrs: Attributes;
+  readonly tally: Float64Array;
+  queued: number;
+}
+
+/** Every series, by limiter name and backend: as many as the application has limiter names. */
+const series = new Map<string, Series>();
 let binding: Binding | undefined;
+
+function seriesOf(limiter: string, backend: string): Series {
+  const id = `${limiter}\u0000${backend}`;
+  let s = series.get(id);
+  if (s === undefined) {
+    const base = { 'tollgate.limiter': limiter, 'tollgate.backend': backend };
+    s = {
+      attrs: OUTCOMES.map((outcome) => Object.freeze({ ...base, 'tollgate.outcome': outcome })),
+      queueAttrs: Object.freeze(base),
+      tally: new Float64Array(OUTCOMES.length),
+      queued: 0,
+    };
+    series.set(id, s);
+  }
+  return s;
+}
 
 /** The binding to the current global MeterProvider, made anew when the provider changed. */
 function bind(): Binding {
@@ -72,40 +110,43 @@ function bind(): Binding {
   if (live) {
     meter
       .createObservableCounter('tollgate.decisions', { description: 'Rate-limit decisions, by outcome.' })
-      .addCallback((result) => report(result, (m, r) => m.observeDecisions(r)));
+      .addCallback(observeDecisions);
     meter
       .createObservableUpDownCounter('tollgate.queue.size', { description: 'Callers waiting for tokens.' })
-      .addCallback((result) => report(result, (m, r) => m.observeQueue(r)));
+      .addCallback(observeQueues);
   }
   binding = { provider, wait, live };
   return binding;
 }
 
-function report(result: ObservableResult, each: (m: LimiterMetrics, r: ObservableResult) => void): void {
-  for (const ref of registry) {
-    const m = ref.deref();
-    if (m === undefined) registry.delete(ref);
-    else each(m, result);
+function observeDecisions(result: ObservableResult): void {
+  for (const s of series.values()) {
+    for (let i = 0; i < OUTCOMES.length; i++) {
+      const n = s.tally[i] as number;
+      if (n > 0) result.observe(n, s.attrs[i]);
+    }
   }
+}
+
+function observeQueues(result: ObservableResult): void {
+  for (const s of series.values()) result.observe(s.queued, s.queueAttrs);
 }
 
 /**
  * LimiterMetrics tallies one limiter's decisions, waits and queue for OpenTelemetry. Made by each
- * limiter (and by @tollgate/agent's per-user queues); cheap enough for every decision.
+ * limiter (and by @tollgate/agent's per-user queues); cheap enough for every decision. Limiters
+ * with the same name and backend report as one.
  */
 export class LimiterMetrics {
-  readonly #attrs: readonly Attributes[];
-  readonly #queueAttrs: Attributes;
-  readonly #tally = new Float64Array(OUTCOMES.length);
-  #queued = 0;
+  readonly #series: Series;
+  readonly #tally: Float64Array;
   #untilRecheck = RECHECK_EVERY;
   #binding: Binding;
 
+  /** `limiter` is the limiter's name, `backend` its kind ('memory', 'redis', 'hybrid'). Never a user id. */
   constructor(limiter: string, backend: string) {
-    const base = { 'tollgate.limiter': limiter, 'tollgate.backend': backend };
-    this.#attrs = OUTCOMES.map((outcome) => Object.freeze({ ...base, 'tollgate.outcome': outcome }));
-    this.#queueAttrs = Object.freeze(base);
-    registry.add(new WeakRef(this));
+    this.#series = seriesOf(limiter, backend);
+    this.#tally = this.#series.tally;
     this.#binding = bind();
   }
 
@@ -122,23 +163,18 @@ export class LimiterMetrics {
   /** Records how long a granted call waited, in ms (0 for a call granted at once). */
   waited(ms: number): void {
     if (ms > 0) this.#binding = bind();
-    if (this.#binding.live) this.#binding.wait.record(ms / 1000, this.#queueAttrs);
+    if (this.#binding.live) this.#binding.wait.record(ms / 1000, this.#series.queueAttrs);
+  }
+
+  /** Counts a granted call (`allowed`, or `fallback`: granted by the failure policy) and records its wait in ms. */
+  granted(outcome: 'allowed' | 'fallback', ms: number): void {
+    this.decision(outcome);
+    this.waited(ms);
   }
 
   /** A caller started (+1) or stopped (-1) waiting. */
   queue(delta: number): void {
-    this.#queued += delta;
+    this.#series.queued += delta;
     if (delta > 0) this.#binding = bind();
-  }
-
-  observeDecisions(result: ObservableResult): void {
-    for (let i = 0; i < OUTCOMES.length; i++) {
-      const n = this.#tally[i] as number;
-      if (n > 0) result.observe(n, this.#attrs[i]);
-    }
-  }
-
-  observeQueue(result: ObservableResult): void {
-    result.observe(this.#queued, this.#queueAttrs);
   }
 }

@@ -41,6 +41,7 @@ test('@tollgate/core/internal exports the bucket math, the script, key encoding 
     [
       "BUCKET_SCRIPT",
       "COST_EPSILON",
+      "LimiterMetrics",
       "MAX_TOKENS",
       "acquireNow",
       "describe",

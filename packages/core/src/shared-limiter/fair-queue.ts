@@ -1,5 +1,6 @@
 import type { MaybePromise } from '../backend.js';
 import { AbortedError, MaxWaitExceededError } from '../errors.js';
+import type { LimiterMetrics, Outcome } from '../metrics.js';
 import type { Policy } from '../policy.js';
 import { arm } from '../timer.js';
 import { DEFERRED, GRANTED, type PoolAnswer } from './pool-math.js';
@@ -24,6 +25,8 @@ export interface QueueHost {
   /** One turn for `w`; throws (or rejects) with the error its caller must see. */
   ask(w: Waiter, maxWaitMs: number, more: boolean): MaybePromise<Answered>;
   giveBack(on: Pools, w: Waiter): void;
+  /** Whether `on` is the failure policy's (a grant there counts as `fallback`). */
+  degraded(on: Pools | undefined): boolean;
 }
 
 /** A caller of `acquire` waiting its turn on one (pool, key). */
@@ -81,10 +84,13 @@ export function queueId(pool: string, key: string): string {
  */
 export class FairQueues {
   readonly #host: QueueHost;
+  readonly #metrics: LimiterMetrics;
   readonly #queues = new Map<string, KeyQueue>();
 
-  constructor(host: QueueHost) {
+  /** `metrics` counts every caller's outcome and wait, and the callers waiting. */
+  constructor(host: QueueHost, metrics: LimiterMetrics) {
     this.#host = host;
+    this.#metrics = metrics;
   }
 
   get size(): number {
@@ -122,6 +128,7 @@ export class FairQueues {
       this.#queues.set(id, q);
     }
     const queue = q;
+    this.#metrics.queue(1);
     if (w.signal !== undefined) {
       w.onAbort = () => this.#abort(queue, w);
       w.signal.addEventListener('abort', w.onAbort, { once: true });
@@ -139,6 +146,7 @@ export class FairQueues {
       arm(w, w.deadline - w.start, () => {
         if (w.state !== 'queued') return;
         this.#finish(queue, w);
+        this.#settled('timeout');
         const est = this.estimate(id, w.cost, w.policy);
         w.reject(new MaxWaitExceededError(w.key, Math.max(1, est), w.deadline - w.start));
         this.#pumpSoon(queue);
@@ -243,6 +251,7 @@ export class FairQueues {
       return;
     }
     this.#finish(q, w);
+    this.#settled('timeout');
     w.reject(new MaxWaitExceededError(w.key, Math.max(1, a.ms), w.deadline - w.start));
     this.#pumpSoon(q);
   }
@@ -250,6 +259,7 @@ export class FairQueues {
   #fail(q: KeyQueue, w: Waiter, e: unknown): void {
     if (w.state !== 'done') {
       this.#finish(q, w);
+      this.#settled('rejected');
       w.reject(e);
     } else if (q.head === w) q.head = undefined;
     this.#pumpSoon(q);
@@ -265,6 +275,8 @@ export class FairQueues {
     }
     const waitedMs = now() - w.start;
     this.#finish(q, w);
+    this.#metrics.queue(-1);
+    this.#metrics.granted(this.#host.degraded(w.heldOn) ? 'fallback' : 'allowed', waitedMs);
     w.resolve({ waitedMs, remaining: w.remaining });
     this.#pumpSoon(q);
   }
@@ -277,13 +289,21 @@ export class FairQueues {
       // Its turn is in flight: #answered gives a grant back and moves the queue on.
       w.state = 'done';
       this.#cleanup(w);
+      this.#settled('aborted');
       w.reject(new AbortedError(w.key, reason));
       return;
     }
     if (state === 'holding' && w.heldOn !== undefined) this.#host.giveBack(w.heldOn, w);
     this.#finish(q, w);
+    this.#settled('aborted');
     w.reject(new AbortedError(w.key, reason));
     this.#pumpSoon(q);
+  }
+
+  /** A caller stopped waiting with `outcome` (not a grant). */
+  #settled(outcome: Outcome): void {
+    this.#metrics.queue(-1);
+    this.#metrics.decision(outcome);
   }
 
   #finish(q: KeyQueue, w: Waiter): void {

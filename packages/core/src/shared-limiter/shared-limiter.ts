@@ -2,6 +2,7 @@ import type { Backend, MaybePromise } from '../backend.js';
 import { checkAmount, checkCost, checkKey, checkMaxWait, checkSignal, checkWeight } from '../args.js';
 import type { Decision } from '../bucket.js';
 import { AbortedError, CostExceedsCapacityError, MaxWaitExceededError } from '../errors.js';
+import { LimiterMetrics } from '../metrics.js';
 import { type Policy, type PolicyInput, normalizePolicy } from '../policy.js';
 import { type Answered, FairQueues, type SharedGrant, type Waiter, queueId } from './fair-queue.js';
 import { GuardedPools } from './guarded-pools.js';
@@ -76,6 +77,7 @@ export class SharedLimiter {
   readonly #policies = new WeakMap<object, Policy>();
   readonly #weight: ((key: string) => number) | undefined;
   readonly #queues: FairQueues;
+  readonly #metrics: LimiterMetrics;
 
   constructor(options: SharedLimiterOptions) {
     const o = parseSharedOptions(options);
@@ -86,10 +88,16 @@ export class SharedLimiter {
     if (typeof o.policy === 'function') this.#policyFn = o.policy as (pool: string) => PolicyInput | undefined;
     else this.#static = normalizePolicy(o.policy, 'policy');
     this.#pools = new GuardedPools(o.name, o.backend, o.onBackendError, o.probeIntervalMs, o.onError);
-    this.#queues = new FairQueues({
-      ask: (w, maxWait, more) => this.#pools.ask(w.pool, w.key, w.policy, w.cost, w.weight, 'r', maxWait, more),
-      giveBack: (on, w) => this.#pools.giveBack(on, w.pool, w.key, w.policy, w.cost),
-    });
+    this.#metrics = new LimiterMetrics(o.name, o.backend.kind);
+    const pools = this.#pools;
+    this.#queues = new FairQueues(
+      {
+        ask: (w, maxWait, more) => pools.ask(w.pool, w.key, w.policy, w.cost, w.weight, 'r', maxWait, more),
+        giveBack: (on, w) => pools.giveBack(on, w.pool, w.key, w.policy, w.cost),
+        degraded: (on) => on !== pools.primary,
+      },
+      this.#metrics,
+    );
   }
 
   /** policyFor returns `pool`'s validated policy, or undefined when it has no limit. */
@@ -135,10 +143,19 @@ export class SharedLimiter {
       maxWaitMs = checkMaxWait(options?.maxWaitMs);
       signal = checkSignal(options?.signal);
       policy = this.#static ?? this.policyFor(pool);
-      if (policy === undefined) return Promise.resolve({ waitedMs: 0, remaining: Number.POSITIVE_INFINITY });
-      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      if (policy === undefined) {
+        this.#metrics.granted('allowed', 0);
+        return Promise.resolve({ waitedMs: 0, remaining: Number.POSITIVE_INFINITY });
+      }
+      if (cost > policy.capacity) {
+        this.#metrics.decision('rejected');
+        throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      }
       weight = this.#weightOf(key);
-      if (signal?.aborted) throw new AbortedError(key, signal.reason);
+      if (signal?.aborted) {
+        this.#metrics.decision('aborted');
+        throw new AbortedError(key, signal.reason);
+      }
     } catch (e) {
       return Promise.reject(e);
     }
@@ -148,7 +165,10 @@ export class SharedLimiter {
       // Fast path: nobody of this key waits here and the pool answers at once.
       const memory = pools.primary as MemoryPools;
       const a = memory.decide(this.name, pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
-      if (a.status === GRANTED && a.ms <= 0) return Promise.resolve({ waitedMs: 0, remaining: a.remaining });
+      if (a.status === GRANTED && a.ms <= 0) {
+        this.#metrics.granted('allowed', 0);
+        return Promise.resolve({ waitedMs: 0, remaining: a.remaining });
+      }
       return this.#wait(pool, key, policy, cost, weight, maxWaitMs, signal, { a, on: memory });
     }
     return this.#wait(pool, key, policy, cost, weight, maxWaitMs, signal, queued ? undefined : null);
@@ -195,6 +215,7 @@ export class SharedLimiter {
         try {
           r = this.#pools.ask(pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
         } catch (e) {
+          this.#metrics.decision('rejected');
           reject(e);
           return;
         }
@@ -204,6 +225,7 @@ export class SharedLimiter {
       if (maxWaitMs !== Number.POSITIVE_INFINITY) {
         const est = this.#queues.estimate(queueId(pool, key), cost, policy);
         if (est > maxWaitMs) {
+          this.#metrics.decision('timeout');
           reject(new MaxWaitExceededError(key, est, maxWaitMs));
           return;
         }
@@ -224,19 +246,49 @@ export class SharedLimiter {
       const pool = options?.pool ?? DEFAULT_SHARED_OPTIONS.pool;
       checkKey(pool, 'pool');
       const policy = this.#static ?? this.policyFor(pool);
-      if (policy === undefined) return Promise.resolve(UNLIMITED);
-      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      const metrics = this.#metrics;
+      if (policy === undefined) {
+        metrics.decision('allowed');
+        return Promise.resolve(UNLIMITED);
+      }
+      if (cost > policy.capacity) {
+        metrics.decision('rejected');
+        throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      }
       const weight = this.#weightOf(key);
       const id = queueId(pool, key);
       if (this.#queues.has(id)) {
+        metrics.decision('rejected');
         const est = this.#queues.estimate(id, cost, policy);
         return Promise.resolve({ allowed: false, remaining: 0, retryAfterMs: Math.max(1, est), resetAfterMs: Math.max(1, est) });
       }
-      const r = this.#pools.ask(pool, key, policy, cost, weight, 't', -1, false);
-      return r instanceof Promise ? r.then(toDecision) : Promise.resolve(toDecision(r));
+      let r: MaybePromise<Answered>;
+      try {
+        r = this.#pools.ask(pool, key, policy, cost, weight, 't', -1, false);
+      } catch (e) {
+        metrics.decision('rejected');
+        throw e;
+      }
+      if (r instanceof Promise) {
+        return r.then(
+          (x) => this.#tried(x),
+          (e: unknown) => {
+            metrics.decision('rejected');
+            throw e;
+          },
+        );
+      }
+      return Promise.resolve(this.#tried(r));
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  /** tryAcquire's answer, counted: `fallback` when the failure policy decided it. */
+  #tried(r: Answered): Decision {
+    const d = toDecision(r);
+    this.#metrics.decision(r.on !== this.#pools.primary ? 'fallback' : d.allowed ? 'allowed' : 'rejected');
+    return d;
   }
 
   /**
