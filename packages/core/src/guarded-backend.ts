@@ -5,9 +5,10 @@
  */
 import type { Backend } from './backend.js';
 import { MemoryBackend } from './backends/memory.js';
-import { type Breaker, Breakers } from './breaker.js';
+import { type Breaker, Breakers, unavailable } from './breaker.js';
 import type { Decision, Reservation } from './bucket.js';
-import { BackendUnavailableError } from './errors.js';
+import type { BackendUnavailableError } from './errors.js';
+import { FailureReport } from './failure-report.js';
 import type { Waiter } from './key-queue.js';
 import type { BackendErrorPolicy } from './options.js';
 import type { Policy } from './policy.js';
@@ -28,7 +29,7 @@ export class GuardedBackend {
   readonly backend: Backend;
   readonly #name: string;
   readonly #policy: BackendErrorPolicy;
-  readonly #onError: ((e: unknown) => void) | undefined;
+  readonly #report: FailureReport;
   readonly #breakers: Breakers;
   /** The breaker of an unsharded backend, read without a lookup. */
   readonly #breaker: Breaker;
@@ -45,7 +46,7 @@ export class GuardedBackend {
     this.backend = backend;
     this.#name = name;
     this.#policy = onBackendError;
-    this.#onError = onError;
+    this.#report = new FailureReport(onError);
     this.#breakers = new Breakers(probeIntervalMs);
     this.#breaker = this.#breakers.of(undefined);
     this.#shardOf = typeof backend.shardOf === 'function' ? backend.shardOf.bind(backend) : undefined;
@@ -64,13 +65,7 @@ export class GuardedBackend {
   /** A backend call begun at `epoch` of `breaker` failed with `error`. */
   failed(breaker: Breaker, error: unknown, epoch: number): void {
     breaker.down(error, epoch);
-    if (this.#onError !== undefined) {
-      try {
-        this.#onError(error);
-      } catch {
-        // A reporting hook must not break admission.
-      }
-    }
+    this.#report.failed(error);
   }
 
   /** Where refunds and decisions go while `key`'s shard is down: the fallback bucket or nowhere. */
@@ -135,6 +130,6 @@ export class GuardedBackend {
 
   /** The error of a call refused by `fail-closed`. */
   #unavailable(breaker: Breaker, error: unknown): BackendUnavailableError {
-    return new BackendUnavailableError(`the ${this.backend.constructor.name} backend is unavailable`, error ?? breaker.lastError);
+    return unavailable(this.backend.kind, breaker, error);
   }
 }

@@ -130,7 +130,7 @@ export function parseLimiterOptions(options: unknown): ParsedLimiterOptions {
     );
   }
   const parsed = optionsSchema.safeParse(options);
-  if (!parsed.success) throw toOptionsError('RateLimiter options', parsed.error);
+  if (!parsed.success) throw toOptionsError('RateLimiter options', parsed.error, '', Object.keys(optionsSchema.shape));
   const o = parsed.data;
   return {
     backend: o.backend,

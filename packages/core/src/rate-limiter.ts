@@ -133,6 +133,8 @@ export class RateLimiter {
       // The asynchronous case is a method of its own: its closures would otherwise cost every
       // call (synchronous ones too) a context allocation.
       if (r instanceof Promise) return this.#tryAnswered(r, key, policy, cost, breaker, epoch);
+      // A synchronous backend answered the probe: trusted again.
+      if (breaker.downUntil !== 0) breaker.up();
       if (r.allowed) {
         metrics.decision('allowed');
         return Promise.resolve(r);
@@ -305,6 +307,7 @@ export class RateLimiter {
       return this.#degradedReserve(w, maxWaitMs, breaker, e);
     }
     if (r instanceof Promise) return this.#reserveAnswered(r, w, breaker, epoch);
+    if (breaker.downUntil !== 0) breaker.up();
     w.heldOn = this.backend;
     return r;
   }

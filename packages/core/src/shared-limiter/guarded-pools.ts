@@ -4,8 +4,8 @@
  * slot), and by the failure policy while a shard is down or failing.
  */
 import type { Backend, MaybePromise } from '../backend.js';
-import { type Breaker, Breakers } from '../breaker.js';
-import { BackendUnavailableError } from '../errors.js';
+import { type Breaker, Breakers, unavailable } from '../breaker.js';
+import { FailureReport } from '../failure-report.js';
 import type { Policy } from '../policy.js';
 import type { Answered } from './fair-queue.js';
 import { MemoryPools } from './memory-pools.js';
@@ -25,7 +25,7 @@ export class GuardedPools {
   readonly #name: string;
   readonly #backend: Backend;
   readonly #policy: SharedBackendErrorPolicy;
-  readonly #onError: ((e: unknown) => void) | undefined;
+  readonly #report: FailureReport;
   readonly #breakers: Breakers;
   readonly #breaker: Breaker;
   readonly #shardOf: ((name: string, pool: string) => string | undefined) | undefined;
@@ -41,7 +41,7 @@ export class GuardedPools {
     this.#name = name;
     this.#backend = backend;
     this.#policy = onBackendError;
-    this.#onError = onError;
+    this.#report = new FailureReport(onError);
     this.primary = poolsOf(backend);
     this.sync = this.primary instanceof MemoryPools;
     this.#breakers = new Breakers(probeIntervalMs);
@@ -122,14 +122,9 @@ export class GuardedPools {
     return Promise.resolve();
   }
 
-  /** Hands `error` to `onError`, which must not break admission. */
+  /** Hands an error of observe's own (not the backend's) to `onError`, if given. */
   report(error: unknown): void {
-    if (this.#onError === undefined) return;
-    try {
-      this.#onError(error);
-    } catch {
-      // A reporting hook must not break admission.
-    }
+    this.#report.toHook(error);
   }
 
   #breakerOf(pool: string): Breaker {
@@ -138,7 +133,7 @@ export class GuardedPools {
 
   #failed(breaker: Breaker, error: unknown, epoch: number): void {
     breaker.down(error, epoch);
-    this.report(error);
+    this.#report.failed(error);
   }
 
   #degraded(
@@ -157,7 +152,7 @@ export class GuardedPools {
       case 'fail-open':
         return { a: OPEN, on: OPEN_POOLS };
       case 'fail-closed':
-        throw new BackendUnavailableError(`the ${this.#backend.constructor.name} backend is unavailable`, error ?? breaker.lastError);
+        throw unavailable(this.#backend.kind, breaker, error);
       default: {
         const fb = this.#fallbackPools();
         return { a: fb.decide(this.#name, pool, key, policy, cost, weight, mode, maxWait, more), on: fb };

@@ -135,7 +135,7 @@ export function parseSharedOptions(options: unknown): ParsedSharedOptions {
     throw new InvalidOptionsError(`invalid SharedLimiter options: must be an object with backend and policy (received ${describe(options)})`);
   }
   const parsed = optionsSchema.safeParse(options);
-  if (!parsed.success) throw toOptionsError('SharedLimiter options', parsed.error);
+  if (!parsed.success) throw toOptionsError('SharedLimiter options', parsed.error, '', Object.keys(optionsSchema.shape));
   const o = parsed.data;
   return {
     backend: o.backend,
