@@ -46,7 +46,7 @@ export class GuardedBackend {
     this.backend = backend;
     this.#name = name;
     this.#policy = onBackendError;
-    this.#report = new FailureReport(onError);
+    this.#report = new FailureReport(`RateLimiter ${JSON.stringify(name)}`, backend.kind, onBackendError, probeIntervalMs, onError);
     this.#breakers = new Breakers(probeIntervalMs);
     this.#breaker = this.#breakers.of(undefined);
     this.#shardOf = typeof backend.shardOf === 'function' ? backend.shardOf.bind(backend) : undefined;

@@ -1,6 +1,7 @@
 /**
  * What a user sees when the backend fails: `fail-closed` errors carry the backend's own error as
- * `cause` (the Redis client's, not a Tollgate wrapper).
+ * `cause` (the Redis client's, not a Tollgate wrapper), and a limiter with no `onError` says so
+ * once, with a process warning, instead of failing silently (a mistyped Redis URL).
  */
 import net from 'node:net';
 import {
@@ -14,7 +15,7 @@ import {
   TollgateError,
 } from '@tollgate/core';
 import { Redis } from 'ioredis';
-import { afterAll, describe, expect, test } from 'vitest';
+import { afterAll, afterEach, beforeEach, describe, expect, test } from 'vitest';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -93,5 +94,94 @@ describe("fail-closed: the error's cause is the backend's own error", () => {
     const timeout = new BackendTimeoutError(300);
     fail = timeout;
     expect((await rejection(l.tryAcquire('bob'))).cause).toBe(timeout);
+  });
+});
+
+describe('the first backend failure of a limiter with no onError prints one warning', () => {
+  let warnings: Error[] = [];
+  const listen = (w: Error) => {
+    if ((w as { code?: string }).code === 'TOLLGATE_BACKEND_UNAVAILABLE') warnings.push(w);
+  };
+  beforeEach(() => {
+    warnings = [];
+    process.on('warning', listen);
+  });
+  afterEach(() => {
+    process.off('warning', listen);
+  });
+  /** Warnings are emitted on the next tick. */
+  const settle = () => new Promise<void>((r) => setImmediate(r));
+
+  const broken = (): Backend => ({
+    kind: 'broken',
+    tryTake: () => Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:6390')),
+    reserve: () => Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:6390')),
+    refund: () => Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:6390')),
+  });
+
+  test('once per limiter, naming the limiter, the backend, the error and what onBackendError does now', async () => {
+    const l = new RateLimiter({ backend: broken(), name: 'llm-tokens', policy: { rate: 5, per: '1s' }, probeIntervalMs: 10 });
+    for (let i = 0; i < 3; i++) {
+      await l.acquire('alice');
+      await l.tryAcquire('alice');
+      await sleep(15); // past the probe interval: each round fails on the backend again
+    }
+    await settle();
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]?.name).toBe('TollgateWarning');
+    expect(warnings[0]?.message).toBe(
+      'RateLimiter "llm-tokens": the broken backend failed (connect ECONNREFUSED 127.0.0.1:6390). Until it answers again (tried every 10 ms), ' +
+        "onBackendError 'fallback' decides calls on buckets in this process's memory (limits hold per process, not across processes). " +
+        'Pass onError to the limiter to handle backend failures yourself; this warning is printed once per limiter.',
+    );
+    const closed = new RateLimiter({ backend: broken(), policy: { rate: 5, per: '1s' }, onBackendError: 'fail-closed' });
+    await expect(closed.acquire('alice')).rejects.toBeInstanceOf(BackendUnavailableError);
+    const open = new RateLimiter({ backend: broken(), policy: { rate: 5, per: '1s' }, onBackendError: 'fail-open' });
+    await open.acquire('alice');
+    await settle();
+    expect(warnings.map((w) => w.message.split('. Until')[1]?.split('. Pass')[0])).toEqual([
+      " it answers again (tried every 10 ms), onBackendError 'fallback' decides calls on buckets in this process's memory (limits hold per process, not across processes)",
+      " it answers again (tried every 500 ms), onBackendError 'fail-closed' fails every call with BackendUnavailableError",
+      " it answers again (tried every 500 ms), onBackendError 'fail-open' admits every call, with no limit",
+    ]);
+  });
+
+  test('no warning when onError is given: onError sees every failure instead', async () => {
+    const seen: unknown[] = [];
+    const l = new RateLimiter({ backend: broken(), policy: { rate: 5, per: '1s' }, probeIntervalMs: 10, onError: (e) => seen.push(e) });
+    for (let i = 0; i < 3; i++) {
+      await l.acquire('alice');
+      await sleep(15);
+    }
+    const s = new SharedLimiter({ backend: await deadRedis(), policy: { rate: 5, per: '1s' }, onError: (e) => seen.push(e) });
+    await s.acquire('alice');
+    await settle();
+    expect(warnings).toHaveLength(0);
+    expect(seen).toHaveLength(4);
+  });
+
+  test('a SharedLimiter on a Redis that is not there asks whether the Redis URL is right', async () => {
+    const s = new SharedLimiter({ backend: await deadRedis(), name: 'org', policy: { rate: 5, per: '1s' } });
+    await s.acquire('alice');
+    await s.acquire('bob');
+    await settle();
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]?.message).toMatch(
+      /^SharedLimiter "org": the redis backend failed \(.+\)\. Is the Redis URL right, and Redis reachable\? Until it answers again \(tried every 500 ms\), onBackendError 'fallback' decides/,
+    );
+  });
+
+  test('a mistyped Redis URL: the first call waits timeoutMs and is decided by the fallback; one warning for six calls', async () => {
+    const client = new Redis(`redis://127.0.0.1:${await closedPort()}`);
+    // ioredis prints 'Unhandled error event' for every reconnect failure unless the application listens.
+    client.on('error', () => {});
+    const l = new RateLimiter({ backend: new RedisBackend({ client, timeoutMs: 200 }), policy: { rate: 5, per: '1s' } });
+    const g = await l.acquire('alice');
+    for (let i = 0; i < 5; i++) await l.acquire('alice');
+    await settle();
+    expect(g.waitedMs).toBeGreaterThanOrEqual(150);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]?.message).toMatch(/^RateLimiter "default": the redis backend failed \(.+\)\. Is the Redis URL right, and Redis reachable\?/);
+    client.disconnect();
   });
 });

@@ -41,7 +41,7 @@ export class GuardedPools {
     this.#name = name;
     this.#backend = backend;
     this.#policy = onBackendError;
-    this.#report = new FailureReport(onError);
+    this.#report = new FailureReport(`SharedLimiter ${JSON.stringify(name)}`, backend.kind, onBackendError, probeIntervalMs, onError);
     this.primary = poolsOf(backend);
     this.sync = this.primary instanceof MemoryPools;
     this.#breakers = new Breakers(probeIntervalMs);
