@@ -20,7 +20,8 @@ export interface PolicyInput {
   /** Tokens added every `per`. A finite number > 0 (fractions allowed). */
   rate: number;
   /**
-   * The refill period: ms as a number, or '500ms' / '1s' / '1m' / '1h' / '1d'.
+   * The refill period: ms as a number, or '500ms' / '1s' / '1m' / '1h' / '1d' (also '1 min',
+   * '2 sec', '1hr', any case: see {@link Duration}).
    * @default '1s'
    */
   per?: Duration;

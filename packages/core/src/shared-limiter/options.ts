@@ -40,7 +40,11 @@ export interface SharedLimiterOptions {
   onBackendError?: SharedBackendErrorPolicy;
   /** After a backend failure, one call every `probeIntervalMs` tries the backend again. @default 500 */
   probeIntervalMs?: number;
-  /** Called with every backend failure (for logs and metrics). Must not throw. */
+  /**
+   * Called with every backend failure (for logs and metrics). Must not throw. Without it, the
+   * limiter's first backend failure prints one process warning (`process.emitWarning`, code
+   * 'TOLLGATE_BACKEND_UNAVAILABLE') naming the limiter, the backend and the error.
+   */
   onError?: (error: unknown) => void;
 }
 
