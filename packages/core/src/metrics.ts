@@ -40,14 +40,6 @@ import {
 export type Outcome = 'allowed' | 'rejected' | 'timeout' | 'aborted' | 'fallback' | 'queue_full';
 
 const OUTCOMES: readonly Outcome[] = ['allowed', 'rejected', 'timeout', 'aborted', 'fallback', 'queue_full'];
-const OUTCOME_INDEX: Readonly<Record<Outcome, number>> = {
-  allowed: 0,
-  rejected: 1,
-  timeout: 2,
-  aborted: 3,
-  fallback: 4,
-  queue_full: 5,
-};
 
 /** Decisions between two look-ups of the global MeterProvider. */
 export const RECHECK_EVERY = 1024;
@@ -69,9 +61,10 @@ interface Binding {
  * limiter that is garbage-collected takes nothing away from a counter.
  */
 interface Series {
-  readonly attrs: readonly Attributes[];
+  readonly attrs: Readonly<Record<Outcome, Attributes>>;
   readonly queueAttrs: Attributes;
-  readonly tally: Float64Array;
+  /** Decisions so far, by outcome: plain number fields, the cheapest thing to add one to. */
+  readonly counts: Record<Outcome, number>;
   queued: number;
 }
 
@@ -84,10 +77,12 @@ function seriesOf(limiter: string, backend: string): Series {
   let s = series.get(id);
   if (s === undefined) {
     const base = { 'tollgate.limiter': limiter, 'tollgate.backend': backend };
+    const attrs = {} as Record<Outcome, Attributes>;
+    for (const outcome of OUTCOMES) attrs[outcome] = Object.freeze({ ...base, 'tollgate.outcome': outcome });
     s = {
-      attrs: OUTCOMES.map((outcome) => Object.freeze({ ...base, 'tollgate.outcome': outcome })),
+      attrs,
       queueAttrs: Object.freeze(base),
-      tally: new Float64Array(OUTCOMES.length),
+      counts: { allowed: 0, rejected: 0, timeout: 0, aborted: 0, fallback: 0, queue_full: 0 },
       queued: 0,
     };
     series.set(id, s);
@@ -121,9 +116,9 @@ function bind(): Binding {
 
 function observeDecisions(result: ObservableResult): void {
   for (const s of series.values()) {
-    for (let i = 0; i < OUTCOMES.length; i++) {
-      const n = s.tally[i] as number;
-      if (n > 0) result.observe(n, s.attrs[i]);
+    for (const outcome of OUTCOMES) {
+      const n = s.counts[outcome];
+      if (n > 0) result.observe(n, s.attrs[outcome]);
     }
   }
 }
@@ -139,31 +134,49 @@ function observeQueues(result: ObservableResult): void {
  */
 export class LimiterMetrics {
   readonly #series: Series;
-  readonly #tally: Float64Array;
+  readonly #counts: Record<Outcome, number>;
   #untilRecheck = RECHECK_EVERY;
   #binding: Binding;
+  /** `#binding.live`, kept here: read on every grant. */
+  #live: boolean;
 
   /** `limiter` is the limiter's name, `backend` its kind ('memory', 'redis', 'hybrid'). Never a user id. */
   constructor(limiter: string, backend: string) {
     this.#series = seriesOf(limiter, backend);
-    this.#tally = this.#series.tally;
+    this.#counts = this.#series.counts;
     this.#binding = bind();
+    this.#live = this.#binding.live;
   }
 
   /** Counts one decision. */
   decision(outcome: Outcome): void {
-    const i = OUTCOME_INDEX[outcome];
-    this.#tally[i] = (this.#tally[i] as number) + 1;
-    if (--this.#untilRecheck === 0) {
-      this.#untilRecheck = RECHECK_EVERY;
-      this.#binding = bind();
-    }
+    this.#counts[outcome]++;
+    if (--this.#untilRecheck === 0) this.#rebind();
+  }
+
+  /** Counts one `allowed` decision with no wait to record (a tryAcquire that took). */
+  allowed(): void {
+    this.#counts.allowed++;
+    if (--this.#untilRecheck === 0) this.#rebind();
+  }
+
+  /** Counts one `rejected` decision. */
+  rejected(): void {
+    this.#counts.rejected++;
+    if (--this.#untilRecheck === 0) this.#rebind();
+  }
+
+  /** Counts a call granted by the backend at once (waited 0 ms). */
+  grantedAtOnce(): void {
+    this.#counts.allowed++;
+    if (this.#live) this.#binding.wait.record(0, this.#series.queueAttrs);
+    if (--this.#untilRecheck === 0) this.#rebind();
   }
 
   /** Records how long a granted call waited, in ms (0 for a call granted at once). */
   waited(ms: number): void {
-    if (ms > 0) this.#binding = bind();
-    if (this.#binding.live) this.#binding.wait.record(ms / 1000, this.#series.queueAttrs);
+    if (ms > 0) this.#rebind();
+    if (this.#live) this.#binding.wait.record(ms / 1000, this.#series.queueAttrs);
   }
 
   /** Counts a granted call (`allowed`, or `fallback`: granted by the failure policy) and records its wait in ms. */
@@ -175,6 +188,13 @@ export class LimiterMetrics {
   /** A caller started (+1) or stopped (-1) waiting. */
   queue(delta: number): void {
     this.#series.queued += delta;
-    if (delta > 0) this.#binding = bind();
+    if (delta > 0) this.#rebind();
+  }
+
+  /** Looks the global MeterProvider up again (one registered since is picked up). */
+  #rebind(): void {
+    this.#untilRecheck = RECHECK_EVERY;
+    this.#binding = bind();
+    this.#live = this.#binding.live;
   }
 }

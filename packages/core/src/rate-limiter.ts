@@ -48,6 +48,8 @@ export class RateLimiter {
   readonly #policies = new WeakMap<object, Policy>();
   /** Breakers per shard of the backend, and the failure policy. */
   readonly #guard: GuardedBackend;
+  /** The breaker of an unsharded backend, read without a call (undefined: sharded). */
+  readonly #breaker: Breaker | undefined;
   readonly #queues: KeyQueues;
   readonly #metrics: LimiterMetrics;
   /** The last rejection the backend answered synchronously, and the promise made for it. */
@@ -71,6 +73,7 @@ export class RateLimiter {
       this.#staticPolicy = normalizePolicy(o.policy, 'policy');
     }
     this.#guard = new GuardedBackend(o.name, o.backend, o.onBackendError, o.probeIntervalMs, o.onError);
+    this.#breaker = typeof o.backend.shardOf === 'function' ? undefined : this.#guard.breakerOf('');
     this.#metrics = new LimiterMetrics(o.name, o.backend.kind);
     this.#queues = new KeyQueues(this.#queueHost, this.#metrics);
   }
@@ -136,10 +139,10 @@ export class RateLimiter {
       // A synchronous backend answered the probe: trusted again.
       if (breaker.downUntil !== 0) breaker.up();
       if (r.allowed) {
-        metrics.decision('allowed');
+        metrics.allowed();
         return Promise.resolve(r);
       }
-      metrics.decision('rejected');
+      metrics.rejected();
       // A backend answers a repeated rejection with the same frozen Decision: so the same promise.
       if (r !== this.#rejected) {
         this.#rejected = r;
@@ -193,7 +196,7 @@ export class RateLimiter {
     let signal: AbortSignal | undefined;
     try {
       cost = checkCost(options?.cost);
-      checkKey(key);
+      if (typeof key !== 'string') checkKey(key);
       maxWaitMs = checkMaxWait(options?.maxWaitMs);
       signal = checkSignal(options?.signal);
       policy = this.policyFor(key);
@@ -222,7 +225,7 @@ export class RateLimiter {
       }
       if (r !== undefined && !(r instanceof Promise)) {
         if (r.ok && r.waitMs === 0) {
-          this.#metrics.granted('allowed', 0);
+          this.#metrics.grantedAtOnce();
           const grant = { waitedMs: 0, remaining: r.remaining };
           return sync ? grant : Promise.resolve(grant);
         }
@@ -331,7 +334,7 @@ export class RateLimiter {
   // ---- backend failures ----------------------------------------------------------------------
 
   #breakerOf(key: string): Breaker {
-    return this.#guard.breakerOf(key);
+    return this.#breaker ?? this.#guard.breakerOf(key);
   }
 
   #failed(breaker: Breaker, error: unknown, epoch: number): void {

@@ -166,7 +166,7 @@ export class SharedLimiter {
       const memory = pools.primary as MemoryPools;
       const a = memory.decide(this.name, pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
       if (a.status === GRANTED && a.ms <= 0) {
-        this.#metrics.granted('allowed', 0);
+        this.#metrics.grantedAtOnce();
         return Promise.resolve({ waitedMs: 0, remaining: a.remaining });
       }
       return this.#wait(pool, key, policy, cost, weight, maxWaitMs, signal, { a, on: memory });
