@@ -135,7 +135,8 @@ describe('Redis Cluster', () => {
 
   test('pools of different models live in their own slots and share by weight', async () => {
     const client = cluster.client();
-    const l = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'c:' }), policy: { rate: 100, per: '1s', capacity: 5 } });
+    // A slow refill: on a busy machine the five calls may take long enough for a token of a fast one.
+    const l = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'c:' }), policy: { rate: 5, per: '1h' } });
     const models = ['gpt-4o', 'gpt-4o-mini', 'o3', 'claude'];
     // Each model's pool starts full: 5 each at once, whatever slot it lives in.
     for (const m of models) {
@@ -144,6 +145,7 @@ describe('Redis Cluster', () => {
     }
     expect((await l.tryAcquire('x', { pool: 'o3' })).allowed).toBe(false);
   });
+
   test('a pool whose master fails sees the failure policy; pools of the other masters are still decided by Redis', async () => {
     const client = cluster.client();
     const backend = new RedisBackend({ client, prefix: 'shard:', timeoutMs: 300 });
