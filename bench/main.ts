@@ -15,6 +15,7 @@ import { startRedis } from '../test/support/redis.js';
 import { type ScenarioResult, runScenario } from './harness.js';
 import { type BurstResult, type MemoryPerKey, type ProcessScaling, hybridBurst, memoryPerKey, processScaling } from './probes.js';
 import { type Sizes, TARGETS, scenarios } from './scenarios.js';
+import { metricsScenarios } from './metrics.js';
 import { openaiScenario } from './openai.js';
 import { scalingScenarios } from './scaling.js';
 import { SHARED_TARGETS, type SharedProbe, sharedProbe, sharedScenarios } from './shared.js';
@@ -73,7 +74,7 @@ try {
   log(`${machine.command}: ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}; median of ${rounds} rounds; ${pinned}`);
 
   const openai = await openaiScenario(full ? 600 : 300);
-  const all = [...(await scenarios(ctx, sizes)), openai.scenario, ...sharedScenarios(ctx, sizes), ...(full ? await scalingScenarios(ctx) : [])];
+  const all = [...(await scenarios(ctx, sizes)), openai.scenario, ...sharedScenarios(ctx, sizes), ...metricsScenarios(sizes), ...(full ? await scalingScenarios(ctx) : [])];
   const results: ScenarioResult[] = [];
   for (const s of all) {
     if (only !== undefined && !only.includes(s.id)) continue;

@@ -155,4 +155,28 @@ describe('Redis Cluster', () => {
     expect(masters.size).toBeGreaterThan(1);
     expect(await client.exists('c:pool{gpt-4o}:shared')).toBe(1);
   });
+
+  test('a pool whose master fails sees the failure policy; pools of the other masters are still decided by Redis', async () => {
+    const client = cluster.client();
+    const backend = new RedisBackend({ client, prefix: 'shard:', timeoutMs: 300 });
+    const l = new SharedLimiter({ backend, policy: { rate: 5, per: '1h' }, onBackendError: 'fail-closed', probeIntervalMs: 60_000 });
+    // Two models whose pools live on different masters.
+    const models = ['gpt-4o', 'gpt-4o-mini', 'o3', 'claude', 'gemini', 'llama', 'mistral'];
+    const owners = await Promise.all(models.map((m) => cluster.masterOf(`shard:pool{${m}}:shared`)));
+    const a = models[0] as string;
+    const i = owners.findIndex((p) => p !== owners[0]);
+    expect(i).toBeGreaterThan(0);
+    const b = models[i] as string;
+    await l.acquire('u', { pool: a });
+    await l.acquire('u', { pool: b });
+    // Pause a's master: its calls time out, and its breaker opens for a minute.
+    await cluster.nodeClient(owners[0] as number).call('CLIENT', 'PAUSE', '3000', 'ALL');
+    await expect(l.acquire('u', { pool: a })).rejects.toBeInstanceOf(BackendUnavailableError);
+    await expect(l.tryAcquire('u', { pool: a })).rejects.toBeInstanceOf(BackendUnavailableError);
+    // b's master is fine: its pool is still decided in Redis (with one breaker for the whole
+    // cluster it would fail at once too): 4 left of 5, then none.
+    const grants = await Promise.all(Array.from({ length: 3 }, () => l.acquire('v', { pool: b })));
+    expect(grants.map((g) => g.remaining).sort()).toEqual([1, 2, 3]);
+    expect((await l.tryAcquire('w', { pool: b, cost: 2 })).allowed).toBe(false);
+  });
 });

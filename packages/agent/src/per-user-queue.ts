@@ -1,3 +1,4 @@
+import { LimiterMetrics } from '@tollgate/core/internal';
 import PQueue from 'p-queue';
 import { QueueFullError } from './errors.js';
 
@@ -36,6 +37,8 @@ export class PerUserQueues {
   readonly concurrency: number;
   readonly maxQueued: number;
   readonly #entries = new Map<string, Entry>();
+  /** OpenTelemetry: calls refused with QueueFullError (`queue_full`), and calls waiting for a slot. */
+  readonly #metrics = new LimiterMetrics('per-user', 'memory');
 
   /** `options` are validated by the caller (see pipeline/options.ts). */
   constructor(options: PerUserOptions = {}) {
@@ -57,10 +60,14 @@ export class PerUserQueues {
     const entry = e;
     if (!options.force && entry.queue.pending >= this.concurrency && entry.queue.size >= this.maxQueued) {
       if (entry.holders === 0) this.#entries.delete(user);
+      this.#metrics.decision('queue_full');
       return Promise.reject(new QueueFullError(user, this.concurrency, this.maxQueued));
     }
     entry.holders++;
+    const metrics = this.#metrics;
+    metrics.queue(1);
     return new Promise<Release>((resolve, reject) => {
+      let waiting = true;
       let release: () => void = () => {};
       const done = new Promise<void>((r) => {
         release = r;
@@ -68,12 +75,20 @@ export class PerUserQueues {
       entry.queue
         .add(
           () => {
+            waiting = false;
+            metrics.queue(-1);
             resolve(() => release());
             return done;
           },
           options.signal !== undefined ? { signal: options.signal } : {},
         )
-        .catch(reject)
+        .catch((e: unknown) => {
+          if (waiting) {
+            waiting = false;
+            metrics.queue(-1);
+          }
+          reject(e);
+        })
         .finally(() => {
           entry.holders--;
           if (entry.holders === 0 && this.#entries.get(user) === entry) this.#entries.delete(user);

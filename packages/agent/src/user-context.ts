@@ -20,7 +20,9 @@ const storage = new AsyncLocalStorage<string>();
  */
 export function withUser<T>(id: string, fn: () => T): T {
   if (typeof id !== 'string' || id === '') {
-    throw new InvalidArgumentError(`withUser: id must be a non-empty string (received ${JSON.stringify(id)})`);
+    throw new InvalidArgumentError(
+      `withUser: id must be a non-empty string (received ${JSON.stringify(id)}): an empty user id is a missing identity, not a user. Calls made outside withUser count against the shared '${ANONYMOUS_USER}' budget; a limiter's own keys may be any string, '' included.`,
+    );
   }
   if (typeof fn !== 'function') throw new InvalidArgumentError('withUser: fn must be a function');
   return storage.run(id, fn);

@@ -1,12 +1,15 @@
 /**
- * Checks of a call's arguments (key, cost, amount, maxWaitMs, signal). Each throws
- * {@link InvalidArgumentError} naming the argument, the constraint and the value received.
+ * Checks of a call's arguments (key, pool, cost, amount, maxWaitMs, signal, weight), shared by
+ * RateLimiter and SharedLimiter. Each throws {@link InvalidArgumentError} (a weight:
+ * {@link InvalidOptionsError}, as it comes from an option) naming the argument, the constraint
+ * and the value received.
  */
-import { InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError, InvalidOptionsError } from './errors.js';
 import { describe } from './policy.js';
 
-export function checkKey(key: unknown): asserts key is string {
-  if (typeof key !== 'string') throw new InvalidArgumentError(`key must be a string (received ${describe(key)})`);
+/** checkKey accepts any string as a key (the empty one too); `what` names it in the message. */
+export function checkKey(key: unknown, what = 'key'): asserts key is string {
+  if (typeof key !== 'string') throw new InvalidArgumentError(`${what} must be a string (received ${describe(key)})`);
 }
 
 /** checkCost returns the cost of a call: 1 when undefined, else a finite number > 0. */
@@ -41,4 +44,15 @@ export function checkSignal(signal: unknown): AbortSignal | undefined {
     throw new InvalidArgumentError(`signal must be an AbortSignal (received ${describe(signal)})`);
   }
   return signal as AbortSignal;
+}
+
+/** Largest weight accepted: beyond it a key's virtual counter would stop moving for small costs. */
+export const MAX_WEIGHT = 1e6;
+
+/** checkWeight validates what SharedLimiter's `weight` option returned for `key`. */
+export function checkWeight(w: unknown, key: string): number {
+  if (typeof w === 'number' && w > 0 && w <= MAX_WEIGHT) return w;
+  const shown = JSON.stringify(key.length > 40 ? `${key.slice(0, 37)}...` : key);
+  const constraint = `must be a finite number > 0 and <= ${MAX_WEIGHT} (received ${describe(w)})`;
+  throw new InvalidOptionsError(`invalid weight(${shown}): ${constraint}`, [{ path: `weight(${shown})`, message: constraint }]);
 }

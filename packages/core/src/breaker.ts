@@ -3,6 +3,7 @@
  * each) until a probe succeeds. {@link Breakers} keeps one per shard, so that in a Redis Cluster
  * one failing node sends only the keys it owns to the failure policy.
  */
+import { BackendUnavailableError, TollgateError } from './errors.js';
 
 /** Breaker is the state of one shard of a backend (one Redis node, or the whole backend). */
 export class Breaker {
@@ -14,13 +15,23 @@ export class Breaker {
    * failure is stale). A counter, not a time: no clock read on the hot path.
    */
   epoch = 0;
-  /** The last failure: the `cause` of errors decided while the breaker is open. */
+  /**
+   * The backend's own error behind the outage, while the breaker is open: the `cause` of the
+   * errors `fail-closed` decides. A Tollgate error a backend wraps around it is unwrapped, and
+   * one with nothing inside (a timeout, "the connection is reconnecting") does not replace the
+   * client's error of the same outage, which says more.
+   */
   lastError: unknown;
   #probing = false;
   readonly #probeIntervalMs: number;
 
   constructor(probeIntervalMs: number) {
     this.#probeIntervalMs = probeIntervalMs;
+  }
+
+  /** Whether a call should go to the backend now: the breaker is closed, or it is the probe's turn. */
+  allow(): boolean {
+    return this.downUntil === 0 || this.shouldProbe();
   }
 
   /** Whether the caller may try the backend, the breaker being open: one probe per interval. */
@@ -36,6 +47,7 @@ export class Breaker {
       this.downUntil = 0;
       this.#probing = false;
       this.epoch++;
+      this.lastError = undefined;
     }
   }
 
@@ -51,7 +63,9 @@ export class Breaker {
       this.downUntil = performance.now() + this.#probeIntervalMs;
       this.#probing = false;
     }
-    this.lastError = error;
+    if (this.downUntil === 0) return;
+    const own = backendCause(error);
+    if (!(own instanceof TollgateError) || this.lastError === undefined || this.lastError instanceof TollgateError) this.lastError = own;
   }
 }
 
@@ -88,4 +102,21 @@ export class Breakers {
       this.#byShard.delete(oldest);
     }
   }
+}
+
+/** backendCause is the error inside Tollgate's wrappers: a backend's BackendUnavailableError's `cause`, if any. */
+export function backendCause(error: unknown): unknown {
+  let e = error;
+  while (e instanceof TollgateError && e.cause !== undefined && e.cause !== e) e = e.cause;
+  return e;
+}
+
+/**
+ * unavailable is the error of a call refused by `fail-closed`: its `cause` is the backend's own
+ * error (the Redis client's, when it gave one), and its message says it.
+ */
+export function unavailable(kind: string, breaker: Breaker, error: unknown): BackendUnavailableError {
+  const cause = breaker.lastError ?? backendCause(error);
+  const why = cause instanceof Error ? `: ${cause.message}` : '';
+  return new BackendUnavailableError(`the ${kind} backend is unavailable${why}`, cause);
 }

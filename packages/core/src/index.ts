@@ -42,6 +42,14 @@ export type {
 } from './options.js';
 export type { Duration, Policy, PolicyInput } from './policy.js';
 export { RateLimiter } from './rate-limiter.js';
-export { DEFAULT_SHARED_OPTIONS, SharedLimiter } from './shared-limiter/shared-limiter.js';
-export type { PoolObservation, SharedAcquireOptions, SharedBackendErrorPolicy, SharedGrant, SharedLimiterOptions } from './shared-limiter/shared-limiter.js';
-export type { SharedRefundOptions, SharedTryAcquireOptions } from './shared-limiter/shared-limiter.js';
+export { DEFAULT_SHARED_OPTIONS } from './shared-limiter/options.js';
+export { SharedLimiter } from './shared-limiter/shared-limiter.js';
+export type { SharedGrant } from './shared-limiter/fair-queue.js';
+export type {
+  PoolObservation,
+  SharedAcquireOptions,
+  SharedBackendErrorPolicy,
+  SharedLimiterOptions,
+  SharedRefundOptions,
+  SharedTryAcquireOptions,
+} from './shared-limiter/options.js';

@@ -17,6 +17,8 @@ export {
   waitFor,
 } from './bucket.js';
 export type { BucketState } from './bucket.js';
+export { LimiterMetrics } from './metrics.js';
+export type { Outcome } from './metrics.js';
 export { MAX_TOKENS, describe, normalizePolicy, parseDuration, toOptionsError } from './policy.js';
 export { acquireNow, refundNow } from './rate-limiter.js';
 

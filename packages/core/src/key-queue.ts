@@ -9,8 +9,10 @@
 import type { Backend } from './backend.js';
 import type { Reservation } from './bucket.js';
 import { AbortedError, MaxWaitExceededError } from './errors.js';
+import type { LimiterMetrics, Outcome } from './metrics.js';
 import type { Grant } from './options.js';
 import type { Policy } from './policy.js';
+import { arm } from './timer.js';
 
 /** A caller of `acquire` waiting its turn on one key. */
 export interface Waiter {
@@ -65,6 +67,8 @@ export interface QueueHost {
    * a returned promise never rejects.
    */
   refund(w: Waiter, amount: number): Promise<void> | undefined;
+  /** Whether `w`'s reservation was taken by the failure policy (its grant counts as `fallback`). */
+  degraded(w: Waiter): boolean;
 }
 
 /** The head's reservation, when the caller took it before queueing (the limiter's fast path). */
@@ -77,10 +81,13 @@ const now = (): number => performance.now();
 /** KeyQueues holds the wait queue of every key that has callers waiting in this process. */
 export class KeyQueues {
   readonly #host: QueueHost;
+  readonly #metrics: LimiterMetrics;
   readonly #queues = new Map<string, KeyQueue>();
 
-  constructor(host: QueueHost) {
+  /** `metrics` counts every caller's outcome and wait, and the callers waiting. */
+  constructor(host: QueueHost, metrics: LimiterMetrics) {
     this.#host = host;
+    this.#metrics = metrics;
   }
 
   /** The number of keys with callers waiting. */
@@ -140,6 +147,7 @@ export class KeyQueues {
         timer: undefined,
         onAbort: undefined,
       };
+      this.#metrics.queue(1);
       let q = this.get(key);
       if (q === undefined) {
         q = { key, waiters: [], next: 0, head: undefined, pumping: false, queuedCount: 0, queuedCost: 0 };
@@ -172,6 +180,7 @@ export class KeyQueues {
         arm(w, maxWaitMs, () => {
           if (w.state !== 'queued') return;
           this.#finish(queue, w);
+          this.#settled('timeout');
           reject(new MaxWaitExceededError(key, Math.max(1, this.estimate(queue, cost, policy)), maxWaitMs));
           this.#pumpSoon(queue);
         });
@@ -276,6 +285,7 @@ export class KeyQueues {
     }
     if (!r.ok) {
       this.#finish(q, w);
+      this.#settled('timeout');
       w.reject(new MaxWaitExceededError(w.key, r.waitMs, w.deadline - w.start));
       this.#pumpSoon(q);
       return;
@@ -294,6 +304,7 @@ export class KeyQueues {
       if (q.head === w) q.head = undefined;
     } else {
       this.#finish(q, w);
+      this.#settled('rejected');
       w.reject(error);
     }
     this.#pumpSoon(q);
@@ -330,8 +341,17 @@ export class KeyQueues {
 
   #grant(q: KeyQueue, w: Waiter, t: number): void {
     this.#finish(q, w);
-    w.resolve({ waitedMs: t - w.start, remaining: w.remaining });
+    const waitedMs = t - w.start;
+    this.#metrics.queue(-1);
+    this.#metrics.granted(this.#host.degraded(w) ? 'fallback' : 'allowed', waitedMs);
+    w.resolve({ waitedMs, remaining: w.remaining });
     this.#pumpSoon(q);
+  }
+
+  /** A caller stopped waiting with `outcome` (not a grant). */
+  #settled(outcome: Outcome): void {
+    this.#metrics.queue(-1);
+    this.#metrics.decision(outcome);
   }
 
   /** Move the queue on; inside the pump loop this is a no-op, as the loop goes on by itself. */
@@ -347,12 +367,14 @@ export class KeyQueues {
       // The reservation is in flight; #reserved gives it back and moves the queue on.
       w.state = 'done';
       clear(w);
+      this.#settled('aborted');
       w.reject(new AbortedError(w.key, reason));
       return;
     }
     // Give the tokens back first: the refund reaches the backend before the next reservation.
     if (state === 'holding') this.#host.refund(w, w.cost);
     this.#finish(q, w);
+    this.#settled('aborted');
     w.reject(new AbortedError(w.key, reason));
     this.#pumpSoon(q);
   }
@@ -380,13 +402,4 @@ function clear(w: Waiter): void {
     clearTimeout(w.timer);
     w.timer = undefined;
   }
-}
-
-/** setTimeout's longest delay: a longer one would fire after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
-/** arm runs `fn` after `ms` on `w.timer` (cleared with clearTimeout), however long `ms` is. */
-function arm(w: Waiter, ms: number, fn: () => void): void {
-  if (ms <= MAX_TIMER_MS) w.timer = setTimeout(fn, ms);
-  else w.timer = setTimeout(() => arm(w, ms - MAX_TIMER_MS, fn), MAX_TIMER_MS);
 }

@@ -3,11 +3,21 @@
  * until the application registers a MeterProvider.
  *
  * - `tollgate.decisions` (counter): decisions by `tollgate.limiter` (the limiter's name),
- *   `tollgate.backend` ('memory', 'redis', 'hybrid') and `tollgate.outcome`.
- * - `tollgate.wait.duration` (histogram, seconds): how long a granted call waited.
+ *   `tollgate.backend` ('memory', 'redis', 'hybrid') and `tollgate.outcome`, one per call:
+ *   - `allowed`: granted by the backend (an `acquire`, after its wait; a `tryAcquire` that took);
+ *   - `rejected`: a `tryAcquire` answered not allowed, a cost above the capacity, or a call
+ *     refused by `fail-closed`;
+ *   - `timeout`: an `acquire` that would wait (or waited) more than its `maxWaitMs`;
+ *   - `aborted`: an `acquire` whose signal fired;
+ *   - `fallback`: decided by `onBackendError` while the backend failed (`fail-open`, or the
+ *     fallback bucket, whatever it answered);
+ *   - `queue_full`: @tollgate/agent's per-user queue refused a call.
+ *   Invalid arguments are the caller's bug, not a decision: not counted.
+ * - `tollgate.wait.duration` (histogram, seconds): how long a granted call waited (0 when at once).
  * - `tollgate.queue.size` (up-down counter): callers waiting now.
  *
- * No key (user id) is ever an attribute: unbounded cardinality, and private.
+ * No key (user id) is ever an attribute: unbounded cardinality, and private. Limiters sharing a
+ * name and a backend add up into one series.
  *
  * Cost: a decision adds one integer to a per-limiter tally; the tallies are reported when the
  * application's reader collects (observable instruments), so the hot path makes no OpenTelemetry
@@ -30,14 +40,6 @@ import {
 export type Outcome = 'allowed' | 'rejected' | 'timeout' | 'aborted' | 'fallback' | 'queue_full';
 
 const OUTCOMES: readonly Outcome[] = ['allowed', 'rejected', 'timeout', 'aborted', 'fallback', 'queue_full'];
-const OUTCOME_INDEX: Readonly<Record<Outcome, number>> = {
-  allowed: 0,
-  rejected: 1,
-  timeout: 2,
-  aborted: 3,
-  fallback: 4,
-  queue_full: 5,
-};
 
 /** Decisions between two look-ups of the global MeterProvider. */
 export const RECHECK_EVERY = 1024;
@@ -45,7 +47,7 @@ export const RECHECK_EVERY = 1024;
 const METER_NAME = 'tollgate';
 const NOOP_HISTOGRAM = createNoopMeter().createHistogram('noop').constructor;
 
-/** The instruments made on one MeterProvider, and every limiter's tallies reported through them. */
+/** The instruments made on one MeterProvider. */
 interface Binding {
   readonly provider: MeterProvider;
   readonly wait: Histogram;
@@ -53,9 +55,40 @@ interface Binding {
   readonly live: boolean;
 }
 
-/** Every LimiterMetrics alive, reported by the observable instruments' callbacks. */
-const registry = new Set<WeakRef<LimiterMetrics>>();
+/**
+ * One time series set: the tallies of every limiter with one (name, backend). Limiters that share
+ * a name add up (an observable reports one value per attribute set, the last one observed), and a
+ * limiter that is garbage-collected takes nothing away from a counter.
+ */
+interface Series {
+  readonly attrs: Readonly<Record<Outcome, Attributes>>;
+  readonly queueAttrs: Attributes;
+  /** Decisions so far, by outcome: plain number fields, the cheapest thing to add one to. */
+  readonly counts: Record<Outcome, number>;
+  queued: number;
+}
+
+/** Every series, by limiter name and backend: as many as the application has limiter names. */
+const series = new Map<string, Series>();
 let binding: Binding | undefined;
+
+function seriesOf(limiter: string, backend: string): Series {
+  const id = `${limiter}\u0000${backend}`;
+  let s = series.get(id);
+  if (s === undefined) {
+    const base = { 'tollgate.limiter': limiter, 'tollgate.backend': backend };
+    const attrs = {} as Record<Outcome, Attributes>;
+    for (const outcome of OUTCOMES) attrs[outcome] = Object.freeze({ ...base, 'tollgate.outcome': outcome });
+    s = {
+      attrs,
+      queueAttrs: Object.freeze(base),
+      counts: { allowed: 0, rejected: 0, timeout: 0, aborted: 0, fallback: 0, queue_full: 0 },
+      queued: 0,
+    };
+    series.set(id, s);
+  }
+  return s;
+}
 
 /** The binding to the current global MeterProvider, made anew when the provider changed. */
 function bind(): Binding {
@@ -72,73 +105,96 @@ function bind(): Binding {
   if (live) {
     meter
       .createObservableCounter('tollgate.decisions', { description: 'Rate-limit decisions, by outcome.' })
-      .addCallback((result) => report(result, (m, r) => m.observeDecisions(r)));
+      .addCallback(observeDecisions);
     meter
       .createObservableUpDownCounter('tollgate.queue.size', { description: 'Callers waiting for tokens.' })
-      .addCallback((result) => report(result, (m, r) => m.observeQueue(r)));
+      .addCallback(observeQueues);
   }
   binding = { provider, wait, live };
   return binding;
 }
 
-function report(result: ObservableResult, each: (m: LimiterMetrics, r: ObservableResult) => void): void {
-  for (const ref of registry) {
-    const m = ref.deref();
-    if (m === undefined) registry.delete(ref);
-    else each(m, result);
+function observeDecisions(result: ObservableResult): void {
+  for (const s of series.values()) {
+    for (const outcome of OUTCOMES) {
+      const n = s.counts[outcome];
+      if (n > 0) result.observe(n, s.attrs[outcome]);
+    }
   }
+}
+
+function observeQueues(result: ObservableResult): void {
+  for (const s of series.values()) result.observe(s.queued, s.queueAttrs);
 }
 
 /**
  * LimiterMetrics tallies one limiter's decisions, waits and queue for OpenTelemetry. Made by each
- * limiter (and by @tollgate/agent's per-user queues); cheap enough for every decision.
+ * limiter (and by @tollgate/agent's per-user queues); cheap enough for every decision. Limiters
+ * with the same name and backend report as one.
  */
 export class LimiterMetrics {
-  readonly #attrs: readonly Attributes[];
-  readonly #queueAttrs: Attributes;
-  readonly #tally = new Float64Array(OUTCOMES.length);
-  #queued = 0;
+  readonly #series: Series;
+  readonly #counts: Record<Outcome, number>;
   #untilRecheck = RECHECK_EVERY;
   #binding: Binding;
+  /** `#binding.live`, kept here: read on every grant. */
+  #live: boolean;
 
+  /** `limiter` is the limiter's name, `backend` its kind ('memory', 'redis', 'hybrid'). Never a user id. */
   constructor(limiter: string, backend: string) {
-    const base = { 'tollgate.limiter': limiter, 'tollgate.backend': backend };
-    this.#attrs = OUTCOMES.map((outcome) => Object.freeze({ ...base, 'tollgate.outcome': outcome }));
-    this.#queueAttrs = Object.freeze(base);
-    registry.add(new WeakRef(this));
+    this.#series = seriesOf(limiter, backend);
+    this.#counts = this.#series.counts;
     this.#binding = bind();
+    this.#live = this.#binding.live;
   }
 
   /** Counts one decision. */
   decision(outcome: Outcome): void {
-    const i = OUTCOME_INDEX[outcome];
-    this.#tally[i] = (this.#tally[i] as number) + 1;
-    if (--this.#untilRecheck === 0) {
-      this.#untilRecheck = RECHECK_EVERY;
-      this.#binding = bind();
-    }
+    this.#counts[outcome]++;
+    if (--this.#untilRecheck === 0) this.#rebind();
+  }
+
+  /** Counts one `allowed` decision with no wait to record (a tryAcquire that took). */
+  allowed(): void {
+    this.#counts.allowed++;
+    if (--this.#untilRecheck === 0) this.#rebind();
+  }
+
+  /** Counts one `rejected` decision. */
+  rejected(): void {
+    this.#counts.rejected++;
+    if (--this.#untilRecheck === 0) this.#rebind();
+  }
+
+  /** Counts a call granted by the backend at once (waited 0 ms). */
+  grantedAtOnce(): void {
+    this.#counts.allowed++;
+    if (this.#live) this.#binding.wait.record(0, this.#series.queueAttrs);
+    if (--this.#untilRecheck === 0) this.#rebind();
   }
 
   /** Records how long a granted call waited, in ms (0 for a call granted at once). */
   waited(ms: number): void {
-    if (ms > 0) this.#binding = bind();
-    if (this.#binding.live) this.#binding.wait.record(ms / 1000, this.#queueAttrs);
+    if (ms > 0) this.#rebind();
+    if (this.#live) this.#binding.wait.record(ms / 1000, this.#series.queueAttrs);
+  }
+
+  /** Counts a granted call (`allowed`, or `fallback`: granted by the failure policy) and records its wait in ms. */
+  granted(outcome: 'allowed' | 'fallback', ms: number): void {
+    this.decision(outcome);
+    this.waited(ms);
   }
 
   /** A caller started (+1) or stopped (-1) waiting. */
   queue(delta: number): void {
-    this.#queued += delta;
-    if (delta > 0) this.#binding = bind();
+    this.#series.queued += delta;
+    if (delta > 0) this.#rebind();
   }
 
-  observeDecisions(result: ObservableResult): void {
-    for (let i = 0; i < OUTCOMES.length; i++) {
-      const n = this.#tally[i] as number;
-      if (n > 0) result.observe(n, this.#attrs[i]);
-    }
-  }
-
-  observeQueue(result: ObservableResult): void {
-    result.observe(this.#queued, this.#queueAttrs);
+  /** Looks the global MeterProvider up again (one registered since is picked up). */
+  #rebind(): void {
+    this.#untilRecheck = RECHECK_EVERY;
+    this.#binding = bind();
+    this.#live = this.#binding.live;
   }
 }

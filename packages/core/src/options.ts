@@ -42,7 +42,11 @@ export interface RateLimiterOptions {
    * @default 500
    */
   probeIntervalMs?: number;
-  /** Called with every backend failure (for logs and metrics). Must not throw. */
+  /**
+   * Called with every backend failure (for logs and metrics). Must not throw. Without it, the
+   * limiter's first backend failure prints one process warning (`process.emitWarning`, code
+   * 'TOLLGATE_BACKEND_UNAVAILABLE') naming the limiter, the backend and the error.
+   */
   onError?: (error: unknown) => void;
 }
 
@@ -130,7 +134,7 @@ export function parseLimiterOptions(options: unknown): ParsedLimiterOptions {
     );
   }
   const parsed = optionsSchema.safeParse(options);
-  if (!parsed.success) throw toOptionsError('RateLimiter options', parsed.error);
+  if (!parsed.success) throw toOptionsError('RateLimiter options', parsed.error, '', Object.keys(optionsSchema.shape));
   const o = parsed.data;
   return {
     backend: o.backend,

@@ -3,7 +3,9 @@ import { InvalidOptionsError } from './errors.js';
 
 /**
  * Duration: milliseconds as a number, or a string such as '250ms', '1s', '1.5m', '1h', '1d'.
- * Any string type-checks (durations often come from config files); it is validated at runtime.
+ * Units in any case and the common spellings are accepted, with or without a space: '1S',
+ * '2 sec', '1min', '1 minute', '1hr', '3 hours', '1 day'. Any string type-checks (durations often
+ * come from config files); it is validated at runtime.
  */
 export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h' | 'd'}` | (string & {});
 
@@ -18,7 +20,8 @@ export interface PolicyInput {
   /** Tokens added every `per`. A finite number > 0 (fractions allowed). */
   rate: number;
   /**
-   * The refill period: ms as a number, or '500ms' / '1s' / '1m' / '1h' / '1d'.
+   * The refill period: ms as a number, or '500ms' / '1s' / '1m' / '1h' / '1d' (also '1 min',
+   * '2 sec', '1hr', any case: see {@link Duration}).
    * @default '1s'
    */
   per?: Duration;
@@ -41,8 +44,37 @@ export interface Policy {
   readonly ratePerMs: number;
 }
 
-const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
-const DURATION_RE = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)\s*$/;
+/** Every unit spelling accepted (lower case), in ms. */
+const UNIT_MS: Readonly<Record<string, number>> = {
+  ms: 1,
+  msec: 1,
+  msecs: 1,
+  millisecond: 1,
+  milliseconds: 1,
+  s: 1000,
+  sec: 1000,
+  secs: 1000,
+  second: 1000,
+  seconds: 1000,
+  m: 60_000,
+  min: 60_000,
+  mins: 60_000,
+  minute: 60_000,
+  minutes: 60_000,
+  h: 3_600_000,
+  hr: 3_600_000,
+  hrs: 3_600_000,
+  hour: 3_600_000,
+  hours: 3_600_000,
+  d: 86_400_000,
+  day: 86_400_000,
+  days: 86_400_000,
+};
+const DURATION_RE = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-z]+)\s*$/i;
+
+/** DURATION_FORMS says what a duration may be, for error messages. */
+export const DURATION_FORMS =
+  "ms as a number, or a number and a unit: '250ms', '1s', '1.5m', '1h', '1d' (ms / s, sec, second / m, min, minute / h, hr, hour / d, day; plurals, any case, a space allowed: '2 sec', '1 Min')";
 
 /** parseDuration turns a {@link Duration} into ms, or returns undefined when it is not one. */
 export function parseDuration(value: unknown): number | undefined {
@@ -50,7 +82,9 @@ export function parseDuration(value: unknown): number | undefined {
   if (typeof value !== 'string') return undefined;
   const m = DURATION_RE.exec(value);
   if (!m) return undefined;
-  const ms = Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS];
+  const unit = (m[2] as string).toLowerCase();
+  if (!Object.hasOwn(UNIT_MS, unit)) return undefined;
+  const ms = Number(m[1]) * (UNIT_MS[unit] as number);
   return Number.isFinite(ms) && ms > 0 ? ms : undefined;
 }
 
@@ -73,8 +107,7 @@ const policySchema = z
       })
       .optional()
       .refine((v) => v === undefined || parseDuration(v) !== undefined, {
-        error: (i) =>
-          `must be a duration > 0: ms as a number, or '500ms' / '1s' / '1m' / '1h' / '1d' (received ${describe(i.input)})`,
+        error: (i) => `must be a duration > 0: ${DURATION_FORMS} (received ${describe(i.input)})`,
       }),
     capacity: z
       .number({ error: (i) => `must be a number (received ${describe(i.input)})` })
@@ -96,17 +129,74 @@ export function describe(value: unknown): string {
   return typeof value;
 }
 
-/** formatZodError turns zod issues into one message naming each option (with a prefix). */
-export function toOptionsError(what: string, error: z.ZodError, prefix = ''): InvalidOptionsError {
+/**
+ * toOptionsError turns zod issues into one message naming each option (each path after
+ * `prefix`). An unknown option is told the nearest of `known`, the options the schema accepts.
+ */
+export function toOptionsError(what: string, error: z.ZodError, prefix = '', known: readonly string[] = []): InvalidOptionsError {
   const issues = error.issues.map((issue) => {
     const path = prefix + issue.path.map(String).join('.');
     let message = issue.message;
-    if (issue.code === 'unrecognized_keys') message = `unknown option(s) ${issue.keys.join(', ')}`;
-    return { path: path || '(options)', message };
+    if (issue.code === 'invalid_type' && issue.expected === 'nonoptional') message = 'is required';
+    if (issue.code === 'unrecognized_keys') {
+      message = `unknown option(s) ${issue.keys.map((k) => withSuggestion(k, known)).join(', ')}`;
+    }
+    return { path: path.endsWith('.') ? path.slice(0, -1) : path || '(options)', message };
   });
-  const text = issues.map((i) => `${i.path} ${i.message}`).join('; ');
+  const text = issues.map((i) => (i.path === what ? i.message : `${i.path} ${i.message}`)).join('; ');
   return new InvalidOptionsError(`invalid ${what}: ${text}`, issues);
 }
+
+/** Names users reach for, and the option they mean. */
+const ALIASES: Readonly<Record<string, string>> = {
+  period: 'per',
+  interval: 'per',
+  window: 'per',
+  duration: 'per',
+  every: 'per',
+  burst: 'capacity',
+  max: 'capacity',
+  size: 'capacity',
+  limit: 'rate',
+  tokens: 'rate',
+  points: 'rate',
+};
+
+/** `key — did you mean x?`, x the known option nearest `key` (an alias, else by edit distance). */
+function withSuggestion(key: string, known: readonly string[]): string {
+  if (known.length === 0) return key;
+  const lower = key.toLowerCase();
+  const alias = ALIASES[lower];
+  let best = alias !== undefined && Object.hasOwn(ALIASES, lower) && known.includes(alias) ? alias : undefined;
+  if (best === undefined) {
+    let bestD = Number.POSITIVE_INFINITY;
+    for (const k of known) {
+      const d = distance(lower, k.toLowerCase());
+      if (d < bestD) {
+        bestD = d;
+        best = k;
+      }
+    }
+  }
+  return `${key} — did you mean ${best}?`;
+}
+
+/** The Levenshtein distance of `a` and `b`, a prefix of the other counting as near. */
+function distance(a: string, b: string): number {
+  if (a.startsWith(b) || b.startsWith(a)) return Math.abs(a.length - b.length) / 2;
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min((prev[j] as number) + 1, (cur[j - 1] as number) + 1, (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length] as number;
+}
+
+/** POLICY_OPTIONS are the options of a {@link PolicyInput}. */
+export const POLICY_OPTIONS: readonly string[] = ['rate', 'per', 'capacity'];
 
 /**
  * normalizePolicy validates a {@link PolicyInput} and returns its {@link Policy}.
@@ -120,7 +210,7 @@ export function normalizePolicy(input: unknown, optionPath = 'policy'): Policy {
     );
   }
   const parsed = policySchema.safeParse(input);
-  if (!parsed.success) throw toOptionsError(optionPath, parsed.error, `${optionPath}.`);
+  if (!parsed.success) throw toOptionsError(optionPath, parsed.error, `${optionPath}.`, POLICY_OPTIONS);
   const { rate, per, capacity } = parsed.data;
   const perMs = per === undefined ? 1000 : (parseDuration(per) as number);
   const ratePerMs = rate / perMs;

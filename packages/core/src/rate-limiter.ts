@@ -1,10 +1,11 @@
 import type { Backend } from './backend.js';
-import { MemoryBackend } from './backends/memory.js';
 import { checkAmount, checkCost, checkKey, checkMaxWait, checkSignal } from './args.js';
-import { type Breaker, Breakers } from './breaker.js';
+import type { Breaker } from './breaker.js';
 import type { Decision, Reservation } from './bucket.js';
-import { AbortedError, BackendUnavailableError, CostExceedsCapacityError, MaxWaitExceededError } from './errors.js';
+import { AbortedError, CostExceedsCapacityError, MaxWaitExceededError } from './errors.js';
+import { GuardedBackend } from './guarded-backend.js';
 import { KeyQueues, type QueueHost, type Waiter } from './key-queue.js';
+import { LimiterMetrics } from './metrics.js';
 import {
   type AcquireOptions,
   type BackendErrorPolicy,
@@ -14,18 +15,6 @@ import {
   parseLimiterOptions,
 } from './options.js';
 import { type Policy, type PolicyInput, normalizePolicy } from './policy.js';
-
-/** The grant and the reservation of a call admitted by `fail-open`: nothing taken. */
-const OPEN_DECISION: Decision = Object.freeze({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 0 });
-const OPEN_RESERVATION: Reservation = Object.freeze({ ok: true, waitMs: 0, remaining: 0, resetAfterMs: 0 });
-
-/** Where `fail-open` "takes" its reservations: a backend that admits everything and holds nothing. */
-const OPEN_BACKEND: Backend = {
-  kind: 'fail-open',
-  tryTake: () => OPEN_DECISION,
-  reserve: () => OPEN_RESERVATION,
-  refund: () => undefined,
-};
 
 /** The synchronous entries of RateLimiter, for @tollgate/core/internal (set in a static block). */
 let acquireEntry: (l: RateLimiter, key: string, options: AcquireOptions | undefined) => Grant | Promise<Grant>;
@@ -57,14 +46,12 @@ export class RateLimiter {
   readonly #staticPolicy: Policy | undefined;
   readonly #policyFn: ((key: string) => PolicyInput) | undefined;
   readonly #policies = new WeakMap<object, Policy>();
-  readonly #onError: ((e: unknown) => void) | undefined;
-  #fallback: MemoryBackend | undefined;
-  /** One breaker per shard of the backend (one in all unless it is a Redis Cluster). */
-  readonly #breakers: Breakers;
-  /** The breaker of an unsharded backend, read without a lookup. */
-  readonly #breaker: Breaker;
-  readonly #shardOf: ((name: string, key: string) => string | undefined) | undefined;
+  /** Breakers per shard of the backend, and the failure policy. */
+  readonly #guard: GuardedBackend;
+  /** The breaker of an unsharded backend, read without a call (undefined: sharded). */
+  readonly #breaker: Breaker | undefined;
   readonly #queues: KeyQueues;
+  readonly #metrics: LimiterMetrics;
   /** The last rejection the backend answered synchronously, and the promise made for it. */
   #rejected: Decision | undefined;
   #rejectedP: Promise<Decision> = Promise.resolve({ allowed: false, remaining: 0, retryAfterMs: 1, resetAfterMs: 1 });
@@ -80,17 +67,15 @@ export class RateLimiter {
     this.name = o.name;
     this.onBackendError = o.onBackendError;
     this.probeIntervalMs = o.probeIntervalMs;
-    this.#onError = o.onError;
     if (typeof o.policy === 'function') {
       this.#policyFn = o.policy as (key: string) => PolicyInput;
     } else {
       this.#staticPolicy = normalizePolicy(o.policy, 'policy');
     }
-    this.#breakers = new Breakers(this.probeIntervalMs);
-    this.#breaker = this.#breakers.of(undefined);
-    const backend = this.backend;
-    this.#shardOf = typeof backend.shardOf === 'function' ? backend.shardOf.bind(backend) : undefined;
-    this.#queues = new KeyQueues(this.#queueHost);
+    this.#guard = new GuardedBackend(o.name, o.backend, o.onBackendError, o.probeIntervalMs, o.onError);
+    this.#breaker = typeof o.backend.shardOf === 'function' ? undefined : this.#guard.breakerOf('');
+    this.#metrics = new LimiterMetrics(o.name, o.backend.kind);
+    this.#queues = new KeyQueues(this.#queueHost, this.#metrics);
   }
 
   /**
@@ -120,11 +105,16 @@ export class RateLimiter {
       const cost = options === undefined ? 1 : checkCost(options.cost);
       if (typeof key !== 'string') checkKey(key);
       const policy = this.#staticPolicy ?? this.policyFor(key);
-      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      const metrics = this.#metrics;
+      if (cost > policy.capacity) {
+        metrics.decision('rejected');
+        throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      }
       // Most of the time no one waits anywhere: skip hashing the key a second time.
       if (this.#queues.size !== 0) {
         const q = this.#queues.get(key);
         if (q !== undefined) {
+          metrics.decision('rejected');
           return Promise.resolve({
             allowed: false,
             remaining: 0,
@@ -145,7 +135,13 @@ export class RateLimiter {
       }
       // The asynchronous case is a method of its own, so the synchronous path creates no closures.
       if (r instanceof Promise) return this.#tryAnswered(r, key, policy, cost, breaker, epoch);
-      if (r.allowed) return Promise.resolve(r);
+      // A synchronous backend answered the probe: trusted again.
+      if (breaker.downUntil !== 0) breaker.up();
+      if (r.allowed) {
+        metrics.allowed();
+        return Promise.resolve(r);
+      }
+      metrics.rejected();
       // A backend answers a repeated rejection with the same frozen Decision: so the same promise.
       if (r !== this.#rejected) {
         this.#rejected = r;
@@ -168,6 +164,7 @@ export class RateLimiter {
     return r.then(
       (d) => {
         breaker.up();
+        this.#metrics.decision(d.allowed ? 'allowed' : 'rejected');
         return d;
       },
       (e: unknown) => {
@@ -198,12 +195,18 @@ export class RateLimiter {
     let signal: AbortSignal | undefined;
     try {
       cost = checkCost(options?.cost);
-      checkKey(key);
+      if (typeof key !== 'string') checkKey(key);
       maxWaitMs = checkMaxWait(options?.maxWaitMs);
       signal = checkSignal(options?.signal);
       policy = this.policyFor(key);
-      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
-      if (signal?.aborted) throw new AbortedError(key, signal.reason);
+      if (cost > policy.capacity) {
+        this.#metrics.decision('rejected');
+        throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      }
+      if (signal?.aborted) {
+        this.#metrics.decision('aborted');
+        throw new AbortedError(key, signal.reason);
+      }
     } catch (e) {
       return Promise.reject(e);
     }
@@ -221,10 +224,14 @@ export class RateLimiter {
       }
       if (r !== undefined && !(r instanceof Promise)) {
         if (r.ok && r.waitMs === 0) {
+          this.#metrics.grantedAtOnce();
           const grant = { waitedMs: 0, remaining: r.remaining };
           return sync ? grant : Promise.resolve(grant);
         }
-        if (!r.ok) return Promise.reject(new MaxWaitExceededError(key, r.waitMs, maxWaitMs));
+        if (!r.ok) {
+          this.#metrics.decision('timeout');
+          return Promise.reject(new MaxWaitExceededError(key, r.waitMs, maxWaitMs));
+        }
         // Reserved with a wait: queue it as the head already holding its reservation.
         return this.#queues.enqueue(key, cost, policy, maxWaitMs, signal, { backend: this.backend, reservation: r });
       }
@@ -239,7 +246,10 @@ export class RateLimiter {
 
     if (q !== undefined && maxWaitMs !== Number.POSITIVE_INFINITY) {
       const estimate = this.#queues.estimate(q, cost, policy);
-      if (estimate > maxWaitMs) return Promise.reject(new MaxWaitExceededError(key, estimate, maxWaitMs));
+      if (estimate > maxWaitMs) {
+        this.#metrics.decision('timeout');
+        return Promise.reject(new MaxWaitExceededError(key, estimate, maxWaitMs));
+      }
     }
     return this.#queues.enqueue(key, cost, policy, maxWaitMs, signal);
   }
@@ -265,12 +275,12 @@ export class RateLimiter {
     checkAmount(amount);
     if (amount === 0) return undefined;
     const policy = this.policyFor(key);
-    const target = this.#breakerOf(key).downUntil !== 0 ? this.#fallbackBackend() : this.backend;
+    const target = this.#guard.targetOf(key);
     if (this.#queues.size !== 0) {
       const q = this.#queues.holdingOn(key, target);
       if (q !== undefined) return this.#queues.reReserve(q, amount);
     }
-    return this.#refundOn(target, key, policy, amount);
+    return this.#guard.refundOn(target, key, policy, amount);
   }
 
   /** The number of callers of this process waiting on `key` (the head included). */
@@ -282,7 +292,8 @@ export class RateLimiter {
 
   readonly #queueHost: QueueHost = {
     reserve: (w, maxWaitMs) => this.#reserveFor(w, maxWaitMs),
-    refund: (w, amount) => (w.heldOn === undefined ? undefined : this.#refundOn(w.heldOn, w.key, w.policy, amount)),
+    refund: (w, amount) => (w.heldOn === undefined ? undefined : this.#guard.refundOn(w.heldOn, w.key, w.policy, amount)),
+    degraded: (w) => this.#guard.isDegraded(w.heldOn),
   };
 
   /** A queued caller's reservation: on the backend, or by the failure policy while it is down. */
@@ -298,6 +309,7 @@ export class RateLimiter {
       return this.#degradedReserve(w, maxWaitMs, breaker, e);
     }
     if (r instanceof Promise) return this.#reserveAnswered(r, w, breaker, epoch);
+    if (breaker.downUntil !== 0) breaker.up();
     w.heldOn = this.backend;
     return r;
   }
@@ -318,81 +330,24 @@ export class RateLimiter {
     );
   }
 
-  // ---- backend failures -----------------------------------------------------------------------
+  // ---- backend failures ----------------------------------------------------------------------
 
   #breakerOf(key: string): Breaker {
-    return this.#shardOf === undefined ? this.#breaker : this.#breakers.of(this.#shardOf(this.name, key));
+    return this.#breaker ?? this.#guard.breakerOf(key);
   }
 
-  #fallbackBackend(): MemoryBackend {
-    this.#fallback ??= new MemoryBackend();
-    return this.#fallback;
-  }
-
-  /** A backend call begun at `epoch` of `breaker` failed with `error`. */
   #failed(breaker: Breaker, error: unknown, epoch: number): void {
-    breaker.down(error, epoch);
-    if (this.#onError !== undefined) {
-      try {
-        this.#onError(error);
-      } catch {
-        // A reporting hook must not break admission.
-      }
-    }
+    this.#guard.failed(breaker, error, epoch);
   }
 
-  /** The error of a call refused by `fail-closed`. */
-  #unavailable(breaker: Breaker, error: unknown): BackendUnavailableError {
-    return new BackendUnavailableError(`the ${this.backend.constructor.name} backend is unavailable`, error ?? breaker.lastError);
-  }
-
+  /** A tryAcquire decided by the failure policy, counted as `fallback` (`rejected` on fail-closed). */
   #degradedTry(key: string, policy: Policy, cost: number, breaker: Breaker, error?: unknown): Promise<Decision> {
-    switch (this.onBackendError) {
-      case 'fail-open':
-        return Promise.resolve({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 0 });
-      case 'fail-closed':
-        return Promise.reject(this.#unavailable(breaker, error));
-      default:
-        return Promise.resolve(this.#fallbackBackend().tryTake(this.name, key, policy, cost));
-    }
+    this.#metrics.decision(this.onBackendError === 'fail-closed' ? 'rejected' : 'fallback');
+    return this.#guard.degradedTry(key, policy, cost, breaker, error);
   }
 
-  /** A reservation decided by the failure policy; `w.heldOn` says where it was taken. */
   #degradedReserve(w: Waiter, maxWaitMs: number, breaker: Breaker, error?: unknown): Reservation {
-    switch (this.onBackendError) {
-      case 'fail-open':
-        w.heldOn = OPEN_BACKEND;
-        return OPEN_RESERVATION;
-      case 'fail-closed':
-        throw this.#unavailable(breaker, error);
-      default: {
-        const fb = this.#fallbackBackend();
-        w.heldOn = fb;
-        return fb.reserve(this.name, w.key, w.policy, w.cost, maxWaitMs);
-      }
-    }
-  }
-
-  /** Undefined when done synchronously; a returned promise never rejects. */
-  #refundOn(backend: Backend, key: string, policy: Policy, amount: number): Promise<void> | undefined {
-    const breaker = backend === this.backend ? this.#breakerOf(key) : undefined;
-    const epoch = breaker?.epoch ?? 0;
-    let r: void | Promise<void>;
-    try {
-      r = backend.refund(this.name, key, policy, amount);
-    } catch (e) {
-      this.#refundFailed(breaker, e, epoch, key, policy, amount);
-      return undefined;
-    }
-    if (r !== undefined && typeof (r as PromiseLike<void>).then === 'function') {
-      return Promise.resolve(r).then(undefined, (e: unknown) => this.#refundFailed(breaker, e, epoch, key, policy, amount));
-    }
-    return undefined;
-  }
-
-  #refundFailed(breaker: Breaker | undefined, e: unknown, epoch: number, key: string, policy: Policy, amount: number): void {
-    if (breaker !== undefined) this.#failed(breaker, e, epoch);
-    if (this.onBackendError === 'fallback') this.#fallbackBackend().refund(this.name, key, policy, amount);
+    return this.#guard.degradedReserve(w, maxWaitMs, breaker, error);
   }
 }
 

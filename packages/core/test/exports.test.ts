@@ -47,6 +47,7 @@ test('@tollgate/core/internal exports the bucket math, the script, key encoding 
       "ENTRY_BYTES",
       "MAX_BATCH",
       "MAX_IN_FLIGHT",
+      "LimiterMetrics",
       "MAX_TOKENS",
       "ScriptAt",
       "ScriptBatcher",

@@ -1,6 +1,8 @@
 import type { MaybePromise } from '../backend.js';
 import { AbortedError, MaxWaitExceededError } from '../errors.js';
+import type { LimiterMetrics, Outcome } from '../metrics.js';
 import type { Policy } from '../policy.js';
+import { arm } from '../timer.js';
 import { DEFERRED, GRANTED, type PoolAnswer } from './pool-math.js';
 import type { Pools } from './pools.js';
 
@@ -23,6 +25,8 @@ export interface QueueHost {
   /** One turn for `w`; throws (or rejects) with the error its caller must see. */
   ask(w: Waiter, maxWaitMs: number, more: boolean): MaybePromise<Answered>;
   giveBack(on: Pools, w: Waiter): void;
+  /** Whether `on` is the failure policy's (a grant there counts as `fallback`). */
+  degraded(on: Pools | undefined): boolean;
 }
 
 /** A caller of `acquire` waiting its turn on one (pool, key). */
@@ -61,14 +65,6 @@ interface KeyQueue {
 
 const now = (): number => performance.now();
 
-/** setTimeout's longest delay: a longer one would fire after 1 ms. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
-function arm(w: Waiter, ms: number, fn: () => void): void {
-  if (ms <= MAX_TIMER_MS) w.timer = setTimeout(fn, ms);
-  else w.timer = setTimeout(() => arm(w, ms - MAX_TIMER_MS, fn), MAX_TIMER_MS);
-}
-
 /** queueId is the map key of (pool, key). */
 export function queueId(pool: string, key: string): string {
   return `${pool}\u0000${key}`;
@@ -78,13 +74,23 @@ export function queueId(pool: string, key: string): string {
  * FairQueues holds a SharedLimiter's local FIFO queue per (pool, key). The head of each queue
  * alone holds a turn in the pool: it asks, is granted (then waits for its start), or is told
  * when to ask again; when it starts, the next caller becomes the head and asks.
+ *
+ * Not RateLimiter's KeyQueues (key-queue.ts), though the FIFO and the pump are alike: a head
+ * here may be refused for now with nothing taken (DEFERRED: not its key's turn in the pool) and
+ * asks again on a timer; it tells the pool whether callers wait behind it (`more`); the
+ * provider's retry-after holds heads already granted (holdUntil); and a grant is not taken
+ * again when admitted late, as KeyQueues does on a local bucket. Folding those into KeyQueues
+ * would put pool-only states on RateLimiter's hot path.
  */
 export class FairQueues {
   readonly #host: QueueHost;
+  readonly #metrics: LimiterMetrics;
   readonly #queues = new Map<string, KeyQueue>();
 
-  constructor(host: QueueHost) {
+  /** `metrics` counts every caller's outcome and wait, and the callers waiting. */
+  constructor(host: QueueHost, metrics: LimiterMetrics) {
     this.#host = host;
+    this.#metrics = metrics;
   }
 
   get size(): number {
@@ -122,6 +128,7 @@ export class FairQueues {
       this.#queues.set(id, q);
     }
     const queue = q;
+    this.#metrics.queue(1);
     if (w.signal !== undefined) {
       w.onAbort = () => this.#abort(queue, w);
       w.signal.addEventListener('abort', w.onAbort, { once: true });
@@ -139,6 +146,7 @@ export class FairQueues {
       arm(w, w.deadline - w.start, () => {
         if (w.state !== 'queued') return;
         this.#finish(queue, w);
+        this.#settled('timeout');
         const est = this.estimate(id, w.cost, w.policy);
         w.reject(new MaxWaitExceededError(w.key, Math.max(1, est), w.deadline - w.start));
         this.#pumpSoon(queue);
@@ -243,6 +251,7 @@ export class FairQueues {
       return;
     }
     this.#finish(q, w);
+    this.#settled('timeout');
     w.reject(new MaxWaitExceededError(w.key, Math.max(1, a.ms), w.deadline - w.start));
     this.#pumpSoon(q);
   }
@@ -250,6 +259,7 @@ export class FairQueues {
   #fail(q: KeyQueue, w: Waiter, e: unknown): void {
     if (w.state !== 'done') {
       this.#finish(q, w);
+      this.#settled('rejected');
       w.reject(e);
     } else if (q.head === w) q.head = undefined;
     this.#pumpSoon(q);
@@ -265,6 +275,8 @@ export class FairQueues {
     }
     const waitedMs = now() - w.start;
     this.#finish(q, w);
+    this.#metrics.queue(-1);
+    this.#metrics.granted(this.#host.degraded(w.heldOn) ? 'fallback' : 'allowed', waitedMs);
     w.resolve({ waitedMs, remaining: w.remaining });
     this.#pumpSoon(q);
   }
@@ -277,13 +289,21 @@ export class FairQueues {
       // Its turn is in flight: #answered gives a grant back and moves the queue on.
       w.state = 'done';
       this.#cleanup(w);
+      this.#settled('aborted');
       w.reject(new AbortedError(w.key, reason));
       return;
     }
     if (state === 'holding' && w.heldOn !== undefined) this.#host.giveBack(w.heldOn, w);
     this.#finish(q, w);
+    this.#settled('aborted');
     w.reject(new AbortedError(w.key, reason));
     this.#pumpSoon(q);
+  }
+
+  /** A caller stopped waiting with `outcome` (not a grant). */
+  #settled(outcome: Outcome): void {
+    this.#metrics.queue(-1);
+    this.#metrics.decision(outcome);
   }
 
   #finish(q: KeyQueue, w: Waiter): void {

@@ -1,6 +1,11 @@
-import type { MaybePromise } from '../backend.js';
+import type { Backend, MaybePromise } from '../backend.js';
+import { HybridBackend } from '../backends/hybrid.js';
+import { MemoryBackend } from '../backends/memory.js';
+import type { RedisBackend } from '../backends/redis/backend.js';
 import type { Policy } from '../policy.js';
+import { MemoryPools } from './memory-pools.js';
 import type { Observation, PoolAnswer } from './pool-math.js';
+import { RedisPools } from './redis-pools.js';
 
 /**
  * Pools is where a SharedLimiter's pools live: in this process ({@link MemoryPools}) or in
@@ -25,4 +30,31 @@ export interface Pools {
   refund(name: string, pool: string, key: string, policy: Policy, amount: number): MaybePromise<void>;
   /** Apply what the provider said. */
   observe(name: string, pool: string, policy: Policy, o: Observation): MaybePromise<void>;
+  /**
+   * The shard (a Redis Cluster master, as 'host:port') that holds pool (`name`, `pool`), or
+   * undefined when there is one shard. Cheap, never throws (as {@link Backend.shardOf}).
+   */
+  shardOf?(name: string, pool: string): string | undefined;
+}
+
+const memoryPools = new WeakMap<MemoryBackend, MemoryPools>();
+const redisPools = new WeakMap<RedisBackend, RedisPools>();
+
+/** poolsOf returns the pools kept on `backend`, one set per backend (limiters on it share them). */
+export function poolsOf(backend: Backend): Pools {
+  if (backend instanceof MemoryBackend) {
+    let p = memoryPools.get(backend);
+    if (p === undefined) {
+      p = new MemoryPools();
+      memoryPools.set(backend, p);
+    }
+    return p;
+  }
+  const redis = backend instanceof HybridBackend ? backend.redis : (backend as RedisBackend);
+  let p = redisPools.get(redis);
+  if (p === undefined) {
+    p = new RedisPools(redis.client, redis.prefix, redis.timeoutMs);
+    redisPools.set(redis, p);
+  }
+  return p;
 }

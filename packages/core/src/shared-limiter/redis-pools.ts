@@ -1,5 +1,5 @@
 import type { Cluster, Redis } from 'ioredis';
-import { encodeKey } from '../backends/redis/keys.js';
+import { encodeKey, keySlot } from '../backends/redis/keys.js';
 import { BackendTimeoutError, BackendUnavailableError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { type Observation, type PoolAnswer, type PoolStatus, SHARE_GRACE_MS } from './pool-math.js';
@@ -57,6 +57,16 @@ export class RedisPools implements Pools {
       this.#keys.set(id, k);
     }
     return k;
+  }
+
+  /**
+   * shardOf is the 'host:port' of the Cluster master that owns the pool's slot, as the client
+   * knows it now; undefined for a standalone client (one shard) or a slot not yet known.
+   */
+  shardOf(name: string, pool: string): string | undefined {
+    const c = this.client as { isCluster?: boolean; slots?: string[][] };
+    if (c.isCluster !== true || c.slots === undefined) return undefined;
+    return c.slots[keySlot(this.#key(name, pool))]?.[0];
   }
 
   decide(

@@ -1,157 +1,24 @@
-import { z } from 'zod';
 import type { Backend, MaybePromise } from '../backend.js';
-import { HybridBackend } from '../backends/hybrid.js';
-import { MemoryBackend } from '../backends/memory.js';
-import { RedisBackend } from '../backends/redis/backend.js';
+import { checkAmount, checkCost, checkKey, checkMaxWait, checkSignal, checkWeight } from '../args.js';
 import type { Decision } from '../bucket.js';
-import {
-  AbortedError,
-  BackendUnavailableError,
-  CostExceedsCapacityError,
-  InvalidOptionsError,
-  MaxWaitExceededError,
-} from '../errors.js';
-import { type Policy, type PolicyInput, describe, normalizePolicy, toOptionsError } from '../policy.js';
-import { checkAmount, checkCost, checkKey, checkMaxWait, checkSignal, checkWeight } from './args.js';
-import { Breaker } from './breaker.js';
+import { AbortedError, CostExceedsCapacityError, MaxWaitExceededError } from '../errors.js';
+import { LimiterMetrics } from '../metrics.js';
+import { type Policy, type PolicyInput, normalizePolicy } from '../policy.js';
 import { type Answered, FairQueues, type SharedGrant, type Waiter, queueId } from './fair-queue.js';
-import { MemoryPools } from './memory-pools.js';
-import { GRANTED, type Observation, type PoolAnswer } from './pool-math.js';
-import type { Pools } from './pools.js';
-import { RedisPools } from './redis-pools.js';
+import { GuardedPools } from './guarded-pools.js';
+import type { MemoryPools } from './memory-pools.js';
+import { GRANTED, type Observation } from './pool-math.js';
+import {
+  DEFAULT_SHARED_OPTIONS,
+  type PoolObservation,
+  type SharedAcquireOptions,
+  type SharedBackendErrorPolicy,
+  type SharedLimiterOptions,
+  type SharedRefundOptions,
+  type SharedTryAcquireOptions,
+  parseSharedOptions,
+} from './options.js';
 
-export type { SharedGrant };
-
-/** What a SharedLimiter does when its backend fails or times out (as RateLimiter's). */
-export type SharedBackendErrorPolicy = 'fail-open' | 'fail-closed' | 'fallback';
-
-/** SharedLimiterOptions configures a {@link SharedLimiter}. */
-export interface SharedLimiterOptions {
-  /** Where the pools live: a MemoryBackend (this process), or a RedisBackend / HybridBackend (Redis). */
-  backend: Backend;
-  /**
-   * The pools' name, keeping apart limiters that share a backend (e.g. 'openai-requests' and
-   * 'openai-llm-tokens').
-   * @default 'shared'
-   */
-  name?: string;
-  /**
-   * Each pool's policy, or a function pool → policy (e.g. per model). A function returning
-   * undefined means that pool has no limit: its calls are admitted at once.
-   * @example (model) => ({ 'gpt-4o': { rate: 10_000, per: '1m' } })[model]
-   */
-  policy: PolicyInput | ((pool: string) => PolicyInput | undefined);
-  /**
-   * A key's weight: when keys contend, each gets the pool's refill in proportion to it. A finite
-   * number > 0 (at most 1e6); anything else fails the call with InvalidOptionsError.
-   * @default () => 1
-   */
-  weight?: (key: string) => number;
-  /** As RateLimiter's: 'fail-open', 'fail-closed' or 'fallback' (a pool in this process). @default 'fallback' */
-  onBackendError?: SharedBackendErrorPolicy;
-  /** After a backend failure, one call every `probeIntervalMs` tries the backend again. @default 500 */
-  probeIntervalMs?: number;
-  /** Called with every backend failure (for logs and metrics). Must not throw. */
-  onError?: (error: unknown) => void;
-}
-
-/** DEFAULT_SHARED_OPTIONS holds the defaults of {@link SharedLimiterOptions}. */
-export const DEFAULT_SHARED_OPTIONS = {
-  name: 'shared',
-  pool: 'default',
-  onBackendError: 'fallback',
-  probeIntervalMs: 500,
-} as const;
-
-/** Options of one {@link SharedLimiter.acquire} call. */
-export interface SharedAcquireOptions {
-  /** Tokens this call takes: a finite number > 0, at most the pool's capacity. @default 1 */
-  cost?: number;
-  /** The pool drawn on (e.g. the model). @default 'default' */
-  pool?: string;
-  /** Cancels the wait: the call rejects with AbortedError and its tokens go back. */
-  signal?: AbortSignal;
-  /** The longest this call may wait, in ms; longer fails at once with MaxWaitExceededError. @default Infinity */
-  maxWaitMs?: number;
-}
-
-/** Options of one {@link SharedLimiter.tryAcquire} call. */
-export interface SharedTryAcquireOptions {
-  cost?: number;
-  pool?: string;
-}
-
-/** Options of one {@link SharedLimiter.refund} call. */
-export interface SharedRefundOptions {
-  pool?: string;
-}
-
-/**
- * PoolObservation is what the provider said about a pool, each field optional: its `limit`
- * (tokens per the policy's `per`), the tokens `remaining`, ms until its window resets
- * (`resetAfterMs`), and ms before it takes another call (`retryAfterMs`). Missing, negative or
- * NaN fields are ignored.
- */
-export interface PoolObservation {
-  limit?: number;
-  remaining?: number;
-  resetAfterMs?: number;
-  retryAfterMs?: number;
-}
-
-const optionsSchema = z
-  .object({
-    backend: z.custom<Backend>(
-      (v) => v instanceof MemoryBackend || v instanceof RedisBackend || v instanceof HybridBackend,
-      { error: (i) => `must be a MemoryBackend, RedisBackend or HybridBackend (received ${describe(i.input)})` },
-    ),
-    policy: z.unknown(),
-    name: z.string({ error: (i) => `must be a string (received ${describe(i.input)})` }).optional(),
-    weight: z
-      .custom<(k: string) => number>((v) => typeof v === 'function', {
-        error: (i) => `must be a function key → number (received ${describe(i.input)})`,
-      })
-      .optional(),
-    onBackendError: z
-      .enum(['fail-open', 'fail-closed', 'fallback'], {
-        error: (i) => `must be 'fail-open', 'fail-closed' or 'fallback' (received ${describe(i.input)})`,
-      })
-      .optional(),
-    probeIntervalMs: z
-      .number({ error: (i) => `must be a number of ms (received ${describe(i.input)})` })
-      .refine((v) => Number.isFinite(v) && v > 0, { error: (i) => `must be a finite number of ms > 0 (received ${describe(i.input)})` })
-      .optional(),
-    onError: z
-      .custom<(e: unknown) => void>((v) => typeof v === 'function', {
-        error: (i) => `must be a function (received ${describe(i.input)})`,
-      })
-      .optional(),
-  })
-  .strict();
-
-const memoryPools = new WeakMap<MemoryBackend, MemoryPools>();
-const redisPools = new WeakMap<RedisBackend, RedisPools>();
-
-function poolsOf(backend: Backend): Pools {
-  if (backend instanceof MemoryBackend) {
-    let p = memoryPools.get(backend);
-    if (p === undefined) {
-      p = new MemoryPools();
-      memoryPools.set(backend, p);
-    }
-    return p;
-  }
-  const redis = backend instanceof HybridBackend ? backend.redis : (backend as RedisBackend);
-  let p = redisPools.get(redis);
-  if (p === undefined) {
-    p = new RedisPools(redis.client, redis.prefix, redis.timeoutMs);
-    redisPools.set(redis, p);
-  }
-  return p;
-}
-
-const OPEN: PoolAnswer = Object.freeze({ status: GRANTED, ms: 0, remaining: 0, resetAfterMs: 0 });
-const OPEN_POOLS: Pools = { kind: 'fail-open', decide: () => OPEN, refund: () => undefined, observe: () => undefined };
 const UNLIMITED: Decision = Object.freeze({ allowed: true, remaining: Number.POSITIVE_INFINITY, retryAfterMs: 0, resetAfterMs: 0 });
 const NOT_SAID = -1;
 
@@ -204,38 +71,33 @@ export class SharedLimiter {
   readonly backend: Backend;
   readonly name: string;
   readonly onBackendError: SharedBackendErrorPolicy;
-  readonly #pools: Pools;
-  readonly #sync: boolean;
+  readonly #pools: GuardedPools;
   readonly #static: Policy | undefined;
   readonly #policyFn: ((pool: string) => PolicyInput | undefined) | undefined;
   readonly #policies = new WeakMap<object, Policy>();
   readonly #weight: ((key: string) => number) | undefined;
-  readonly #onError: ((e: unknown) => void) | undefined;
-  readonly #breaker: Breaker;
   readonly #queues: FairQueues;
-  #fallback: MemoryPools | undefined;
+  readonly #metrics: LimiterMetrics;
 
   constructor(options: SharedLimiterOptions) {
-    if (typeof options !== 'object' || options === null) {
-      throw new InvalidOptionsError(`invalid SharedLimiter options: must be an object with backend and policy (received ${describe(options)})`);
-    }
-    const parsed = optionsSchema.safeParse(options);
-    if (!parsed.success) throw toOptionsError('SharedLimiter options', parsed.error);
-    const o = parsed.data;
+    const o = parseSharedOptions(options);
     this.backend = o.backend;
-    this.name = o.name ?? DEFAULT_SHARED_OPTIONS.name;
-    this.onBackendError = o.onBackendError ?? DEFAULT_SHARED_OPTIONS.onBackendError;
+    this.name = o.name;
+    this.onBackendError = o.onBackendError;
     this.#weight = o.weight;
-    this.#onError = o.onError;
-    this.#breaker = new Breaker(o.probeIntervalMs ?? DEFAULT_SHARED_OPTIONS.probeIntervalMs);
     if (typeof o.policy === 'function') this.#policyFn = o.policy as (pool: string) => PolicyInput | undefined;
     else this.#static = normalizePolicy(o.policy, 'policy');
-    this.#pools = poolsOf(o.backend);
-    this.#sync = this.#pools instanceof MemoryPools;
-    this.#queues = new FairQueues({
-      ask: (w, maxWait, more) => this.#ask(w.pool, w.key, w.policy, w.cost, w.weight, 'r', maxWait, more),
-      giveBack: (on, w) => this.#refundOn(on, w.pool, w.key, w.policy, w.cost),
-    });
+    this.#pools = new GuardedPools(o.name, o.backend, o.onBackendError, o.probeIntervalMs, o.onError);
+    this.#metrics = new LimiterMetrics(o.name, o.backend.kind);
+    const pools = this.#pools;
+    this.#queues = new FairQueues(
+      {
+        ask: (w, maxWait, more) => pools.ask(w.pool, w.key, w.policy, w.cost, w.weight, 'r', maxWait, more),
+        giveBack: (on, w) => pools.giveBack(on, w.pool, w.key, w.policy, w.cost),
+        degraded: (on) => on !== pools.primary,
+      },
+      this.#metrics,
+    );
   }
 
   /** policyFor returns `pool`'s validated policy, or undefined when it has no limit. */
@@ -281,19 +143,33 @@ export class SharedLimiter {
       maxWaitMs = checkMaxWait(options?.maxWaitMs);
       signal = checkSignal(options?.signal);
       policy = this.#static ?? this.policyFor(pool);
-      if (policy === undefined) return Promise.resolve({ waitedMs: 0, remaining: Number.POSITIVE_INFINITY });
-      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      if (policy === undefined) {
+        this.#metrics.granted('allowed', 0);
+        return Promise.resolve({ waitedMs: 0, remaining: Number.POSITIVE_INFINITY });
+      }
+      if (cost > policy.capacity) {
+        this.#metrics.decision('rejected');
+        throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      }
       weight = this.#weightOf(key);
-      if (signal?.aborted) throw new AbortedError(key, signal.reason);
+      if (signal?.aborted) {
+        this.#metrics.decision('aborted');
+        throw new AbortedError(key, signal.reason);
+      }
     } catch (e) {
       return Promise.reject(e);
     }
     const queued = this.#queues.size !== 0 && this.#queues.has(queueId(pool, key));
-    if (this.#sync && !queued) {
+    const pools = this.#pools;
+    if (pools.sync && !queued) {
       // Fast path: nobody of this key waits here and the pool answers at once.
-      const a = (this.#pools as MemoryPools).decide(this.name, pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
-      if (a.status === GRANTED && a.ms <= 0) return Promise.resolve({ waitedMs: 0, remaining: a.remaining });
-      return this.#wait(pool, key, policy, cost, weight, maxWaitMs, signal, { a, on: this.#pools });
+      const memory = pools.primary as MemoryPools;
+      const a = memory.decide(this.name, pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
+      if (a.status === GRANTED && a.ms <= 0) {
+        this.#metrics.grantedAtOnce();
+        return Promise.resolve({ waitedMs: 0, remaining: a.remaining });
+      }
+      return this.#wait(pool, key, policy, cost, weight, maxWaitMs, signal, { a, on: memory });
     }
     return this.#wait(pool, key, policy, cost, weight, maxWaitMs, signal, queued ? undefined : null);
   }
@@ -337,8 +213,9 @@ export class SharedLimiter {
         // No caller of this key waits here: this one is the head; ask at once.
         let r: MaybePromise<Answered>;
         try {
-          r = this.#ask(pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
+          r = this.#pools.ask(pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
         } catch (e) {
+          this.#metrics.decision('rejected');
           reject(e);
           return;
         }
@@ -348,6 +225,7 @@ export class SharedLimiter {
       if (maxWaitMs !== Number.POSITIVE_INFINITY) {
         const est = this.#queues.estimate(queueId(pool, key), cost, policy);
         if (est > maxWaitMs) {
+          this.#metrics.decision('timeout');
           reject(new MaxWaitExceededError(key, est, maxWaitMs));
           return;
         }
@@ -368,19 +246,49 @@ export class SharedLimiter {
       const pool = options?.pool ?? DEFAULT_SHARED_OPTIONS.pool;
       checkKey(pool, 'pool');
       const policy = this.#static ?? this.policyFor(pool);
-      if (policy === undefined) return Promise.resolve(UNLIMITED);
-      if (cost > policy.capacity) throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      const metrics = this.#metrics;
+      if (policy === undefined) {
+        metrics.decision('allowed');
+        return Promise.resolve(UNLIMITED);
+      }
+      if (cost > policy.capacity) {
+        metrics.decision('rejected');
+        throw new CostExceedsCapacityError(key, cost, policy.capacity);
+      }
       const weight = this.#weightOf(key);
       const id = queueId(pool, key);
       if (this.#queues.has(id)) {
+        metrics.decision('rejected');
         const est = this.#queues.estimate(id, cost, policy);
         return Promise.resolve({ allowed: false, remaining: 0, retryAfterMs: Math.max(1, est), resetAfterMs: Math.max(1, est) });
       }
-      const r = this.#ask(pool, key, policy, cost, weight, 't', -1, false);
-      return r instanceof Promise ? r.then(toDecision) : Promise.resolve(toDecision(r));
+      let r: MaybePromise<Answered>;
+      try {
+        r = this.#pools.ask(pool, key, policy, cost, weight, 't', -1, false);
+      } catch (e) {
+        metrics.decision('rejected');
+        throw e;
+      }
+      if (r instanceof Promise) {
+        return r.then(
+          (x) => this.#tried(x),
+          (e: unknown) => {
+            metrics.decision('rejected');
+            throw e;
+          },
+        );
+      }
+      return Promise.resolve(this.#tried(r));
     } catch (e) {
       return Promise.reject(e);
     }
+  }
+
+  /** tryAcquire's answer, counted: `fallback` when the failure policy decided it. */
+  #tried(r: Answered): Decision {
+    const d = toDecision(r);
+    this.#metrics.decision(r.on !== this.#pools.primary ? 'fallback' : d.allowed ? 'allowed' : 'rejected');
+    return d;
   }
 
   /**
@@ -395,8 +303,7 @@ export class SharedLimiter {
       checkKey(pool, 'pool');
       const policy = this.#static ?? this.policyFor(pool);
       if (amount === 0 || policy === undefined) return Promise.resolve();
-      const on = this.#breaker.allow() ? this.#pools : this.#degradedPools();
-      return this.#refundOn(on, pool, key, policy, amount) ?? Promise.resolve();
+      return this.#pools.refund(pool, key, policy, amount) ?? Promise.resolve();
     } catch (e) {
       return Promise.reject(e);
     }
@@ -422,14 +329,9 @@ export class SharedLimiter {
       };
       if (o.limit < 0 && o.remaining < 0 && o.retryAfterMs < 0) return Promise.resolve();
       if (o.retryAfterMs > 0) this.#queues.holdUntil(pool, performance.now() + o.retryAfterMs);
-      this.#fallback?.observe(this.name, pool, policy, o);
-      if (!this.#breaker.allow()) return Promise.resolve();
-      const epoch = this.#breaker.epoch;
-      const r = this.#pools.observe(this.name, pool, policy, o);
-      if (r instanceof Promise) return r.then(() => this.#breaker.up(), (e: unknown) => this.#failed(e, epoch));
-      return Promise.resolve();
+      return this.#pools.observe(pool, policy, o);
     } catch (e) {
-      this.#report(e);
+      this.#pools.report(e);
       return Promise.resolve();
     }
   }
@@ -437,106 +339,6 @@ export class SharedLimiter {
   /** The number of callers of this process waiting on `key` in `pool` (the head included). */
   queued(key: string, pool: string = DEFAULT_SHARED_OPTIONS.pool): number {
     return this.#queues.queued(queueId(pool, key));
-  }
-
-  // ---- the pools, and what happens when they fail --------------------------------------------
-
-  #ask(
-    pool: string,
-    key: string,
-    policy: Policy,
-    cost: number,
-    weight: number,
-    mode: 't' | 'r',
-    maxWait: number,
-    more: boolean,
-  ): MaybePromise<Answered> {
-    if (this.#sync) return { a: this.#pools.decide(this.name, pool, key, policy, cost, weight, mode, maxWait, more) as PoolAnswer, on: this.#pools };
-    if (!this.#breaker.allow()) return this.#degraded(pool, key, policy, cost, weight, mode, maxWait, more, undefined);
-    const epoch = this.#breaker.epoch;
-    let r: MaybePromise<PoolAnswer>;
-    try {
-      r = this.#pools.decide(this.name, pool, key, policy, cost, weight, mode, maxWait, more);
-    } catch (e) {
-      this.#failed(e, epoch);
-      return this.#degraded(pool, key, policy, cost, weight, mode, maxWait, more, e);
-    }
-    if (!(r instanceof Promise)) return { a: r, on: this.#pools };
-    return r.then(
-      (a) => {
-        this.#breaker.up();
-        return { a, on: this.#pools };
-      },
-      (e: unknown) => {
-        this.#failed(e, epoch);
-        return this.#degraded(pool, key, policy, cost, weight, mode, maxWait, more, e);
-      },
-    );
-  }
-
-  #degraded(
-    pool: string,
-    key: string,
-    policy: Policy,
-    cost: number,
-    weight: number,
-    mode: 't' | 'r',
-    maxWait: number,
-    more: boolean,
-    error: unknown,
-  ): Answered {
-    switch (this.onBackendError) {
-      case 'fail-open':
-        return { a: OPEN, on: OPEN_POOLS };
-      case 'fail-closed':
-        throw new BackendUnavailableError(`the ${this.backend.constructor.name} backend is unavailable`, error ?? this.#breaker.lastError);
-      default: {
-        const fb = this.#fallbackPools();
-        return { a: fb.decide(this.name, pool, key, policy, cost, weight, mode, maxWait, more), on: fb };
-      }
-    }
-  }
-
-  #degradedPools(): Pools {
-    return this.onBackendError === 'fallback' ? this.#fallbackPools() : OPEN_POOLS;
-  }
-
-  #fallbackPools(): MemoryPools {
-    this.#fallback ??= new MemoryPools();
-    return this.#fallback;
-  }
-
-  #failed(e: unknown, epoch: number): void {
-    this.#breaker.down(e, epoch);
-    this.#report(e);
-  }
-
-  #report(e: unknown): void {
-    if (this.#onError === undefined) return;
-    try {
-      this.#onError(e);
-    } catch {
-      // A reporting hook must not break admission.
-    }
-  }
-
-  /** Undefined when done synchronously; a returned promise never rejects. */
-  #refundOn(on: Pools, pool: string, key: string, policy: Policy, amount: number): Promise<void> | undefined {
-    const epoch = this.#breaker.epoch;
-    let r: MaybePromise<void>;
-    try {
-      r = on.refund(this.name, pool, key, policy, amount);
-    } catch (e) {
-      this.#refundFailed(e, epoch, pool, key, policy, amount);
-      return undefined;
-    }
-    if (r instanceof Promise) return r.then(undefined, (e: unknown) => this.#refundFailed(e, epoch, pool, key, policy, amount));
-    return undefined;
-  }
-
-  #refundFailed(e: unknown, epoch: number, pool: string, key: string, policy: Policy, amount: number): void {
-    this.#failed(e, epoch);
-    if (this.onBackendError === 'fallback') this.#fallbackPools().refund(this.name, pool, key, policy, amount);
   }
 }
 
