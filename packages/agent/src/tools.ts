@@ -367,7 +367,8 @@ const defineToolSchema = z.strictObject(
 /** parse validates `input` with `schema`, or throws InvalidOptionsError naming the option, the constraint and the value. */
 function parse<T>(what: string, schema: z.ZodType<T>, input: unknown): T {
   const parsed = schema.safeParse(input);
-  if (!parsed.success) throw toOptionsError(what, parsed.error);
+  const known = schema instanceof z.ZodObject ? Object.keys(schema.shape) : [];
+  if (!parsed.success) throw toOptionsError(what, parsed.error, '', known);
   return parsed.data;
 }
 

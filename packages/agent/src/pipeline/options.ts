@@ -183,7 +183,7 @@ const schema = z.strictObject(
  */
 export function parseThrottleOptions(what: string, input: unknown): ThrottleConfig {
   const parsed = schema.safeParse(input);
-  if (!parsed.success) throw toOptionsError(`${what} options`, parsed.error);
+  if (!parsed.success) throw toOptionsError(`${what} options`, parsed.error, '', Object.keys(schema.shape));
   const o = parsed.data as ThrottleOptions;
   return {
     requests: o.requests,
