@@ -2,7 +2,7 @@
  * RedisBackend against real servers: every call is answered after the script cache is flushed
  * under load, and a decision whose reply was lost and which ioredis re-sent is charged once.
  */
-import { RateLimiter, RedisBackend } from '@tollgate/core';
+import { type PolicyInput, RateLimiter, RedisBackend } from '@tollgate/core';
 import { decodeBucket, normalizePolicy } from '@tollgate/core/internal';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -27,8 +27,8 @@ const evalCalls = async (admins: Redis[]): Promise<number> => {
  * `loops` loops on 5 keys (a quarter `acquire`, the rest `tryAcquire`) on a fail-closed limiter
  * while the script cache is flushed five times, 400 ms apart; what the callers saw.
  */
-async function underFlushes(backend: RedisBackend, loops: number, admins: Redis[]) {
-  const limiter = new RateLimiter({ backend, policy: { rate: 1e6, per: '1s' }, onBackendError: 'fail-closed', name: 'flush' });
+async function underFlushes(backend: RedisBackend, loops: number, admins: Redis[], policy: PolicyInput) {
+  const limiter = new RateLimiter({ backend, policy, onBackendError: 'fail-closed', name: 'flush' });
   await limiter.tryAcquire('warm-up');
   let stop = false;
   let calls = 0;
@@ -63,21 +63,86 @@ async function underFlushes(backend: RedisBackend, loops: number, admins: Redis[
 
 describe('after SCRIPT FLUSH under load, every call is answered within a few round trips', () => {
   const timeoutMs = 1000;
+  const generous = { rate: 1e6, per: '1s' } as const;
+  // 50/s, 5 at once per key: `acquire` callers wait, holding reservations across the flushes.
+  const tight = { rate: 50, per: '1s', capacity: 5 } as const;
   test.each([
-    ['standalone, 20 concurrent loops (batched)', 'standalone', 20],
-    ['standalone, one loop (every call alone)', 'standalone', 1],
-    ['Cluster, 20 concurrent loops (batched)', 'cluster', 20],
-    ['Cluster, one loop (every call alone)', 'cluster', 1],
-  ] as const)('%s', async (_, kind, loops) => {
+    ['standalone, 20 concurrent loops (batched)', 'standalone', 20, generous],
+    ['standalone, 20 concurrent loops, 50/s per key (acquire callers wait)', 'standalone', 20, tight],
+    ['standalone, one loop (every call alone)', 'standalone', 1, generous],
+    ['Cluster, 20 concurrent loops (batched)', 'cluster', 20, generous],
+    ['Cluster, 20 concurrent loops, 50/s per key (acquire callers wait)', 'cluster', 20, tight],
+    ['Cluster, one loop (every call alone)', 'cluster', 1, generous],
+  ] as const)('%s', async (_, kind, loops, policy) => {
     const client = kind === 'standalone' ? srv.client() : cluster.client();
     const admins =
       kind === 'standalone' ? [srv.client()] : cluster.nodes.filter((n) => n.role === 'master').map((n) => cluster.nodeClient(n.port));
-    const r = await underFlushes(new RedisBackend({ client, prefix: `flush-${kind}-${loops}:`, timeoutMs }), loops, admins);
+    const prefix = `flush-${kind}-${loops}-${policy.rate}:`;
+    const r = await underFlushes(new RedisBackend({ client, prefix, timeoutMs }), loops, admins, policy);
     expect(r.errors.map(String)).toEqual([]);
     expect(r.slowest).toBeLessThan(timeoutMs / 2);
     // The flushes hit calls in flight: scripts went again as EVAL.
     expect(r.evals).toBeGreaterThanOrEqual(5);
     expect(r.calls).toBeGreaterThan(50);
+  });
+});
+
+describe('Redis killed and restarted under load, with autoResendUnfulfilledCommands: false', () => {
+  test('the calls in flight at the kill fail at once by the policy, none waits its timeout, and Redis decides again after the restart', async () => {
+    const own = await startRedis();
+    try {
+      const timeoutMs = 2000;
+      // The README's recommended options: ioredis drops, unanswered, what was in flight at a disconnect.
+      const client = own.client({ autoResendUnfulfilledCommands: false, retryStrategy: () => 20 });
+      const limiter = new RateLimiter({
+        backend: new RedisBackend({ client, prefix: 'restart:', timeoutMs }),
+        // Generous: nearly every call goes to Redis, so calls are in flight when it dies.
+        policy: { rate: 1e6, per: '1s' },
+        onBackendError: 'fail-closed',
+        probeIntervalMs: 50,
+      });
+      await limiter.tryAcquire('warm-up');
+      let stop = false;
+      let slowest = 0;
+      const seen: { at: number; outcome: string }[] = [];
+      const loop = async (i: number) => {
+        for (let n = 0; !stop; n++) {
+          const key = `user-${(i + n) % 5}`;
+          const t0 = performance.now();
+          let outcome = 'decided';
+          try {
+            if (i % 4 === 0) await limiter.acquire(key, { maxWaitMs: 500 });
+            else await limiter.tryAcquire(key);
+          } catch (e) {
+            outcome = (e as Error).name === 'MaxWaitExceededError' ? 'decided' : String(e);
+          }
+          const t1 = performance.now();
+          slowest = Math.max(slowest, t1 - t0);
+          seen.push({ at: t1, outcome });
+          await new Promise((r) => setTimeout(r, outcome === 'decided' ? 0 : 5));
+        }
+      };
+      const running = Array.from({ length: 20 }, (_, i) => loop(i));
+      await sleep(300);
+      await own.kill9();
+      await sleep(200);
+      await own.restart();
+      const restartedAt = performance.now();
+      await sleep(600);
+      stop = true;
+      await Promise.all(running);
+      const failures = seen.filter((c) => c.outcome !== 'decided').map((c) => c.outcome);
+      // Redis was down: fail-closed answered some calls with BackendUnavailableError, none with a timeout …
+      expect(failures.length).toBeGreaterThan(0);
+      expect(failures.filter((f) => !f.startsWith('BackendUnavailableError'))).toEqual([]);
+      // … and no call waited for a reply that ioredis had dropped: each was answered well within
+      // its 2 s timeout (it fails when the connection closes, not 2 s later).
+      expect(slowest).toBeLessThan(timeoutMs / 2);
+      // After the restart Redis decides again.
+      expect(seen.filter((c) => c.at > restartedAt + 300 && c.outcome === 'decided').length).toBeGreaterThan(20);
+    } finally {
+      await own.stop();
+    }
   });
 });
 

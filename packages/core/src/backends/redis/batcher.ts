@@ -5,7 +5,7 @@
  * call waiting to be sent pays that cost once per batch.
  */
 import type { Cluster, Redis } from 'ioredis';
-import { BackendTimeoutError } from '../../errors.js';
+import { BackendTimeoutError, BackendUnavailableError } from '../../errors.js';
 import { keySlot } from './keys.js';
 import { BATCH_SCRIPT, BATCH_SHA, BUCKET_SCRIPT, BUCKET_SHA } from './scripts.js';
 
@@ -103,6 +103,10 @@ const RESOLVED = Promise.resolve();
  * node that never ran it) sends that script call again as EVAL, which loads the script; and until
  * an EVAL has been answered, new script calls go as EVAL too, so that the calls made meanwhile do
  * not each pay a NOSCRIPT round trip first.
+ *
+ * A standalone client made with `autoResendUnfulfilledCommands: false` drops the commands in
+ * flight when its connection closes, without settling them: their calls fail at once then, with
+ * {@link BackendUnavailableError}, instead of waiting out their timeout.
  */
 export class ScriptBatcher {
   readonly #client: Evaluator;
@@ -127,6 +131,20 @@ export class ScriptBatcher {
     this.#client = client as unknown as Evaluator;
     this.#cluster = (client as { isCluster?: boolean }).isCluster === true;
     this.#clientId = clientId;
+    const o = (client as { options?: { autoResendUnfulfilledCommands?: boolean } }).options;
+    if (!this.#cluster && o?.autoResendUnfulfilledCommands === false) watchDrops(client, this);
+  }
+
+  /** The connection closed: ioredis will neither answer nor re-send what is in flight. */
+  connectionDropped(): void {
+    if (this.#inFlight.size === 0) return;
+    const e = new BackendUnavailableError(
+      'the Redis connection closed before the reply came, and ioredis does not re-send (autoResendUnfulfilledCommands: false)',
+    );
+    for (const b of [...this.#inFlight]) {
+      for (const it of b.items) it.fail(e);
+      b.release();
+    }
   }
 
   /**
@@ -272,6 +290,30 @@ export class ScriptBatcher {
         );
       },
     );
+  }
+}
+
+/**
+ * The batchers of each client that drops its unanswered commands on a disconnect: one 'close'
+ * listener per client, whose references let a dropped backend be collected.
+ */
+const watched = new WeakMap<object, { refs: Set<WeakRef<ScriptBatcher>>; live: number }>();
+
+function watchDrops(client: Redis | Cluster, batcher: ScriptBatcher): void {
+  let w = watched.get(client);
+  if (w === undefined) {
+    const entry = { refs: new Set<WeakRef<ScriptBatcher>>(), live: 1 };
+    w = entry;
+    watched.set(client, entry);
+    client.on('close', () => {
+      for (const r of entry.refs) r.deref()?.connectionDropped();
+    });
+  }
+  w.refs.add(new WeakRef(batcher));
+  // Backends made and dropped one after another: forget the collected ones now and then.
+  if (w.refs.size > 2 * w.live) {
+    for (const r of w.refs) if (r.deref() === undefined) w.refs.delete(r);
+    w.live = Math.max(1, w.refs.size);
   }
 }
 

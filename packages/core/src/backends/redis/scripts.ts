@@ -32,7 +32,7 @@ export const MAX_REMEMBERED = 8;
  * nil: the decision is not remembered (the batch script remembers its whole reply instead).
  */
 export const DECIDE_LUA = `
-local pack, unpack, floor, ceil, min, sub = struct.pack, struct.unpack, math.floor, math.ceil, math.min, string.sub
+local pack, unpack, floor, ceil, min, sub, find = struct.pack, struct.unpack, math.floor, math.ceil, math.min, string.sub, string.find
 local function decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)
   local tokens, upd
   local tail, keepUntil = '', 0
@@ -42,20 +42,29 @@ local function decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)
     if n >= 16 then
       tokens, upd = unpack('<dd', v)
       if n > 16 then
-        -- One remembered decision per client: this client's older one is replaced below.
+        -- Decided before: answer as then, change nothing.
+        local at = id and find(v, id, 17, true)
+        while at and (at - 17) % ${ENTRY_BYTES} ~= 0 do at = find(v, id, at + 1, true) end
+        if at then
+          local _, a, r, w, s = unpack('<ddddd', v, at + 16)
+          return a, r, w, s, true
+        end
+        -- One remembered decision per client: this client's older one is replaced below; the
+        -- usual value holds that one alone.
         local client = id and sub(id, 1, 8)
-        local kept, k = {}, 0
-        for o = 17, n - ${ENTRY_BYTES - 1}, ${ENTRY_BYTES} do
-          local eid = sub(v, o, o + 15)
-          local forget, a, r, w, s = unpack('<ddddd', v, o + 16)
-          if eid == id then return a, r, w, s, true end
-          if forget >= now and sub(eid, 1, 8) ~= client and k < ${MAX_REMEMBERED - 1} then
-            k = k + 1
-            kept[k] = sub(v, o, o + ${ENTRY_BYTES - 1})
-            if forget > keepUntil then keepUntil = forget end
+        if n ~= ${16 + ENTRY_BYTES} or sub(v, 17, 24) ~= client then
+          local k = 0
+          for o = 17, n - ${ENTRY_BYTES - 1}, ${ENTRY_BYTES} do
+            if k < ${MAX_REMEMBERED - 1} and sub(v, o, o + 7) ~= client then
+              local forget = unpack('<d', v, o + 16)
+              if forget >= now then
+                k = k + 1
+                tail = tail .. sub(v, o, o + ${ENTRY_BYTES - 1})
+                if forget > keepUntil then keepUntil = forget end
+              end
+            end
           end
         end
-        tail = table.concat(kept)
       end
     end
   elseif type(v) == 'table' and v.err ~= nil then
@@ -97,13 +106,14 @@ local function decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)
   local remaining = 0
   if tokens > 0 then remaining = floor(tokens + 1e-9) end
   if allowed == 1 then
-    local value = pack('<dd', tokens, upd)
+    local value
     if id then
-      value = value .. id .. pack('<ddddd', forgetAt, 1, remaining, wait, reset) .. tail
+      value = pack('<ddc16ddddd', tokens, upd, id, forgetAt, 1, remaining, wait, reset)
       if forgetAt > keepUntil then keepUntil = forgetAt end
     else
-      value = value .. tail
+      value = pack('<dd', tokens, upd)
     end
+    if tail ~= '' then value = value .. tail end
     local ttl = reset
     if keepUntil - now > ttl then ttl = ceil(keepUntil - now) end
     if ttl < 1 then ttl = 1 end
@@ -151,8 +161,9 @@ if ARGV[8] then
   nowus = floor(now * 1000)
 else
   local t = redis.call('TIME')
-  now = t[1] * 1000 + t[2] / 1000
-  nowus = t[1] * 1000000 + t[2]
+  local sec, us = tonumber(t[1]), tonumber(t[2])
+  now = sec * 1000 + us / 1000
+  nowus = sec * 1000000 + us
 end
 local deadline = tonumber(ARGV[6])
 local forgetAt = now
