@@ -98,6 +98,7 @@ export class RedisBackend implements Backend {
     this.prefix = o.prefix;
     this.timeoutMs = o.timeoutMs;
     this.#batcher = new ScriptBatcher(o.client, this.#clientId);
+    watchErrors(o.client);
   }
 
   tryTake(name: string, key: string, policy: Policy, cost: number): Promise<Decision> {
@@ -148,7 +149,7 @@ export class RedisBackend implements Backend {
     // A connection known to be down fails at once instead of filling ioredis's offline queue.
     const status = (this.client as { status?: string }).status;
     if (status === 'reconnecting' || status === 'close' || status === 'end') {
-      return Promise.reject(new BackendUnavailableError(`the Redis connection is ${status}`));
+      return Promise.reject(new BackendUnavailableError(`the Redis connection is ${status}`, lastErrors.get(this.client)));
     }
     return new Promise((resolve, reject) => {
       const sentAt = Date.now();
@@ -273,4 +274,21 @@ class Call implements BatchCall {
     this.#settled = true;
     this.#reject(e);
   }
+}
+
+/** The last error each client emitted: the `cause` of calls failed while it reconnects. */
+const lastErrors = new WeakMap<object, Error>();
+const watched = new WeakSet<object>();
+
+/**
+ * watchErrors records a client's `error` events (one listener per client, however many backends
+ * share it). It also means ioredis no longer prints "Unhandled error event" on every failed
+ * reconnection: the limiter reports a backend failure once, through `onError` or one warning.
+ */
+function watchErrors(client: Redis | Cluster): void {
+  if (watched.has(client)) return;
+  watched.add(client);
+  client.on('error', (e: unknown) => {
+    if (e instanceof Error) lastErrors.set(client, e);
+  });
 }
