@@ -46,22 +46,23 @@ test.each([
     const key = keys[k] as string;
     const cost = Math.max(1e-3, Math.round(random() * policy.capacity * 50) / 100);
     const op = random();
-    if (op < 0.8) {
+    if (op < 0.75) {
       const mode = random() < 0.25 ? 't' : 'r';
       const maxWait = random() < 0.6 ? -1 : Math.floor(random() * fill);
       const more = random() < 0.7;
       const mem = decide(state, policy, now, key, cost, weights[k] as number, mode, maxWait, more);
       const lua = await pools.decide('n', 'p', key, policy, cost, weights[k] as number, mode, maxWait, more);
       expect(lua, `step ${i}: ${mode} ${key} cost ${cost} max ${maxWait} at ${now}`).toEqual(mem);
-    } else if (op < 0.9) {
+    } else if (op < 0.85) {
       giveBackPool(state, policy, now, key, cost);
       await pools.refund('n', 'p', key, policy, cost);
     } else {
+      // Pauses short and long (longer than a refill and than per), with and without a limit.
       const o = {
         limit: random() < 0.5 ? policy.rate * random() : -1,
         remaining: random() < 0.5 ? Math.floor(random() * policy.capacity) : -1,
         resetAfterMs: random() < 0.5 ? Math.floor(random() * fill) : -1,
-        retryAfterMs: random() < 0.3 ? Math.floor(random() * fill * 0.2) : -1,
+        retryAfterMs: random() < 0.5 ? Math.floor(random() * Math.max(fill, policy.perMs) * (random() < 0.5 ? 0.2 : 1.5)) : -1,
       };
       observePool(state, policy, now, o);
       await pools.observe('n', 'p', policy, o);

@@ -14,6 +14,7 @@ import {
 } from '@tollgate/core';
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { MemoryPools } from '../src/shared-limiter/memory-pools.ts';
+import { GRANTED, decide, newPool, observePool } from '../src/shared-limiter/pool-math.ts';
 
 beforeEach(() => {
   vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
@@ -267,6 +268,67 @@ describe('observe: the provider steers the pool', () => {
     expect(Math.max(...at) - t0).toBeGreaterThan(2800);
     // Nonsense is ignored.
     await l.observe('default', { limit: -1, remaining: Number.NaN, retryAfterMs: -5 });
+  });
+});
+
+describe('a pause (retryAfterMs) on fixed instants', () => {
+  // 10/s, capacity 10: the pool math alone, driven at exact instants (ms).
+  const policy = { rate: 10, perMs: 1000, capacity: 10, ratePerMs: 0.01 };
+  const said = (o: Partial<{ limit: number; remaining: number; resetAfterMs: number; retryAfterMs: number }>) => ({
+    limit: -1,
+    remaining: -1,
+    resetAfterMs: -1,
+    retryAfterMs: -1,
+    ...o,
+  });
+
+  /** The most tokens starting in any window [t, t + T) among `starts`. */
+  const most = (starts: number[], T: number) => Math.max(...starts.map((t) => starts.filter((u) => u >= t && u < t + T).length));
+
+  test('heads that reserve during a pause start at its end within capacity + r·T, not on top of a full bucket', () => {
+    const s = newPool(policy, 0);
+    const starts: number[] = [];
+    const ask = (now: number, key: string, mode: 't' | 'r') => {
+      const a = decide(s, policy, now, key, 1, 1, mode, -1, false);
+      if (a.status === GRANTED) starts.push(now + a.ms);
+      return a;
+    };
+    for (let i = 0; i < 10; i++) ask(0, 'drain', 't');
+    observePool(s, policy, 0, said({ retryAfterMs: 1500 }));
+    // Four keys reserve during the pause: each is granted, to start at its end.
+    for (const [i, k] of ['a', 'b', 'c', 'd'].entries()) expect(ask(100 * (i + 1), k, 'r')).toMatchObject({ status: GRANTED, ms: 1500 - 100 * (i + 1) });
+    // Nothing may start before the end, not even by trying.
+    expect(ask(1499, 'late', 't').status).not.toBe(GRANTED);
+    // From the resume, 20 callers try every 10 ms for 2 s.
+    for (let t = 1500; t <= 3500; t += 10) for (let i = 0; i < 20; i++) ask(t, `late-${i}`, 't');
+    // At the resume: the 4 heads and 6 more (the bucket's 10), not 4 + 10.
+    expect(starts.filter((t) => t === 1500)).toHaveLength(10);
+    // And in any window T after the drain: at most 10 + 10/s × T.
+    const after = starts.filter((t) => t > 0);
+    for (const T of [1, 100, 500, 1000, 2000]) expect(most(after, T)).toBeLessThanOrEqual(10 + (10 * T) / 1000);
+    // Work-conserving still: by 2 s after the resume, the bucket and the refill, 10 + 20.
+    expect(after.length).toBe(30);
+  });
+
+  test('a pause longer than per keeps an observed limit until one per after its end', () => {
+    for (const together of [true, false]) {
+      const s = newPool(policy, 0);
+      if (together) observePool(s, policy, 0, said({ limit: 2, retryAfterMs: 3000 }));
+      else {
+        observePool(s, policy, 0, said({ retryAfterMs: 3000 }));
+        observePool(s, policy, 500, said({ limit: 2, resetAfterMs: 200 }));
+      }
+      const starts: number[] = [];
+      for (let t = 0; t < 6000; t += 10) {
+        const a = decide(s, policy, t, 'k', 1, 1, 't', -1, false);
+        if (a.status === GRANTED) starts.push(t);
+      }
+      // 2/s, capacity 10 × 2/10 = 2, from the end of the pause until one second after: the 2 in
+      // the bucket and one each 500 ms, not the policy's 10 + 10.
+      expect(starts.filter((t) => t < 4000)).toEqual([3000, 3010, 3500]);
+      // Then the limit lapses and the policy's rate is back: 10/s from 4 s.
+      expect(starts.filter((t) => t >= 4000 && t < 6000).length).toBeGreaterThanOrEqual(20);
+    }
   });
 });
 

@@ -26,20 +26,6 @@ export interface Call {
 }
 
 /**
- * holdLimit keeps a limit the provider states with a retry time in force through the pause and
- * one window after it: an observed limit lasts max(per, resetAfterMs), and a pause longer than
- * that would otherwise end with the pool back at the policy's (too high) rate, all at once.
- */
-function holdLimit(limiter: SharedLimiter, pool: string, report: PoolReport): PoolReport {
-  const retry = report.retryAfterMs;
-  if (report.limit === undefined || retry === undefined || retry <= 0) return report;
-  const perMs = limiter.policyFor(pool)?.perMs;
-  if (perMs === undefined) return report;
-  const until = retry + perMs;
-  return (report.resetAfterMs ?? 0) >= until ? report : { ...report, resetAfterMs: until };
-}
-
-/**
  * Pipeline runs every attempt of a throttled client through the same steps: admit (the user's
  * queue slot, then the `requests` and `llmTokens` buckets, then the user's share of the `shared`
  * pools), send, settle (the LLM tokens to the response's usage, streams included, in the user's
@@ -186,7 +172,7 @@ export class Pipeline {
   #observe(limiter: SharedLimiter | undefined, pool: string, report: PoolReport): void {
     if (limiter === undefined) return;
     try {
-      this.background(limiter.observe(pool, holdLimit(limiter, pool, report)));
+      this.background(limiter.observe(pool, report));
     } catch (e) {
       this.background(Promise.reject(e));
     }

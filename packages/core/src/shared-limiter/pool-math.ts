@@ -31,7 +31,10 @@ export interface KeyShare {
 export interface PoolState {
   /** Tokens in the bucket (negative: reserved into debt). */
   tokens: number;
-  /** When `tokens` was computed (ms). */
+  /**
+   * When `tokens` holds (ms). Later than now while a pause lasts and a grant was charged against
+   * the level at the pause's end (its start): the bucket then earns nothing until that instant.
+   */
   updatedAt: number;
   /** The pool's virtual time: no waiting key's counter is below it; a (re)appearing key starts at it. */
   vt: number;
@@ -39,7 +42,7 @@ export interface PoolState {
   blockedUntil: number;
   /** The provider's limit replacing the policy's rate while below it (0: none). */
   limit: number;
-  /** When the observed limit lapses (ms). */
+  /** When the observed limit lapses (ms); never before blockedUntil + per while a pause holds. */
   limitUntil: number;
   /** The waiting keys, in the order they (re)appeared. */
   readonly keys: Map<string, KeyShare>;
@@ -95,12 +98,20 @@ export function effective(s: PoolState, policy: Policy, now: number): Effective 
   return policy;
 }
 
-/** refillPool adds the tokens earned since `updatedAt`, capped at capacity (bucket.ts's refill). */
+/**
+ * refillPool adds the tokens earned since `updatedAt`, capped at capacity (bucket.ts's refill);
+ * a future `updatedAt` (a level charged at a pause's end) earns nothing yet.
+ */
 function refillPool(s: PoolState, e: Effective, now: number): void {
   let elapsed = now - s.updatedAt;
   if (elapsed > 0) s.updatedAt = now;
   else elapsed = 0;
   s.tokens = Math.min(e.capacity, s.tokens + elapsed * e.ratePerMs);
+}
+
+/** aheadMs is how far (ms, whole) the bucket's level lies ahead of `now`: 0 but during a pause. */
+function aheadMs(s: PoolState, now: number): number {
+  return s.updatedAt > now ? Math.ceil(s.updatedAt - now) : 0;
 }
 
 function waitMs(tokens: number, cost: number, ratePerMs: number): number {
@@ -114,6 +125,11 @@ function waitMs(tokens: number, cost: number, ratePerMs: number): number {
  * when it is the key's turn and the wait is at most `maxWaitMs` (negative: no limit), or says
  * when to ask again (DEFERRED), taking nothing. `more`: callers of the asking process wait on
  * `key` behind this one, so the key stays waiting for SHARE_GRACE_MS after its turn.
+ *
+ * A grant pushed to a pause's end (`blockedUntil`) is charged against the bucket's level at that
+ * instant: the bucket is advanced to it (refilled, capped) before the cost is taken, so the heads
+ * that reserved during the pause start with at most capacity + r·T between them, not on top of a
+ * bucket that refilled to full meanwhile.
  *
  * The turn: the key's counter is lifted to the least-served waiting key's when it (re)appears;
  * the tokens owed to waiting keys with lower counters (to bring them level) come first, unless
@@ -160,12 +176,18 @@ export function decide(
     }
   }
   const blocked = s.blockedUntil > now ? Math.ceil(s.blockedUntil - now) : 0;
+  const ahead = aheadMs(s, now);
   let status: PoolStatus;
   let ms: number;
   if (owed <= 0 || s.tokens - owed >= cost) {
-    ms = waitMs(s.tokens, cost, e.ratePerMs);
-    if (ms < blocked) ms = blocked;
+    const w = ahead + waitMs(s.tokens, cost, e.ratePerMs);
+    ms = w < blocked ? blocked : w;
     if (mode === 't' ? ms === 0 : maxWaitMs < 0 || ms <= maxWaitMs) {
+      if (ms > w) {
+        // Pushed to the pause's end: take the cost from the level the bucket has then.
+        s.tokens = Math.min(e.capacity, s.tokens + (now + ms - s.updatedAt) * e.ratePerMs);
+        s.updatedAt = now + ms;
+      }
       s.tokens -= cost;
       v += cost / weight;
       let until = now + ms;
@@ -181,14 +203,14 @@ export function decide(
       status = GRANTED;
     } else status = mode === 't' ? REFUSED : TOO_LONG;
   } else {
-    ms = waitMs(s.tokens - owed, cost, e.ratePerMs);
+    ms = ahead + waitMs(s.tokens - owed, cost, e.ratePerMs);
     if (ms < blocked) ms = blocked;
     if (mode === 't') status = REFUSED;
     else if (maxWaitMs >= 0 && ms > maxWaitMs) status = TOO_LONG;
     else {
       // Ask again when the bucket has refilled what is owed to the keys below, or when the last
       // of them stops counting as waiting, whichever comes first.
-      let d = Math.ceil((owed - s.tokens) / e.ratePerMs);
+      let d = ahead + Math.ceil((owed - s.tokens) / e.ratePerMs);
       if (lowerUntil - now < d) d = Math.ceil(lowerUntil - now);
       if (d < 1) d = 1;
       // Another head of this key (another process) was told a time already: come after it, by
@@ -210,7 +232,7 @@ export function decide(
     }
   }
   settleVt(s);
-  return { status, ms, remaining: wholeTokens(s.tokens), resetAfterMs: resetAfter(s.tokens, e as Policy) };
+  return { status, ms, remaining: wholeTokens(s.tokens), resetAfterMs: aheadMs(s, now) + resetAfter(s.tokens, e as Policy) };
 }
 
 /**
@@ -246,9 +268,11 @@ export function giveBackPool(s: PoolState, policy: Policy, now: number, key: str
 
 /**
  * observePool applies what the provider said at `now`: a `limit` below the policy's rate
- * replaces it (capacity scaled alike) for max(per, resetAfterMs); one at or above it lifts an
- * earlier one; a lower `remaining` empties the bucket down to it; `retryAfterMs` starts
- * nothing before now + retryAfterMs. Negative or NaN fields are ignored.
+ * replaces it (capacity scaled alike) for max(per, resetAfterMs), and while a pause holds, until
+ * at least one `per` after its end (else a pause longer than `per` would end at the policy's
+ * higher rate); one at or above it lifts an earlier one; a lower `remaining` empties the bucket
+ * down to it (during a pause: the level the bucket will have at its end, conservatively);
+ * `retryAfterMs` starts nothing before now + retryAfterMs. Negative or NaN fields are ignored.
  */
 export function observePool(s: PoolState, policy: Policy, now: number, o: Observation): void {
   let e = effective(s, policy, now);
@@ -266,6 +290,7 @@ export function observePool(s: PoolState, policy: Policy, now: number, o: Observ
   }
   if (o.remaining >= 0 && o.remaining < s.tokens) s.tokens = o.remaining;
   if (o.retryAfterMs > 0 && now + o.retryAfterMs > s.blockedUntil) s.blockedUntil = now + o.retryAfterMs;
+  if (s.limit > 0 && s.blockedUntil > now && s.blockedUntil + policy.perMs > s.limitUntil) s.limitUntil = s.blockedUntil + policy.perMs;
   settleVt(s);
 }
 
@@ -276,7 +301,7 @@ export function observePool(s: PoolState, policy: Policy, now: number, o: Observ
  */
 export function keepFor(s: PoolState, policy: Policy, now: number): number {
   const e = effective(s, policy, now);
-  let until = now + resetAfter(s.tokens, e as Policy);
+  let until = now + aheadMs(s, now) + resetAfter(s.tokens, e as Policy);
   for (const j of s.keys.values()) if (j.until > until) until = j.until;
   if (s.blockedUntil > until) until = s.blockedUntil;
   // After an observed limit lapses the bucket refills to the policy's capacity: keep it until then.

@@ -83,6 +83,10 @@ local function refill()
   if elapsed > 0 then upd = now else elapsed = 0 end
   tokens = min(ecap, tokens + elapsed * erpm)
 end
+local function aheadMs()
+  if upd > now then return ceil(upd - now) end
+  return 0
+end
 local function waitMs(t, c)
   local deficit = c - t
   if deficit > c * 1e-9 then return ceil(deficit / erpm) end
@@ -127,12 +131,17 @@ if mode == 'r' or mode == 't' then
   end
   local blocked = 0
   if blockedUntil > now then blocked = ceil(blockedUntil - now) end
+  local ahead = aheadMs()
   if owed <= 0 or tokens - owed >= cost then
-    ms = waitMs(tokens, cost)
-    if ms < blocked then ms = blocked end
+    local w = ahead + waitMs(tokens, cost)
+    if w < blocked then ms = blocked else ms = w end
     local ok
     if mode == 't' then ok = ms == 0 else ok = maxw < 0 or ms <= maxw end
     if ok then
+      if ms > w then
+        tokens = min(ecap, tokens + (now + ms - upd) * erpm)
+        upd = now + ms
+      end
       tokens = tokens - cost
       v = v + cost / weight
       local untilT = now + ms
@@ -153,14 +162,14 @@ if mode == 'r' or mode == 't' then
       status = 1
     elseif mode == 't' then status = 0 else status = 2 end
   else
-    ms = waitMs(tokens - owed, cost)
+    ms = ahead + waitMs(tokens - owed, cost)
     if ms < blocked then ms = blocked end
     if mode == 't' then
       status = 0
     elseif maxw >= 0 and ms > maxw then
       status = 2
     else
-      local d = ceil((owed - tokens) / erpm)
+      local d = ahead + ceil((owed - tokens) / erpm)
       if lowerUntil - now < d then d = ceil(lowerUntil - now) end
       if d < 1 then d = 1 end
       if mi > 0 and turns[mi] > now then
@@ -204,6 +213,7 @@ else
   end
   if oRemaining >= 0 and oRemaining < tokens then tokens = oRemaining end
   if oRetry > 0 and now + oRetry > blockedUntil then blockedUntil = now + oRetry end
+  if limit > 0 and blockedUntil > now and blockedUntil + per > limitUntil then limitUntil = blockedUntil + per end
 end
 
 -- settleVt(), then keepFor()
@@ -217,6 +227,7 @@ end
 if not any then vt = 0 elseif least > vt then vt = least end
 local reset = ceil((ecap - tokens) / erpm)
 if reset < 0 then reset = 0 end
+reset = aheadMs() + reset
 local untilAll = now + reset
 for i = 1, n do
   if alive[i] and untils[i] > untilAll then untilAll = untils[i] end
