@@ -13,7 +13,14 @@ import { parseArgs } from 'node:util';
 import Table from 'cli-table3';
 import { startRedis } from '../test/support/redis.js';
 import { type ScenarioResult, runScenario } from './harness.js';
-import { type BurstResult, type MemoryPerKey, type ProcessScaling, hybridBurst, memoryPerKey, processScaling } from './probes.js';
+import {
+  type BurstResult,
+  type MemoryPerKey,
+  type ProcessScaling,
+  hybridBurst,
+  memoryPerKey,
+  processScaling,
+} from './probes.js';
 import { type Sizes, TARGETS, scenarios } from './scenarios.js';
 import { metricsScenarios } from './metrics.js';
 import { openaiScenario } from './openai.js';
@@ -34,7 +41,8 @@ const { values: args } = parseArgs({
 
 const full = args.full === true;
 const rounds = args.rounds !== undefined ? Number(args.rounds) : full ? 7 : 5;
-if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be an integer >= 1 (received ${args.rounds})`);
+if (!Number.isInteger(rounds) || rounds < 1)
+  throw new Error(`--rounds must be an integer >= 1 (received ${args.rounds})`);
 const only = args.only?.split(',').map((s) => s.trim());
 const log = (s: string): void => {
   if (!args.json) process.stderr.write(`${s}\n`);
@@ -71,10 +79,18 @@ try {
     warmup: 1,
     pinned,
   };
-  log(`${machine.command}: ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}; median of ${rounds} rounds; ${pinned}`);
+  log(
+    `${machine.command}: ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}; median of ${rounds} rounds; ${pinned}`,
+  );
 
   const openai = await openaiScenario(full ? 600 : 300);
-  const all = [...(await scenarios(ctx, sizes)), openai.scenario, ...sharedScenarios(ctx, sizes), ...metricsScenarios(sizes), ...(full ? await scalingScenarios(ctx) : [])];
+  const all = [
+    ...(await scenarios(ctx, sizes)),
+    openai.scenario,
+    ...sharedScenarios(ctx, sizes),
+    ...metricsScenarios(sizes),
+    ...(full ? await scalingScenarios(ctx) : []),
+  ];
   const results: ScenarioResult[] = [];
   for (const s of all) {
     if (only !== undefined && !only.includes(s.id)) continue;
@@ -126,7 +142,11 @@ try {
       const v = cpuOf(prefix);
       return v === undefined || rlfCpu === undefined
         ? undefined
-        : { text: `Redis CPU µs per decision, ${prefix.slice(10)} script: <= rlf's (${rlfCpu.toFixed(1)})`, value: v, holds: v <= rlfCpu };
+        : {
+            text: `Redis CPU µs per decision, ${prefix.slice(10)} script: <= rlf's (${rlfCpu.toFixed(1)})`,
+            value: v,
+            holds: v <= rlfCpu,
+          };
     }),
     perKey && {
       text: 'memory per idle key at 1M keys: <= 200 bytes (key strings included)',
@@ -149,7 +169,9 @@ try {
   } else {
     print(results, targets, extraTargets, perKey, burst, procs, cpu);
     if (shared) console.log(`\nSharedLimiter on Redis: ${JSON.stringify(shared)}`);
-    console.log(`\n${machine.command} — ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}`);
+    console.log(
+      `\n${machine.command} — ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}`,
+    );
     console.log(`median of ${rounds} rounds after 1 warm-up round; ${pinned}; took ${seconds.toFixed(1)} s`);
   }
 } finally {
@@ -210,22 +232,34 @@ function print(
   const mem = seed[0]?.qps;
   const red = seed[1]?.qps;
   if (seed.some((s) => s.qps !== undefined)) {
-    const st = new Table({ head: ['10,000 acquires', 'seconds', 'QPS', 'memory ÷ it'], style: { head: [], border: [] } });
+    const st = new Table({
+      head: ['10,000 acquires', 'seconds', 'QPS', 'memory ÷ it'],
+      style: { head: [], border: [] },
+    });
     for (const s of seed) {
       if (s.qps === undefined) continue;
-      st.push([s.id.replace('seed-', ''), (10_000 / s.qps).toFixed(4), fmt(s.qps), mem ? `${(mem / s.qps).toFixed(0)}×` : '']);
+      st.push([
+        s.id.replace('seed-', ''),
+        (10_000 / s.qps).toFixed(4),
+        fmt(s.qps),
+        mem ? `${(mem / s.qps).toFixed(0)}×` : '',
+      ]);
     }
     console.log(`\n${st.toString()}`);
     if (mem && red) console.log(`memory/Redis gap: ${(mem / red).toFixed(0)}×`);
   }
 
   const tt = new Table({ head: ['target', 'measured', 'holds'], style: { head: [], border: [] } });
-  for (const x of targets) if (x.ratio !== undefined) tt.push([x.text, `${x.ratio.toFixed(2)}×`, x.holds ? 'yes' : 'NO']);
+  for (const x of targets)
+    if (x.ratio !== undefined) tt.push([x.text, `${x.ratio.toFixed(2)}×`, x.holds ? 'yes' : 'NO']);
   for (const x of extra) tt.push([x.text, x.value.toFixed(x.value < 100 ? 1 : 0), x.holds ? 'yes' : 'NO']);
   console.log(`\n${tt.toString()}`);
 
   if (cpu) {
-    const ct = new Table({ head: ['Redis CPU per decision', 'µs', 'decisions per script call'], style: { head: [], border: [] } });
+    const ct = new Table({
+      head: ['Redis CPU per decision', 'µs', 'decisions per script call'],
+      style: { head: [], border: [] },
+    });
     for (const c of cpu) ct.push([c.name, c.usPerDecision.toFixed(2), c.perScriptCall.toFixed(1)]);
     console.log(`\n${ct.toString()}`);
   }
@@ -240,7 +274,10 @@ function print(
     );
   }
   if (procs) {
-    const pt = new Table({ head: ['processes on one Redis', 'Tollgate ops/s', 'rlf ops/s', 'Tollgate ÷ rlf'], style: { head: [], border: [] } });
+    const pt = new Table({
+      head: ['processes on one Redis', 'Tollgate ops/s', 'rlf ops/s', 'Tollgate ÷ rlf'],
+      style: { head: [], border: [] },
+    });
     for (const p of procs) pt.push([p.processes, fmt(p.tollgate), fmt(p.rlf), `${(p.tollgate / p.rlf).toFixed(2)}×`]);
     console.log(`\n${pt.toString()}`);
   }

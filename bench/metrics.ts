@@ -21,7 +21,9 @@ const REGISTERED = 'MeterProvider registered';
 
 function provider(): MeterProvider {
   const exporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
-  return new MeterProvider({ readers: [new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3_600_000 })] });
+  return new MeterProvider({
+    readers: [new PeriodicExportingMetricReader({ exporter, exportIntervalMillis: 3_600_000 })],
+  });
 }
 
 function contenders(op: 'acquire' | 'tryAcquire'): Contender[] {
@@ -61,7 +63,17 @@ function contenders(op: 'acquire' | 'tryAcquire'): Contender[] {
 /** Memory acquire and tryAcquire, one key, allowed, with and without a MeterProvider. */
 export function metricsScenarios(sizes: Sizes): Scenario[] {
   return [
-    { id: 'metrics-acquire', title: 'memory acquire, 1 key, OpenTelemetry', ops: sizes.memOps, contenders: contenders('acquire') },
-    { id: 'metrics-try', title: 'memory tryAcquire, 1 key, OpenTelemetry', ops: sizes.memOps, contenders: contenders('tryAcquire') },
+    {
+      id: 'metrics-acquire',
+      title: 'memory acquire, 1 key, OpenTelemetry',
+      ops: sizes.memOps,
+      contenders: contenders('acquire'),
+    },
+    {
+      id: 'metrics-try',
+      title: 'memory tryAcquire, 1 key, OpenTelemetry',
+      ops: sizes.memOps,
+      contenders: contenders('tryAcquire'),
+    },
   ];
 }

@@ -11,7 +11,11 @@ import type { Redis } from 'ioredis';
 const here = (f: string): string => fileURLToPath(new URL(f, import.meta.url));
 
 /** Runs `worker.ts` with `args` in a child Node process (same loader and conditions as this one). */
-function child<T>(args: string[], extraExecArgv: string[] = [], onReady?: (send: (m: unknown) => void) => void): Promise<T> {
+function child<T>(
+  args: string[],
+  extraExecArgv: string[] = [],
+  onReady?: (send: (m: unknown) => void) => void,
+): Promise<T> {
   return new Promise((resolve, reject) => {
     const cp = fork(here('./worker.ts'), args, {
       execArgv: [...process.execArgv, ...extraExecArgv],

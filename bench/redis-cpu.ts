@@ -33,12 +33,17 @@ async function scriptStats(admin: Redis): Promise<{ usec: number; calls: number 
 /** redisCpu measures each contender `rounds` times (interleaved) on `decisions` decisions over 1,000 keys. */
 export async function redisCpu(ctx: RedisCtx, admin: Redis, decisions: number, rounds: number): Promise<CpuRow[]> {
   const keys = Array.from({ length: 1000 }, (_, i) => `user-${i}`);
-  const tg = new RateLimiter({ backend: new RedisBackend({ client: ctx.client(), prefix: 'cpu:' }), policy: BIG, name: 'b' });
+  const tg = new RateLimiter({
+    backend: new RedisBackend({ client: ctx.client(), prefix: 'cpu:' }),
+    policy: BIG,
+    name: 'b',
+  });
   const rlf = new RateLimiterRedis({ storeClient: ctx.client(), points: 1e9, duration: 3600, keyPrefix: 'cpurlf' });
   const seq = (op: (k: string) => Promise<unknown>) => async (n: number) => {
     for (let i = 0; i < n; i++) await op(keys[i % 1000] as string);
   };
-  const par = (op: (k: string) => Promise<unknown>) => (n: number) => inFlight(n, 256, (i) => op(keys[i % 1000] as string));
+  const par = (op: (k: string) => Promise<unknown>) => (n: number) =>
+    inFlight(n, 256, (i) => op(keys[i % 1000] as string));
   const contenders = [
     { name: 'Tollgate, single script (sequential)', run: seq((k) => tg.tryAcquire(k)) },
     { name: 'Tollgate, batch script (256 in flight)', run: par((k) => tg.tryAcquire(k)) },

@@ -46,7 +46,11 @@ function memoryKeys(n: number): Scenario {
 async function redisKeys(ctx: RedisCtx, n: number): Promise<Scenario> {
   const keys = Array.from({ length: n }, (_, i) => `user-${i}`);
   const rawKeys = keys.map((k) => `rawk:{${k}}:b`);
-  const tg = new RateLimiter({ backend: new RedisBackend({ client: ctx.client(), prefix: 'tgk:' }), policy: BIG, name: 'b' });
+  const tg = new RateLimiter({
+    backend: new RedisBackend({ client: ctx.client(), prefix: 'tgk:' }),
+    policy: BIG,
+    name: 'b',
+  });
   const raw = new RawEvalsha(ctx.client(), BUCKET_SCRIPT);
   await raw.load();
   return {
@@ -54,11 +58,16 @@ async function redisKeys(ctx: RedisCtx, n: number): Promise<Scenario> {
     title: `Redis tryAcquire, 256 in flight, ${n.toLocaleString('en')} keys`,
     ops: 100_000,
     contenders: [
-      { name: 'Tollgate', role: 'tollgate', run: (ops) => inFlight(ops, 256, (i) => tg.tryAcquire(keys[i % n] as string)) },
+      {
+        name: 'Tollgate',
+        role: 'tollgate',
+        run: (ops) => inFlight(ops, 256, (i) => tg.tryAcquire(keys[i % n] as string)),
+      },
       {
         name: 'raw EVALSHA (same script)',
         role: 'ceiling',
-        run: (ops) => inFlight(ops, 256, (i) => raw.call(rawKeys[i % n] as string, 't', String(1000 / 3_600_000), '1000000000')),
+        run: (ops) =>
+          inFlight(ops, 256, (i) => raw.call(rawKeys[i % n] as string, 't', String(1000 / 3_600_000), '1000000000')),
       },
     ],
   };

@@ -45,13 +45,23 @@ export const TARGETS: Target[] = [
   { scenario: 'mem-1key', against: RLF, min: 2, text: 'memory tryAcquire, 1 key: >= 2x rlf' },
   { scenario: 'mem-1key', against: INLINE_AWAITED, min: 0.6, text: 'memory tryAcquire, 1 key: >= 60% inline awaited' },
   { scenario: 'mem-10k', against: RLF, min: 2, text: 'memory tryAcquire, 10k keys: >= 2x rlf' },
-  { scenario: 'mem-10k', against: INLINE_AWAITED, min: 0.6, text: 'memory tryAcquire, 10k keys: >= 60% inline awaited' },
+  {
+    scenario: 'mem-10k',
+    against: INLINE_AWAITED,
+    min: 0.6,
+    text: 'memory tryAcquire, 10k keys: >= 60% inline awaited',
+  },
   { scenario: 'mem-rejected', against: RLF, min: 10, text: 'memory rejected: >= 10x rlf' },
   { scenario: 'redis-seq', against: RAW, min: 0.9, text: 'Redis sequential tryAcquire: >= 90% raw EVALSHA' },
   { scenario: 'redis-seq', against: RLF, min: 1, text: 'Redis sequential tryAcquire: >= 1x rlf' },
   { scenario: 'redis-256', against: RLF, min: 2, text: 'Redis 256 in flight: >= 2x rlf' },
   { scenario: 'seed-redis', against: RLF, min: 1, text: 'acquire x10,000 Redis: >= 1x rlf' },
-  { scenario: 'hybrid-over', against: `${RLF} (inMemoryBlock)`, min: 8, text: 'hybrid over limit: >= 8x rlf in-memory block' },
+  {
+    scenario: 'hybrid-over',
+    against: `${RLF} (inMemoryBlock)`,
+    min: 8,
+    text: 'hybrid over limit: >= 8x rlf in-memory block',
+  },
   { scenario: 'seed-memory', against: INLINE_AWAITED, min: 0.5, text: 'acquire x10,000 memory: >= 50% inline awaited' },
   { scenario: 'seed-redis', against: RAW, min: 0.9, text: 'acquire x10,000 Redis: >= 90% raw EVALSHA' },
   {
@@ -219,7 +229,11 @@ export interface RedisCtx {
 
 function redisContenders(ctx: RedisCtx, keys: string[], concurrency: number, raw: RawEvalsha): Contender[] {
   const nk = keys.length;
-  const tg = new RateLimiter({ backend: new RedisBackend({ client: ctx.client(), prefix: 'tg:' }), policy: BIG, name: 'b' });
+  const tg = new RateLimiter({
+    backend: new RedisBackend({ client: ctx.client(), prefix: 'tg:' }),
+    policy: BIG,
+    name: 'b',
+  });
   const rlf = new RateLimiterRedis({ storeClient: ctx.client(), points: 1e9, duration: 3600, keyPrefix: 'rlf' });
   const ping = ctx.client();
   const rate = String(1000 / 3_600_000);
@@ -244,7 +258,11 @@ function redisContenders(ctx: RedisCtx, keys: string[], concurrency: number, raw
 function hybridOverLimit(ctx: RedisCtx, inline: InlineBucket): { contenders: Contender[]; setup: () => Promise<void> } {
   const key = 'hot';
   const policy = { rate: 100, per: '1m', capacity: 100 } as const;
-  const tg = new RateLimiter({ backend: new HybridBackend({ client: ctx.client(), prefix: 'hy:' }), policy, name: 'b' });
+  const tg = new RateLimiter({
+    backend: new HybridBackend({ client: ctx.client(), prefix: 'hy:' }),
+    policy,
+    name: 'b',
+  });
   const rlf = new RateLimiterRedis({
     storeClient: ctx.client(),
     points: 100,
@@ -327,7 +345,11 @@ function seedMemory(): Contender[] {
 
 function seedRedis(ctx: RedisCtx, raw: RawEvalsha, bottleneck: Bottleneck): Contender[] {
   const key = 'seed';
-  const tg = new RateLimiter({ backend: new RedisBackend({ client: ctx.client(), prefix: 'seed:' }), policy: BIG, name: 'b' });
+  const tg = new RateLimiter({
+    backend: new RedisBackend({ client: ctx.client(), prefix: 'seed:' }),
+    policy: BIG,
+    name: 'b',
+  });
   const rlf = new RateLimiterRedis({ storeClient: ctx.client(), points: 1e9, duration: 3600, keyPrefix: 'seedrlf' });
   const rate = String(1000 / 3_600_000);
   const cap = String(1e9);
@@ -368,7 +390,11 @@ function seedRedis(ctx: RedisCtx, raw: RawEvalsha, bottleneck: Bottleneck): Cont
 
 function seedHybrid(ctx: RedisCtx): Contender[] {
   const key = 'seed';
-  const tg = new RateLimiter({ backend: new HybridBackend({ client: ctx.client(), prefix: 'seedh:' }), policy: BIG, name: 'b' });
+  const tg = new RateLimiter({
+    backend: new HybridBackend({ client: ctx.client(), prefix: 'seedh:' }),
+    policy: BIG,
+    name: 'b',
+  });
   return [
     {
       name: TOLLGATE,
@@ -394,10 +420,30 @@ export async function scenarios(ctx: RedisCtx, sizes: Sizes): Promise<Scenario[]
   await bottleneck.ready();
   const keys1k = keysOf(1000);
   return [
-    { id: 'mem-1key', title: 'memory tryAcquire, 1 key (allowed)', ops: sizes.memOps, contenders: memoryContenders(['user-0']) },
-    { id: 'mem-10k', title: 'memory tryAcquire, 10,000 keys (allowed)', ops: sizes.memOps, contenders: memoryContenders(keysOf(10_000)) },
-    { id: 'mem-rejected', title: 'memory tryAcquire, 1 key (rejected)', ops: sizes.memOps, contenders: memoryRejected() },
-    { id: 'redis-seq', title: 'Redis tryAcquire, sequential, 1,000 keys', ops: sizes.redisOps, contenders: redisContenders(ctx, keys1k, 1, raw) },
+    {
+      id: 'mem-1key',
+      title: 'memory tryAcquire, 1 key (allowed)',
+      ops: sizes.memOps,
+      contenders: memoryContenders(['user-0']),
+    },
+    {
+      id: 'mem-10k',
+      title: 'memory tryAcquire, 10,000 keys (allowed)',
+      ops: sizes.memOps,
+      contenders: memoryContenders(keysOf(10_000)),
+    },
+    {
+      id: 'mem-rejected',
+      title: 'memory tryAcquire, 1 key (rejected)',
+      ops: sizes.memOps,
+      contenders: memoryRejected(),
+    },
+    {
+      id: 'redis-seq',
+      title: 'Redis tryAcquire, sequential, 1,000 keys',
+      ops: sizes.redisOps,
+      contenders: redisContenders(ctx, keys1k, 1, raw),
+    },
     {
       id: 'redis-256',
       title: 'Redis tryAcquire, 256 in flight, 1,000 keys',
@@ -409,7 +455,12 @@ export async function scenarios(ctx: RedisCtx, sizes: Sizes): Promise<Scenario[]
       return { id: 'hybrid-over', title: 'hybrid tryAcquire over limit, 1 key (rejected)', ops: sizes.memOps, ...h };
     })(),
     { id: 'seed-memory', title: 'acquire, memory (seed table)', ops: sizes.seedMemOps, contenders: seedMemory() },
-    { id: 'seed-redis', title: 'acquire, Redis (seed table)', ops: sizes.seedRedisOps, contenders: seedRedis(ctx, raw, bottleneck) },
+    {
+      id: 'seed-redis',
+      title: 'acquire, Redis (seed table)',
+      ops: sizes.seedRedisOps,
+      contenders: seedRedis(ctx, raw, bottleneck),
+    },
     { id: 'seed-hybrid', title: 'acquire, hybrid (seed table)', ops: sizes.seedRedisOps, contenders: seedHybrid(ctx) },
   ];
 }

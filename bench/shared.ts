@@ -12,7 +12,12 @@ const RL = 'RateLimiter.acquire';
 
 /** Targets: SharedLimiter.acquire ÷ RateLimiter.acquire, same backend, same run. */
 export const SHARED_TARGETS: Target[] = [
-  { scenario: 'shared-memory', against: RL, min: 0.7, text: 'memory SharedLimiter.acquire: >= 0.7x RateLimiter.acquire' },
+  {
+    scenario: 'shared-memory',
+    against: RL,
+    min: 0.7,
+    text: 'memory SharedLimiter.acquire: >= 0.7x RateLimiter.acquire',
+  },
 ];
 
 /** Uncontended sequential acquires: one key, a pool that never runs dry. */
@@ -97,7 +102,12 @@ export async function sharedProbe(ctx: RedisCtx, admin: Redis, ms: number): Prom
 
   const weights: Record<string, number> = { a: 1, b: 2, c: 4 };
   const rate = 2000;
-  const busy = new SharedLimiter({ backend, name: 'busy', policy: { rate, per: '1s', capacity: 20 }, weight: (k) => weights[k] ?? 1 });
+  const busy = new SharedLimiter({
+    backend,
+    name: 'busy',
+    policy: { rate, per: '1s', capacity: 20 },
+    weight: (k) => weights[k] ?? 1,
+  });
   const ac = new AbortController();
   const admitted: Record<string, number> = { a: 0, b: 0, c: 0 };
   for (const k of Object.keys(weights)) {

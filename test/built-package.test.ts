@@ -13,10 +13,14 @@ import { ROOT } from './support/spawn.ts';
 let srv: RedisServer;
 beforeAll(async () => {
   srv = await startRedis();
-  execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'packages/core/tsconfig.build.json'], {
-    cwd: ROOT,
-    stdio: 'pipe',
-  });
+  execFileSync(
+    process.execPath,
+    [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'packages/core/tsconfig.build.json'],
+    {
+      cwd: ROOT,
+      stdio: 'pipe',
+    },
+  );
 }, 120_000);
 afterAll(() => srv.stop());
 
@@ -66,10 +70,14 @@ client.disconnect();
 }, 30_000);
 
 test('the built @tollgate/agent loads in plain node and throttles a real openai client per user', async () => {
-  execFileSync(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'packages/agent/tsconfig.build.json'], {
-    cwd: ROOT,
-    stdio: 'pipe',
-  });
+  execFileSync(
+    process.execPath,
+    [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'packages/agent/tsconfig.build.json'],
+    {
+      cwd: ROOT,
+      stdio: 'pipe',
+    },
+  );
   const { startFakeOpenAI } = await import('../examples/support/fake-openai.ts');
   const fake = await startFakeOpenAI();
   const dir = mkdtempSync(join(ROOT, 'test', '.tmp-outside-'));
@@ -94,7 +102,11 @@ console.log(JSON.stringify({ resolved: require.resolve('@tollgate/agent'), at })
   let stdout: string;
   try {
     // Asynchronously: the fake server answers from this process's event loop.
-    ({ stdout } = await promisify(execFile)(process.execPath, [script], { cwd: dir, encoding: 'utf8', timeout: 30_000 }));
+    ({ stdout } = await promisify(execFile)(process.execPath, [script], {
+      cwd: dir,
+      encoding: 'utf8',
+      timeout: 30_000,
+    }));
   } finally {
     rmSync(dir, { recursive: true, force: true });
     await fake.close();

@@ -97,7 +97,7 @@ test('a master is killed and fails over to its replica under load: calls keep be
   }
 }, 40_000);
 
-test('a master is killed: keys of the healthy masters never see the failure policy, and the dead master\'s keys come back after the failover', async () => {
+test("a master is killed: keys of the healthy masters never see the failure policy, and the dead master's keys come back after the failover", async () => {
   // cluster-require-full-coverage no: otherwise Redis itself refuses every slot while one master is down.
   const cluster = await startCluster({ masters: 3, replicas: 1, nodeTimeoutMs: 1000, requireFullCoverage: false });
   try {
@@ -150,7 +150,12 @@ test('a master is killed: keys of the healthy masters never see the failure poli
     await sleep(4000);
     stop = true;
     await within(Promise.all(loops), 10_000, 'the load');
-    debug('per-shard breaker', { healthy, dead, failoverMs: okAt - killedAt, lastDeadFailureAfterOk: dead.lastFailureAt - okAt });
+    debug('per-shard breaker', {
+      healthy,
+      dead,
+      failoverMs: okAt - killedAt,
+      lastDeadFailureAfterOk: dead.lastFailureAt - okAt,
+    });
     expect(healthy.failed, healthy.firstFailure).toBe(0);
     expect(healthy.ok).toBeGreaterThan(100);
     // The dead master's keys did fail while it was down, and Redis decides them again after: the
@@ -164,7 +169,10 @@ test('a master is killed: keys of the healthy masters never see the failure poli
 }, 60_000);
 
 describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master cluster', () => {
-  test.each(['redis', 'hybrid'] as const)('%s admits at most b + r·T + 1, and at least 90% of r·T, T the time they called', async (backend) => {
+  test.each([
+    'redis',
+    'hybrid',
+  ] as const)('%s admits at most b + r·T + 1, and at least 90% of r·T, T the time they called', async (backend) => {
     const cluster = await startCluster({ masters: 3 });
     try {
       const policy = { rate: 200, per: '1s', capacity: 50 };
@@ -182,7 +190,13 @@ describe('4 processes × 100 concurrent tryAcquire on one key of a 3-master clus
       });
       const { admitted, errors, first, last, errorSamples, results } = totals;
       const { upper, lower } = admissionBounds(policy, totals);
-      debug('cluster load', backend, { admitted, upper, lower, spanMs: last - first, per: results.map((r) => [r.admitted, r.rejected, r.first - first, last - r.last]) });
+      debug('cluster load', backend, {
+        admitted,
+        upper,
+        lower,
+        spanMs: last - first,
+        per: results.map((r) => [r.admitted, r.rejected, r.first - first, last - r.last]),
+      });
       expect(errors, errorSamples).toBe(0);
       // Started together: each child called for durationMs, so T ≥ 2500 ms and ~550 were due.
       expect(last - first).toBeGreaterThanOrEqual(durationMs);

@@ -5,7 +5,10 @@ import { type RedisServer, startRedis } from './support/redis.ts';
 let prefixes = 0;
 const prefix = () => `t${process.pid}-${++prefixes}:`;
 
-backendContract('memory', async () => ({ make: () => new MemoryBackend({ clock: () => performance.now() }), fakeTime: true }));
+backendContract('memory', async () => ({
+  make: () => new MemoryBackend({ clock: () => performance.now() }),
+  fakeTime: true,
+}));
 
 let redis: RedisServer | undefined;
 const shared = async () => {

@@ -3,11 +3,27 @@
  * every call still settles in time, each failure policy does what it says, no rejection goes
  * unhandled, and Redis is authoritative again soon after it answers.
  */
-import { type BackendErrorPolicy, BackendUnavailableError, HybridBackend, RateLimiter, RedisBackend, isTollgateError } from '@tollgate/core';
+import {
+  type BackendErrorPolicy,
+  BackendUnavailableError,
+  HybridBackend,
+  RateLimiter,
+  RedisBackend,
+  isTollgateError,
+} from '@tollgate/core';
 import { redisKey } from '@tollgate/core/internal';
 import type { Redis } from 'ioredis';
 import { describe, expect, test } from 'vitest';
-import { type Call, Watched, failOnUnhandledRejections, load, percentile, sleep, timerLag, within } from './support/faults.ts';
+import {
+  type Call,
+  Watched,
+  failOnUnhandledRejections,
+  load,
+  percentile,
+  sleep,
+  timerLag,
+  within,
+} from './support/faults.ts';
 import { decodeBucket } from '@tollgate/core/internal';
 import { startRedis } from './support/redis.ts';
 
@@ -25,7 +41,11 @@ const debug = (...args: unknown[]) => {
 
 const inWindow = (calls: Call[], from: number, to: number) => calls.filter((c) => c.start >= from && c.start < to);
 
-describe.each(['fail-open', 'fail-closed', 'fallback'] as BackendErrorPolicy[])('kill -9 of Redis under load, %s', (policy) => {
+describe.each([
+  'fail-open',
+  'fail-closed',
+  'fallback',
+] as BackendErrorPolicy[])('kill -9 of Redis under load, %s', (policy) => {
   test('every call settles in time, the policy decides while Redis is down, Redis decides again ≤ 2 s after restart', async () => {
     const srv = await startRedis();
     try {
@@ -33,7 +53,11 @@ describe.each(['fail-open', 'fail-closed', 'fallback'] as BackendErrorPolicy[])(
       const watched = new Watched(new RedisBackend({ client, prefix: 'k9:', timeoutMs: TIMEOUT_MS }));
       const rate = 100;
       const capacity = 20;
-      const limiter = new RateLimiter({ backend: watched, policy: { rate, per: '1s', capacity }, onBackendError: policy });
+      const limiter = new RateLimiter({
+        backend: watched,
+        policy: { rate, per: '1s', capacity },
+        onBackendError: policy,
+      });
       await limiter.tryAcquire('warm-up');
       let stop = false;
       const lag = timerLag();
@@ -90,7 +114,8 @@ describe.each(['fail-open', 'fail-closed', 'fallback'] as BackendErrorPolicy[])(
       expect(maxTry).toBeLessThanOrEqual(TIMEOUT_MS * 1.2 + 100 + lagMs);
       expect(maxAcquire).toBeLessThanOrEqual(2000 + TIMEOUT_MS + 200 + lagMs);
       // Every error is a typed Tollgate error; none comes from ioredis.
-      for (const c of [...t, ...a]) if (c.outcome === 'error') expect(isTollgateError(c.error), String(c.error)).toBe(true);
+      for (const c of [...t, ...a])
+        if (c.outcome === 'error') expect(isTollgateError(c.error), String(c.error)).toBe(true);
       expect(down.length).toBeGreaterThan(100);
       if (policy === 'fail-open') {
         expect(down.every((c) => c.outcome === 'allowed')).toBe(true);

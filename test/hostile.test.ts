@@ -2,7 +2,15 @@
  * Hostile input from tenants and careless callers: odd keys never share a bucket, bad costs and
  * policies get a typed error naming the problem, and none of it corrupts a bucket or hangs.
  */
-import { AbortedError, CostExceedsCapacityError, InvalidArgumentError, InvalidOptionsError, MemoryBackend, RateLimiter, RedisBackend } from '@tollgate/core';
+import {
+  AbortedError,
+  CostExceedsCapacityError,
+  InvalidArgumentError,
+  InvalidOptionsError,
+  MemoryBackend,
+  RateLimiter,
+  RedisBackend,
+} from '@tollgate/core';
 import { encodeKey, redisKey } from '@tollgate/core/internal';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { failOnUnhandledRejections, sleep } from './support/faults.ts';
@@ -18,57 +26,122 @@ afterAll(() => srv.stop());
 
 /** Pairs of (key, bucket name) crafted to collide under a naive key scheme. */
 const CRAFTED: [[string, string], [string, string]][] = [
-  [['a}:x', 'y'], ['a', 'x}:y']],
-  [['a:b', 'c'], ['a', 'b:c']],
-  [['%7B', 'n'], ['{', 'n']],
-  [['%7D', 'n'], ['}', 'n']],
-  [['%25', 'n'], ['%', 'n']],
-  [['a%7Db', 'n'], ['a}b', 'n']],
-  [['{a}', 'n'], ['a', 'n']],
-  [['', '}:x'], ['}', 'x']],
-  [['\uD800', 'n'], ['\uFFFD', 'n']], // a lone surrogate: UTF-8 would make it U+FFFD
-  [['\uD800', 'n'], ['\uDC00', 'n']],
-  [['%uD800', 'n'], ['\uD800', 'n']],
-  [['u', 'n\uDFFF'], ['u', 'n\uFFFD']],
-  [['x'.repeat(10_240), 'n'], [`${'x'.repeat(10_239)}y`, 'n']],
-  [['user 1', 'n'], ['user\u00a01', 'n']],
-  [['é', 'n'], ['e\u0301', 'n']], // the same text, two normal forms: two tenants' ids
+  [
+    ['a}:x', 'y'],
+    ['a', 'x}:y'],
+  ],
+  [
+    ['a:b', 'c'],
+    ['a', 'b:c'],
+  ],
+  [
+    ['%7B', 'n'],
+    ['{', 'n'],
+  ],
+  [
+    ['%7D', 'n'],
+    ['}', 'n'],
+  ],
+  [
+    ['%25', 'n'],
+    ['%', 'n'],
+  ],
+  [
+    ['a%7Db', 'n'],
+    ['a}b', 'n'],
+  ],
+  [
+    ['{a}', 'n'],
+    ['a', 'n'],
+  ],
+  [
+    ['', '}:x'],
+    ['}', 'x'],
+  ],
+  [
+    ['\uD800', 'n'],
+    ['\uFFFD', 'n'],
+  ], // a lone surrogate: UTF-8 would make it U+FFFD
+  [
+    ['\uD800', 'n'],
+    ['\uDC00', 'n'],
+  ],
+  [
+    ['%uD800', 'n'],
+    ['\uD800', 'n'],
+  ],
+  [
+    ['u', 'n\uDFFF'],
+    ['u', 'n\uFFFD'],
+  ],
+  [
+    ['x'.repeat(10_240), 'n'],
+    [`${'x'.repeat(10_239)}y`, 'n'],
+  ],
+  [
+    ['user 1', 'n'],
+    ['user\u00a01', 'n'],
+  ],
+  [
+    ['é', 'n'],
+    ['e\u0301', 'n'],
+  ], // the same text, two normal forms: two tenants' ids
 ];
 
 let pairs = 0;
 
 describe('no two different (key, bucket name) pairs share a Redis key', () => {
-  test.each(CRAFTED.map(([a, b]) => [JSON.stringify(a), JSON.stringify(b), a, b] as const))(
-    '%s and %s: tokens taken from one never move the other (real Redis)',
-    async (_x, _y, [keyA, nameA], [keyB, nameB]) => {
-      const client = srv.client();
-      const prefix = `crafted${++pairs}:`;
-      const backend = new RedisBackend({ client, prefix });
-      const policy = { rate: 1, per: '1h', capacity: 3 };
-      const a = new RateLimiter({ backend, policy, name: nameA });
-      const b = new RateLimiter({ backend, policy, name: nameB });
-      expect(Buffer.from(redisKey(prefix, keyA, nameA))).not.toEqual(Buffer.from(redisKey(prefix, keyB, nameB)));
-      // Empty A; B still holds all 3 tokens; empty B; A is still empty (not refilled by B).
-      expect((await a.tryAcquire(keyA, { cost: 3 })).allowed).toBe(true);
-      expect((await a.tryAcquire(keyA)).allowed).toBe(false);
-      const db = await b.tryAcquire(keyB, { cost: 3 });
-      expect(db).toMatchObject({ allowed: true, remaining: 0 });
-      expect((await a.tryAcquire(keyA)).allowed).toBe(false);
-      await a.refund(keyA, 3);
-      expect((await b.tryAcquire(keyB)).allowed).toBe(false);
-      expect((await a.tryAcquire(keyA, { cost: 3 })).allowed).toBe(true);
-      client.disconnect();
-    },
-  );
+  test.each(
+    CRAFTED.map(([a, b]) => [JSON.stringify(a), JSON.stringify(b), a, b] as const),
+  )('%s and %s: tokens taken from one never move the other (real Redis)', async (_x, _y, [keyA, nameA], [
+    keyB,
+    nameB,
+  ]) => {
+    const client = srv.client();
+    const prefix = `crafted${++pairs}:`;
+    const backend = new RedisBackend({ client, prefix });
+    const policy = { rate: 1, per: '1h', capacity: 3 };
+    const a = new RateLimiter({ backend, policy, name: nameA });
+    const b = new RateLimiter({ backend, policy, name: nameB });
+    expect(Buffer.from(redisKey(prefix, keyA, nameA))).not.toEqual(Buffer.from(redisKey(prefix, keyB, nameB)));
+    // Empty A; B still holds all 3 tokens; empty B; A is still empty (not refilled by B).
+    expect((await a.tryAcquire(keyA, { cost: 3 })).allowed).toBe(true);
+    expect((await a.tryAcquire(keyA)).allowed).toBe(false);
+    const db = await b.tryAcquire(keyB, { cost: 3 });
+    expect(db).toMatchObject({ allowed: true, remaining: 0 });
+    expect((await a.tryAcquire(keyA)).allowed).toBe(false);
+    await a.refund(keyA, 3);
+    expect((await b.tryAcquire(keyB)).allowed).toBe(false);
+    expect((await a.tryAcquire(keyA, { cost: 3 })).allowed).toBe(true);
+    client.disconnect();
+  });
 
   test('20,000 random (key, name) pairs over a hostile alphabet: distinct pairs, distinct UTF-8 Redis keys', () => {
-    const alphabet = ['{', '}', '%', '7', 'B', 'D', 'u', ':', 'a', ' ', '\uD800', '\uDC00', '\uFFFD', '\uD83D\uDE00', '2', '5'];
+    const alphabet = [
+      '{',
+      '}',
+      '%',
+      '7',
+      'B',
+      'D',
+      'u',
+      ':',
+      'a',
+      ' ',
+      '\uD800',
+      '\uDC00',
+      '\uFFFD',
+      '\uD83D\uDE00',
+      '2',
+      '5',
+    ];
     let seed = 42;
     const rand = () => {
       seed = (seed * 1103515245 + 12345) & 0x7fffffff;
       return seed / 0x80000000;
     };
-    const word = () => Array.from({ length: Math.floor(rand() * 6) }, () => alphabet[Math.floor(rand() * alphabet.length)]).join('');
+    const word = () =>
+      Array.from({ length: Math.floor(rand() * 6) }, () => alphabet[Math.floor(rand() * alphabet.length)]).join('');
     const seen = new Map<string, string>();
     for (let i = 0; i < 20_000; i++) {
       const key = word();
@@ -97,19 +170,29 @@ describe('no two different (key, bucket name) pairs share a Redis key', () => {
 });
 
 describe('bad costs, amounts and waits: a typed error, the bucket untouched', () => {
-  test.each([Number.NaN, -1, 0, -0, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, '2', null, 10n])(
-    'cost %s',
-    async (cost) => {
-      const client = srv.client();
-      const l = new RateLimiter({ backend: new RedisBackend({ client, prefix: 'badcost:' }), policy: { rate: 1, per: '1h', capacity: 5 } });
-      await expect(l.tryAcquire('k', { cost: cost as number })).rejects.toThrow(InvalidArgumentError);
-      await expect(l.acquire('k', { cost: cost as number })).rejects.toThrow(/cost must be a finite number > 0/);
-      // Nothing was taken: all 5 tokens are there.
-      expect(await l.tryAcquire('k', { cost: 5 })).toMatchObject({ allowed: true, remaining: 0 });
-      await l.refund('k', 5);
-      client.disconnect();
-    },
-  );
+  test.each([
+    Number.NaN,
+    -1,
+    0,
+    -0,
+    Number.POSITIVE_INFINITY,
+    Number.NEGATIVE_INFINITY,
+    '2',
+    null,
+    10n,
+  ])('cost %s', async (cost) => {
+    const client = srv.client();
+    const l = new RateLimiter({
+      backend: new RedisBackend({ client, prefix: 'badcost:' }),
+      policy: { rate: 1, per: '1h', capacity: 5 },
+    });
+    await expect(l.tryAcquire('k', { cost: cost as number })).rejects.toThrow(InvalidArgumentError);
+    await expect(l.acquire('k', { cost: cost as number })).rejects.toThrow(/cost must be a finite number > 0/);
+    // Nothing was taken: all 5 tokens are there.
+    expect(await l.tryAcquire('k', { cost: 5 })).toMatchObject({ allowed: true, remaining: 0 });
+    await l.refund('k', 5);
+    client.disconnect();
+  });
 
   test('a cost above capacity fails at once with CostExceedsCapacityError carrying the numbers', async () => {
     const l = new RateLimiter({ backend: new MemoryBackend(), policy: { rate: 1, per: '1h', capacity: 5 } });
@@ -156,7 +239,10 @@ describe('absurd policies', () => {
 
   test('a huge rate works: 1e15 per ms admits a cost of 1e15 again 1 ms later', async () => {
     const client = srv.client();
-    const l = new RateLimiter({ backend: new RedisBackend({ client, prefix: 'huge:' }), policy: { rate: 1e15, per: 1 } });
+    const l = new RateLimiter({
+      backend: new RedisBackend({ client, prefix: 'huge:' }),
+      policy: { rate: 1e15, per: 1 },
+    });
     expect((await l.tryAcquire('k', { cost: 1e15 })).allowed).toBe(true);
     await sleep(2);
     expect((await l.tryAcquire('k', { cost: 1e15 })).allowed).toBe(true);

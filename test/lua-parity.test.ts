@@ -26,7 +26,6 @@ beforeAll(async () => {
 });
 afterAll(() => srv.stop());
 
-
 test.each([
   [1, { rate: 10, per: '1s', capacity: 25 }],
   [2, { rate: 7, per: '1s' }],
@@ -37,7 +36,11 @@ test.each([
   const policy = normalizePolicy(input);
   const client = srv.client();
   let now = 1_700_000_000_000 + seed * 1000.125; // an absolute instant, with a fraction
-  const backend = new ScriptAt(client, (k, n) => redisKey(`parity${seed}:`, k, n), () => now);
+  const backend = new ScriptAt(
+    client,
+    (k, n) => redisKey(`parity${seed}:`, k, n),
+    () => now,
+  );
   const state: BucketState = newBucket(policy, now);
   const random = rng(seed);
   const fill = policy.capacity / policy.ratePerMs;
@@ -111,7 +114,11 @@ test('a bucket an older version left as a hash {t, u} is read as that bucket, th
   const client = srv.client();
   const policy = normalizePolicy({ rate: 10, per: '1s', capacity: 20 });
   let now = 1_700_000_000_000.25;
-  const backend = new ScriptAt(client, (k, n) => redisKey('old:', k, n), () => now);
+  const backend = new ScriptAt(
+    client,
+    (k, n) => redisKey('old:', k, n),
+    () => now,
+  );
   const state: BucketState = { tokens: 3.5, updatedAt: now - 100 };
   await client.hset('old:{u}:b', 't', '3.5', 'u', String(now - 100));
   await client.pexpire('old:{u}:b', 60_000);

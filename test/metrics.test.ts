@@ -57,12 +57,19 @@ function register(): { collect: () => Promise<Collected> } {
               const name = attrs['tollgate.limiter'] as string;
               if (m.descriptor.name === 'tollgate.decisions') {
                 out.decisions[name] ??= {};
-                (out.decisions[name] as Record<string, number>)[attrs['tollgate.outcome'] as string] = (dp as SumMetricData['dataPoints'][number]).value;
+                (out.decisions[name] as Record<string, number>)[attrs['tollgate.outcome'] as string] = (
+                  dp as SumMetricData['dataPoints'][number]
+                ).value;
               } else if (m.descriptor.name === 'tollgate.queue.size') {
                 out.queue[name] = (dp as SumMetricData['dataPoints'][number]).value;
               } else if (m.descriptor.name === 'tollgate.wait.duration') {
                 const h = (dp as HistogramMetricData['dataPoints'][number]).value;
-                out.waits[name] = { count: h.count, min: h.min ?? Number.NaN, max: h.max ?? Number.NaN, sum: h.sum ?? Number.NaN };
+                out.waits[name] = {
+                  count: h.count,
+                  min: h.min ?? Number.NaN,
+                  max: h.max ?? Number.NaN,
+                  sum: h.sum ?? Number.NaN,
+                };
               }
             }
           }
@@ -108,13 +115,21 @@ describe('RateLimiter', () => {
   test('decisions by outcome, the wait of every grant, and the callers waiting', async () => {
     const { collect } = register();
     // 2 at once, then one every 50 ms.
-    const l = new RateLimiter({ backend: new MemoryBackend(), name: 'rl', policy: { rate: 20, per: '1s', capacity: 2 } });
+    const l = new RateLimiter({
+      backend: new MemoryBackend(),
+      name: 'rl',
+      policy: { rate: 20, per: '1s', capacity: 2 },
+    });
     await l.acquire('alice');
     await l.acquire('alice');
     expect((await l.tryAcquire('alice')).allowed).toBe(false); // rejected 1
     await expect(l.acquire('alice', { cost: 5 })).rejects.toMatchObject({ code: 'ERR_TOLLGATE_COST_EXCEEDS_CAPACITY' }); // rejected 2
-    await expect(l.acquire('alice', { maxWaitMs: 1 })).rejects.toMatchObject({ code: 'ERR_TOLLGATE_MAX_WAIT_EXCEEDED' }); // timeout 1
-    await expect(l.acquire('alice', { signal: AbortSignal.abort() })).rejects.toMatchObject({ code: 'ERR_TOLLGATE_ABORTED' }); // aborted 1
+    await expect(l.acquire('alice', { maxWaitMs: 1 })).rejects.toMatchObject({
+      code: 'ERR_TOLLGATE_MAX_WAIT_EXCEEDED',
+    }); // timeout 1
+    await expect(l.acquire('alice', { signal: AbortSignal.abort() })).rejects.toMatchObject({
+      code: 'ERR_TOLLGATE_ABORTED',
+    }); // aborted 1
 
     // Three callers wait, the third is aborted while it waits.
     const ac = new AbortController();
@@ -144,14 +159,31 @@ describe('RateLimiter', () => {
   test("'fallback' counts what the failure policy decided; 'fail-closed' counts as rejected", async () => {
     const { collect } = register();
     const onError = () => {};
-    const fb = new RateLimiter({ backend: broken, name: 'rl-fallback', policy: { rate: 1, per: '1h', capacity: 2 }, onError });
+    const fb = new RateLimiter({
+      backend: broken,
+      name: 'rl-fallback',
+      policy: { rate: 1, per: '1h', capacity: 2 },
+      onError,
+    });
     await fb.acquire('bob');
     await fb.acquire('bob');
     expect((await fb.tryAcquire('bob')).allowed).toBe(false);
-    const open = new RateLimiter({ backend: broken, name: 'rl-open', policy: { rate: 1, per: '1h' }, onBackendError: 'fail-open', onError });
+    const open = new RateLimiter({
+      backend: broken,
+      name: 'rl-open',
+      policy: { rate: 1, per: '1h' },
+      onBackendError: 'fail-open',
+      onError,
+    });
     await open.acquire('bob');
     await open.tryAcquire('bob');
-    const closed = new RateLimiter({ backend: broken, name: 'rl-closed', policy: { rate: 1, per: '1h' }, onBackendError: 'fail-closed', onError });
+    const closed = new RateLimiter({
+      backend: broken,
+      name: 'rl-closed',
+      policy: { rate: 1, per: '1h' },
+      onBackendError: 'fail-closed',
+      onError,
+    });
     await expect(closed.acquire('bob')).rejects.toMatchObject({ code: 'ERR_TOLLGATE_BACKEND_UNAVAILABLE' });
     await expect(closed.tryAcquire('bob')).rejects.toMatchObject({ code: 'ERR_TOLLGATE_BACKEND_UNAVAILABLE' });
 
@@ -160,7 +192,11 @@ describe('RateLimiter', () => {
     expect(c.decisions['rl-open']).toEqual({ fallback: 2 });
     expect(c.decisions['rl-closed']).toEqual({ rejected: 2 });
     expect(c.waits['rl-fallback']?.count).toBe(2);
-    expect(c.attributes).toContainEqual({ 'tollgate.limiter': 'rl-fallback', 'tollgate.backend': 'broken', 'tollgate.outcome': 'fallback' });
+    expect(c.attributes).toContainEqual({
+      'tollgate.limiter': 'rl-fallback',
+      'tollgate.backend': 'broken',
+      'tollgate.outcome': 'fallback',
+    });
     expectNoKeyIn(c);
   });
 
@@ -186,8 +222,12 @@ describe('SharedLimiter', () => {
     await l.acquire('bob', { pool: 'gpt' });
     await l.acquire('carol', { pool: 'free' }); // no limit: allowed
     expect((await l.tryAcquire('alice', { pool: 'gpt' })).allowed).toBe(false); // rejected 1
-    await expect(l.acquire('alice', { pool: 'gpt', cost: 3 })).rejects.toMatchObject({ code: 'ERR_TOLLGATE_COST_EXCEEDS_CAPACITY' }); // rejected 2
-    await expect(l.acquire('alice', { pool: 'gpt', maxWaitMs: 1 })).rejects.toMatchObject({ code: 'ERR_TOLLGATE_MAX_WAIT_EXCEEDED' }); // timeout 1
+    await expect(l.acquire('alice', { pool: 'gpt', cost: 3 })).rejects.toMatchObject({
+      code: 'ERR_TOLLGATE_COST_EXCEEDS_CAPACITY',
+    }); // rejected 2
+    await expect(l.acquire('alice', { pool: 'gpt', maxWaitMs: 1 })).rejects.toMatchObject({
+      code: 'ERR_TOLLGATE_MAX_WAIT_EXCEEDED',
+    }); // timeout 1
     const ac = new AbortController();
     const first = l.acquire('alice', { pool: 'gpt' });
     const second = l.acquire('bob', { pool: 'gpt', signal: ac.signal });
@@ -212,7 +252,12 @@ describe('SharedLimiter', () => {
     const port = await freePort();
     const clients: Redis[] = [];
     const dead = () => {
-      const c = new Redis(port, '127.0.0.1', { lazyConnect: true, enableOfflineQueue: false, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+      const c = new Redis(port, '127.0.0.1', {
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        retryStrategy: () => null,
+        maxRetriesPerRequest: 0,
+      });
       c.on('error', () => {});
       clients.push(c);
       return new RedisBackend({ client: c, prefix: 'm:', timeoutMs: 500 });
@@ -223,9 +268,21 @@ describe('SharedLimiter', () => {
       const fb = new SharedLimiter({ backend: dead(), name: 'pool-fallback', policy, onError });
       await fb.acquire('dave');
       await fb.tryAcquire('dave');
-      const open = new SharedLimiter({ backend: dead(), name: 'pool-open', policy, onBackendError: 'fail-open', onError });
+      const open = new SharedLimiter({
+        backend: dead(),
+        name: 'pool-open',
+        policy,
+        onBackendError: 'fail-open',
+        onError,
+      });
       await open.acquire('dave');
-      const closed = new SharedLimiter({ backend: dead(), name: 'pool-closed', policy, onBackendError: 'fail-closed', onError });
+      const closed = new SharedLimiter({
+        backend: dead(),
+        name: 'pool-closed',
+        policy,
+        onBackendError: 'fail-closed',
+        onError,
+      });
       await expect(closed.acquire('dave')).rejects.toMatchObject({ code: 'ERR_TOLLGATE_BACKEND_UNAVAILABLE' });
       await expect(closed.tryAcquire('dave')).rejects.toMatchObject({ code: 'ERR_TOLLGATE_BACKEND_UNAVAILABLE' });
       const c = await collect();
@@ -233,7 +290,11 @@ describe('SharedLimiter', () => {
       expect(c.decisions['pool-open']).toEqual({ fallback: 1 });
       expect(c.decisions['pool-closed']).toEqual({ rejected: 2 });
       expect(c.queue['pool-fallback']).toBe(0);
-      expect(c.attributes).toContainEqual({ 'tollgate.limiter': 'pool-closed', 'tollgate.backend': 'redis', 'tollgate.outcome': 'rejected' });
+      expect(c.attributes).toContainEqual({
+        'tollgate.limiter': 'pool-closed',
+        'tollgate.backend': 'redis',
+        'tollgate.outcome': 'rejected',
+      });
       expectNoKeyIn(c);
     } finally {
       for (const c of clients) c.disconnect();
@@ -247,7 +308,9 @@ describe('@tollgate/agent', () => {
     const limiter = new RateLimiter({ backend: new MemoryBackend(), name: 'tools', policy: { rate: 1, per: '1h' } });
     const search = throttleTool(async (q: string) => q.length, { limiter, maxWaitMs: 0 });
     expect(await withUser('tool-user', () => search('abc'))).toBe(3);
-    await expect(withUser('tool-user', () => search('abc'))).rejects.toMatchObject({ code: 'ERR_TOLLGATE_MAX_WAIT_EXCEEDED' });
+    await expect(withUser('tool-user', () => search('abc'))).rejects.toMatchObject({
+      code: 'ERR_TOLLGATE_MAX_WAIT_EXCEEDED',
+    });
 
     const queues = new PerUserQueues({ concurrency: 1, maxQueued: 1 });
     const release = await queues.enter('alice');
@@ -263,7 +326,11 @@ describe('@tollgate/agent', () => {
     expect(c.decisions.tools).toEqual({ allowed: 1, timeout: 1 });
     expect(c.decisions['per-user']).toEqual({ queue_full: 2 });
     expect(c.queue['per-user']).toBe(0);
-    expect(c.attributes).toContainEqual({ 'tollgate.limiter': 'per-user', 'tollgate.backend': 'memory', 'tollgate.outcome': 'queue_full' });
+    expect(c.attributes).toContainEqual({
+      'tollgate.limiter': 'per-user',
+      'tollgate.backend': 'memory',
+      'tollgate.outcome': 'queue_full',
+    });
     expectNoKeyIn(c);
   });
 });
@@ -271,7 +338,11 @@ describe('@tollgate/agent', () => {
 describe('the MeterProvider', () => {
   test('one registered after the limiter was made is picked up within 1024 decisions', async () => {
     metrics.disable();
-    const l = new RateLimiter({ backend: new MemoryBackend(), name: 'late', policy: { rate: 1, per: '1h', capacity: 2000 } });
+    const l = new RateLimiter({
+      backend: new MemoryBackend(),
+      name: 'late',
+      policy: { rate: 1, per: '1h', capacity: 2000 },
+    });
     for (let i = 0; i < 10; i++) await l.tryAcquire('alice');
     const { collect } = register();
     for (let i = 0; i < 1100; i++) await l.tryAcquire('alice');
@@ -281,7 +352,11 @@ describe('the MeterProvider', () => {
 
   test('one registered after the limiter was made is picked up at its first wait', async () => {
     metrics.disable();
-    const l = new RateLimiter({ backend: new MemoryBackend(), name: 'late-wait', policy: { rate: 20, per: '1s', capacity: 1 } });
+    const l = new RateLimiter({
+      backend: new MemoryBackend(),
+      name: 'late-wait',
+      policy: { rate: 20, per: '1s', capacity: 1 },
+    });
     const { collect } = register();
     await l.acquire('alice'); // at once: the limiter has not looked the provider up yet
     const g = await l.acquire('alice'); // waits ~50 ms: looks it up, and records its wait

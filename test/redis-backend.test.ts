@@ -76,7 +76,9 @@ describe('after SCRIPT FLUSH under load, every call is answered within a few rou
   ] as const)('%s', async (_, kind, loops, policy) => {
     const client = kind === 'standalone' ? srv.client() : cluster.client();
     const admins =
-      kind === 'standalone' ? [srv.client()] : cluster.nodes.filter((n) => n.role === 'master').map((n) => cluster.nodeClient(n.port));
+      kind === 'standalone'
+        ? [srv.client()]
+        : cluster.nodes.filter((n) => n.role === 'master').map((n) => cluster.nodeClient(n.port));
     const prefix = `flush-${kind}-${loops}-${policy.rate}:`;
     const r = await underFlushes(new RedisBackend({ client, prefix, timeoutMs }), loops, admins, policy);
     expect(r.errors.map(String)).toEqual([]);
@@ -159,7 +161,8 @@ describe('a decision whose reply was lost and that ioredis re-sent is charged on
     await backend.tryTake('b', 'warm-up', policy, 1);
     const scriptCalls = async () => {
       let n = 0;
-      for (const m of (await admin.info('commandstats')).matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g)) n += Number(m[1]);
+      for (const m of (await admin.info('commandstats')).matchAll(/cmdstat_eval(?:sha)?:calls=(\d+)/g))
+        n += Number(m[1]);
       return n;
     };
     const tokens = async (key: string) => decodeBucket(await admin.getBuffer(`${prefix}{${key}}:b`))?.tokens;

@@ -31,7 +31,6 @@ beforeAll(async () => {
 });
 afterAll(() => srv.stop());
 
-
 // Policies whose buckets take at least ~50 ms of real time to expire after a write (the script
 // sets PEXPIRE on Redis's clock while these tests run on made-up instants), so that no bucket
 // vanishes between the single and the batched run of the same steps.
@@ -70,7 +69,8 @@ function sequence(seed: number, n: number): Step[] {
     const p = POLICIES[(seed + key) % POLICIES.length] as (typeof POLICIES)[number];
     const fill = p.capacity / p.ratePerMs;
     const r = random();
-    now += r < 0.3 ? 0 : r < 0.7 ? Math.floor(random() * Math.min(fill, 1e6) * 0.05) : random() * Math.min(fill, 1e6) * 0.3;
+    now +=
+      r < 0.3 ? 0 : r < 0.7 ? Math.floor(random() * Math.min(fill, 1e6) * 0.05) : random() * Math.min(fill, 1e6) * 0.3;
     const cost = Math.max(0.5, Math.round(random() * p.capacity * 100) / 100);
     const op = random();
     const mode = op < 0.45 ? 't' : op < 0.85 ? 'r' : 'f';
@@ -86,7 +86,9 @@ const keyOf = (prefix: string, k: number): string => `${prefix}{user-${k}}:b`;
 async function runSingle(prefix: string, steps: Step[]): Promise<string[][]> {
   const out: string[][] = [];
   for (const s of steps) {
-    const r = (await client.evalsha(singleSha, 1, keyOf(prefix, s.key), ...s.spec, s.deadline, '', s.now)) as Array<number | string>;
+    const r = (await client.evalsha(singleSha, 1, keyOf(prefix, s.key), ...s.spec, s.deadline, '', s.now)) as Array<
+      number | string
+    >;
     out.push(r.slice(0, 4).map(String));
   }
   return out;
@@ -97,7 +99,12 @@ let merged = 0;
 let replyKeys = 0;
 
 async function runBatch2(prefix: string, chunk: Step[]): Promise<string[][]> {
-  const steps: BatchStep[] = chunk.map((s) => ({ key: keyOf(prefix, s.key), spec: s.spec, deadline: s.deadline, now: s.now }));
+  const steps: BatchStep[] = chunk.map((s) => ({
+    key: keyOf(prefix, s.key),
+    spec: s.spec,
+    deadline: s.deadline,
+    now: s.now,
+  }));
   for (let i = 1; i < chunk.length; i++) if (chunk[i] === chunk[i - 1]) merged++;
   const reply = await runBatch(client, steps, `${keyOf(prefix, 0)}{r}${replyKeys++}`);
   expect(reply).toHaveLength(4 * chunk.length + 1);
@@ -121,7 +128,9 @@ async function bothWays(steps: Step[], random: () => number, single: string, bat
 
 /** The stored buckets, byte for byte (hex; null when absent). */
 async function buckets(prefix: string): Promise<Array<string | null>> {
-  return Promise.all([0, 1, 2, 3].map(async (k) => (await client.getBuffer(keyOf(prefix, k)))?.toString('hex') ?? null));
+  return Promise.all(
+    [0, 1, 2, 3].map(async (k) => (await client.getBuffer(keyOf(prefix, k)))?.toString('hex') ?? null),
+  );
 }
 
 /**
@@ -145,12 +154,16 @@ async function expectSameBuckets(got: string, want: string, seed: number): Promi
   }
 }
 
-test.each([1, 2, 3, 4, 5, 6])('seed %i: the batch script decides 600 random calls as the single script does', async (seed) => {
+test.each([
+  1, 2, 3, 4, 5, 6,
+])('seed %i: the batch script decides 600 random calls as the single script does', async (seed) => {
   const steps = sequence(seed, 600);
   const { single, batched } = await bothWays(steps, rng(seed * 7919), `single${seed}:`, `batch${seed}:`);
   expect(batched).toHaveLength(single.length);
   for (let i = 0; i < single.length; i++) {
-    expect(batched[i], `step ${i}: ${steps[i]?.spec.join(' ')} ${steps[i]?.deadline} ${steps[i]?.now}`).toEqual(single[i]);
+    expect(batched[i], `step ${i}: ${steps[i]?.spec.join(' ')} ${steps[i]?.deadline} ${steps[i]?.now}`).toEqual(
+      single[i],
+    );
   }
   // Same decisions and the same buckets left behind, to the last bit of every double.
   await expectSameBuckets(`batch${seed}:`, `single${seed}:`, seed);
@@ -245,7 +258,8 @@ test('after SCRIPT FLUSH, a lone call and a batch go again as EVAL and are decid
   const admin = srv.client();
   const backend = new RedisBackend({ client: c, prefix: 'flushed:' });
   const policy = normalizePolicy({ rate: 1, per: '1h', capacity: 100 });
-  const evals = async (): Promise<number> => Number(/cmdstat_eval:calls=(\d+)/.exec(await admin.info('commandstats'))?.[1] ?? 0);
+  const evals = async (): Promise<number> =>
+    Number(/cmdstat_eval:calls=(\d+)/.exec(await admin.info('commandstats'))?.[1] ?? 0);
   expect((await backend.tryTake('b', 'u', policy, 1)).remaining).toBe(99);
   await admin.script('FLUSH');
   const before = await evals();

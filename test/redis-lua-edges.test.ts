@@ -3,7 +3,17 @@
  * bucket decided in a batch, TTL after a write; the single and batch scripts against bucket.ts on
  * fixed instants.
  */
-import { type BucketState, type BatchStep, ScriptAt, decodeBucket, normalizePolicy, redisKey, reserve, runBatch, tryTake } from '@tollgate/core/internal';
+import {
+  type BucketState,
+  type BatchStep,
+  ScriptAt,
+  decodeBucket,
+  normalizePolicy,
+  redisKey,
+  reserve,
+  runBatch,
+  tryTake,
+} from '@tollgate/core/internal';
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { spec } from './support/batcher.ts';
@@ -32,7 +42,11 @@ async function batched(steps: BatchStep[]): Promise<Array<Array<number | string>
 test('deep debt beyond 2^53 ms of wait: single script equals bucket.ts', async () => {
   const policy = normalizePolicy({ rate: 100, per: 1, capacity: 1e15 });
   const now = 1_700_000_000_000.5;
-  const backend = new ScriptAt(client, (k, n) => redisKey('deep:', k, n), () => now);
+  const backend = new ScriptAt(
+    client,
+    (k, n) => redisKey('deep:', k, n),
+    () => now,
+  );
   const state: BucketState = { tokens: policy.capacity, updatedAt: now };
   for (let i = 0; i < 1000; i++) {
     const got = await backend.reserve('b', 'k', policy, 1e15, Number.POSITIVE_INFINITY);
@@ -48,21 +62,38 @@ test('batched deep-debt and fractional decisions equal bucket.ts', async () => {
   const now = 1_700_000_000_000.5;
   const state: BucketState = { tokens: policy.capacity, updatedAt: now };
   const deep = spec('r', policy.ratePerMs, policy.capacity, 1e15);
-  const replies = await batched(Array.from({ length: 1000 }, () => ({ key: 'bdeep:{k}:b', spec: deep, deadline: '', now: String(now) })));
+  const replies = await batched(
+    Array.from({ length: 1000 }, () => ({ key: 'bdeep:{k}:b', spec: deep, deadline: '', now: String(now) })),
+  );
   for (let i = 0; i < replies.length; i++) {
     const want = reserve(state, policy, now, 1e15, -1);
     const r = replies[i] as Array<number | string>;
-    expect([r[0], Number(r[1]), Number(r[2]), Number(r[3])], `step ${i}`).toEqual([1, want.remaining, want.waitMs, want.resetAfterMs]);
+    expect([r[0], Number(r[1]), Number(r[2]), Number(r[3])], `step ${i}`).toEqual([
+      1,
+      want.remaining,
+      want.waitMs,
+      want.resetAfterMs,
+    ]);
   }
   // Fractional costs, a cost above what remains.
   const p2 = normalizePolicy({ rate: 3.3, per: 700, capacity: 9.5 });
   const s2: BucketState = { tokens: p2.capacity, updatedAt: now };
   const costs = [0.1, 0.2, 0.30000000000000004, 7.77, 3.3, 1e-7, 2.5];
-  const r2 = await batched(costs.map((cost) => ({ key: 'bfrac:{k}:b', spec: spec('t', p2.ratePerMs, p2.capacity, cost), deadline: '', now: String(now) })));
+  const r2 = await batched(
+    costs.map((cost) => ({
+      key: 'bfrac:{k}:b',
+      spec: spec('t', p2.ratePerMs, p2.capacity, cost),
+      deadline: '',
+      now: String(now),
+    })),
+  );
   costs.forEach((cost, i) => {
     const want = tryTake(s2, p2, now, cost);
     const r = r2[i] as Array<number | string>;
-    expect({ allowed: r[0] === 1, remaining: Number(r[1]), retryAfterMs: Number(r[2]), resetAfterMs: Number(r[3]) }, `cost ${cost}`).toEqual(want);
+    expect(
+      { allowed: r[0] === 1, remaining: Number(r[1]), retryAfterMs: Number(r[2]), resetAfterMs: Number(r[3]) },
+      `cost ${cost}`,
+    ).toEqual(want);
   });
 });
 
@@ -73,10 +104,17 @@ test('an old hash bucket decided by the batch script, and the TTL after the writ
   await client.pexpire('hb:{u}:b', 60_000);
   const state: BucketState = { tokens: 3.5, updatedAt: now };
   const s = spec('t', policy.ratePerMs, policy.capacity, 1);
-  const replies = await batched(Array.from({ length: 6 }, () => ({ key: 'hb:{u}:b', spec: s, deadline: '', now: String(now) })));
+  const replies = await batched(
+    Array.from({ length: 6 }, () => ({ key: 'hb:{u}:b', spec: s, deadline: '', now: String(now) })),
+  );
   for (const r of replies) {
     const want = tryTake(state, policy, now, 1);
-    expect({ allowed: r[0] === 1, remaining: Number(r[1]), retryAfterMs: Number(r[2]), resetAfterMs: Number(r[3]) }).toEqual(want);
+    expect({
+      allowed: r[0] === 1,
+      remaining: Number(r[1]),
+      retryAfterMs: Number(r[2]),
+      resetAfterMs: Number(r[3]),
+    }).toEqual(want);
   }
   expect(await client.type('hb:{u}:b')).toBe('string');
   const pttl = await client.pttl('hb:{u}:b');

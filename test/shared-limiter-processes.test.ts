@@ -64,9 +64,23 @@ test('keys weighted 1 : 2 : 4 share the pool 1/7, 2/7, 4/7 (±5%), however many 
   const start = Math.min(...outs.map((o) => o.go));
   const from = Math.max(...outs.map((o) => o.go)) + 1000;
   const to = Math.min(...outs.map((o) => o.go)) + 5500;
-  const n = Object.fromEntries(['a', 'b', 'c'].map((k) => [k, all(k).filter((t) => t >= from && t < to).length])) as Record<string, number>;
+  const n = Object.fromEntries(
+    ['a', 'b', 'c'].map((k) => [k, all(k).filter((t) => t >= from && t < to).length]),
+  ) as Record<string, number>;
   const total = (n.a as number) + (n.b as number) + (n.c as number);
-  if (process.env.TOLLGATE_DEBUG) console.log({ perProcess: outs.map((o) => Object.values(o.at).flat().filter((t) => t >= from && t < to).length), n, total, windowMs: to - from, shares: [n.a, n.b, n.c].map((x) => (x as number) / total) });
+  if (process.env.TOLLGATE_DEBUG)
+    console.log({
+      perProcess: outs.map(
+        (o) =>
+          Object.values(o.at)
+            .flat()
+            .filter((t) => t >= from && t < to).length,
+      ),
+      n,
+      total,
+      windowMs: to - from,
+      shares: [n.a, n.b, n.c].map((x) => (x as number) / total),
+    });
   // Work-conserving: the pool runs near its rate (lower bound with a wide margin).
   expect(total).toBeGreaterThan((0.5 * rate * (to - from)) / 1000);
   expect((n.a as number) / total).toBeGreaterThan((1 / 7) * 0.95);

@@ -5,7 +5,14 @@
 import { BackendUnavailableError, RedisBackend, SharedLimiter } from '@tollgate/core';
 import { normalizePolicy } from '@tollgate/core/internal';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type PoolState, decide, giveBackPool, keepFor, newPool, observePool } from '../packages/core/src/shared-limiter/pool-math.ts';
+import {
+  type PoolState,
+  decide,
+  giveBackPool,
+  keepFor,
+  newPool,
+  observePool,
+} from '../packages/core/src/shared-limiter/pool-math.ts';
 import { RedisPools } from '../packages/core/src/shared-limiter/redis-pools.ts';
 import { rng } from './support/random.ts';
 import { type RedisCluster, type RedisServer, startCluster, startRedis } from './support/redis.ts';
@@ -62,7 +69,8 @@ test.each([
         limit: random() < 0.5 ? policy.rate * random() : -1,
         remaining: random() < 0.5 ? Math.floor(random() * policy.capacity) : -1,
         resetAfterMs: random() < 0.5 ? Math.floor(random() * fill) : -1,
-        retryAfterMs: random() < 0.5 ? Math.floor(random() * Math.max(fill, policy.perMs) * (random() < 0.5 ? 0.2 : 1.5)) : -1,
+        retryAfterMs:
+          random() < 0.5 ? Math.floor(random() * Math.max(fill, policy.perMs) * (random() < 0.5 ? 0.2 : 1.5)) : -1,
       };
       observePool(state, policy, now, o);
       await pools.observe('n', 'p', policy, o);
@@ -75,7 +83,11 @@ test.each([
 describe('round trips', () => {
   test('an uncontended acquire is one round trip; a contended admitted call at most two', async () => {
     const backend = new RedisBackend({ client: srv.client(), prefix: 'rt:' });
-    const l = new SharedLimiter({ backend, policy: { rate: 200, per: '1s', capacity: 20 }, weight: (k) => (k === 'c' ? 4 : k === 'b' ? 2 : 1) });
+    const l = new SharedLimiter({
+      backend,
+      policy: { rate: 200, per: '1s', capacity: 20 },
+      weight: (k) => (k === 'c' ? 4 : k === 'b' ? 2 : 1),
+    });
     await l.acquire('warm');
     let before = await evalshaCalls();
     for (let i = 0; i < 10; i++) await l.acquire(`u${i}`);
@@ -85,7 +97,11 @@ describe('round trips', () => {
     const ac = new AbortController();
     let admitted = 0;
     for (const k of ['a', 'b', 'c']) {
-      for (let i = 0; i < 300; i++) l.acquire(k, { signal: ac.signal }).then(() => admitted++, () => undefined);
+      for (let i = 0; i < 300; i++)
+        l.acquire(k, { signal: ac.signal }).then(
+          () => admitted++,
+          () => undefined,
+        );
     }
     // Counted once 200 are admitted (~1 s at 200/s; longer on a busy machine), not after a fixed time.
     while (admitted < 200) await new Promise((r) => setTimeout(r, 10));
@@ -98,7 +114,10 @@ describe('round trips', () => {
 test('the script is sent again when Redis lost it (NOSCRIPT), and idle pools leave nothing behind', async () => {
   const client = srv.client();
   // A token every 12 s: nothing refills between the calls, however slow the machine.
-  const l = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'ns:' }), policy: { rate: 5, per: '1m', capacity: 5 } });
+  const l = new SharedLimiter({
+    backend: new RedisBackend({ client, prefix: 'ns:' }),
+    policy: { rate: 5, per: '1m', capacity: 5 },
+  });
   await l.acquire('a', { pool: 'gpt-4o' });
   await client.script('FLUSH');
   const g = await l.acquire('b', { pool: 'gpt-4o', cost: 2 });
@@ -108,7 +127,10 @@ test('the script is sent again when Redis lost it (NOSCRIPT), and idle pools lea
   await l.refund('b', 3, { pool: 'gpt-4o' });
   expect(await client.keys('ns:*')).toEqual([]);
   // Left to refill (50/s: full 60 ms after taking 3), it expires when it would be full.
-  const fast = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'ns:' }), policy: { rate: 50, per: '1s', capacity: 5 } });
+  const fast = new SharedLimiter({
+    backend: new RedisBackend({ client, prefix: 'ns:' }),
+    policy: { rate: 50, per: '1s', capacity: 5 },
+  });
   await fast.acquire('c', { pool: 'o3', cost: 3 });
   await new Promise((r) => setTimeout(r, 150));
   expect(await client.keys('ns:*')).toEqual([]);
@@ -116,7 +138,12 @@ test('the script is sent again when Redis lost it (NOSCRIPT), and idle pools lea
 
 describe('when Redis fails', () => {
   const dead = () => {
-    const c = srv.client({ lazyConnect: true, enableOfflineQueue: false, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+    const c = srv.client({
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      retryStrategy: () => null,
+      maxRetriesPerRequest: 0,
+    });
     return new RedisBackend({ client: c, prefix: 'dead:', timeoutMs: 200 });
   };
   test("'fail-open' admits, 'fail-closed' rejects with BackendUnavailableError, 'fallback' decides on a local pool", async () => {
@@ -144,7 +171,10 @@ describe('Redis Cluster', () => {
   test('pools of different models live in their own slots: each starts full, and emptying one leaves the others full', async () => {
     const client = cluster.client();
     // A token every 12 s: nothing refills while the test runs, however slow the machine.
-    const l = new SharedLimiter({ backend: new RedisBackend({ client, prefix: 'c:' }), policy: { rate: 5, per: '1m', capacity: 5 } });
+    const l = new SharedLimiter({
+      backend: new RedisBackend({ client, prefix: 'c:' }),
+      policy: { rate: 5, per: '1m', capacity: 5 },
+    });
     const models = ['gpt-4o', 'gpt-4o-mini', 'o3', 'claude'];
     for (const m of models) {
       const grants = await Promise.all(Array.from({ length: 5 }, (_, i) => l.acquire(`u${i}`, { pool: m })));
@@ -160,7 +190,12 @@ describe('Redis Cluster', () => {
   test('a pool whose master fails sees the failure policy; pools of the other masters are still decided by Redis', async () => {
     const client = cluster.client();
     const backend = new RedisBackend({ client, prefix: 'shard:', timeoutMs: 300 });
-    const l = new SharedLimiter({ backend, policy: { rate: 5, per: '1h' }, onBackendError: 'fail-closed', probeIntervalMs: 60_000 });
+    const l = new SharedLimiter({
+      backend,
+      policy: { rate: 5, per: '1h' },
+      onBackendError: 'fail-closed',
+      probeIntervalMs: 60_000,
+    });
     // Two models whose pools live on different masters.
     const models = ['gpt-4o', 'gpt-4o-mini', 'o3', 'claude', 'gemini', 'llama', 'mistral'];
     const owners = await Promise.all(models.map((m) => cluster.masterOf(`shard:pool{${m}}:shared`)));

@@ -24,7 +24,9 @@ const online = Boolean(process.env.OPENAI_API_KEY);
 const fake = online ? undefined : await startFakeOpenAI();
 const openai = fake !== undefined ? createOpenAI({ baseURL: fake.baseURL, apiKey: 'offline' }) : createOpenAI();
 const modelId = process.env.OPENAI_MODEL ?? 'gpt-4o-mini';
-console.log(`Model calls go to ${fake !== undefined ? `a fake OpenAI server on ${fake.baseURL}` : `the OpenAI API (${modelId})`}.`);
+console.log(
+  `Model calls go to ${fake !== undefined ? `a fake OpenAI server on ${fake.baseURL}` : `the OpenAI API (${modelId})`}.`,
+);
 
 const backend = new MemoryBackend();
 const requests = new RateLimiter({ backend, name: 'requests', policy: { rate: 3, per: '1s' } });
@@ -57,7 +59,9 @@ const stream = withUser('carol', () => streamText({ model, prompt: 'Say hello in
 let text = '';
 for await (const delta of stream.textStream) text += delta;
 const usage = await stream.totalUsage;
-console.log(`stream: ${JSON.stringify(text)}; ${reserved.at(-1)} LLM tokens, settled to its usage of ${usage.totalTokens}`);
+console.log(
+  `stream: ${JSON.stringify(text)}; ${reserved.at(-1)} LLM tokens, settled to its usage of ${usage.totalTokens}`,
+);
 
 // A tool loop: each model call waits for a token, and so does each tool call (2 per minute per user).
 const weatherLimiter = new RateLimiter({ backend, name: 'tool:weather', policy: { rate: 2, per: '1m' } });
@@ -71,7 +75,9 @@ const loop = await withUser('dave', () =>
 );
 const toolCalls = loop.steps.reduce((n, s) => n + s.toolCalls.length, 0);
 const toolLeft = (await weatherLimiter.tryAcquire('dave')).remaining + 1;
-console.log(`tools: ${loop.steps.length} model calls, ${toolCalls} tool call(s); dave's weather tokens left: ${toolLeft} of 2`);
+console.log(
+  `tools: ${loop.steps.length} model calls, ${toolCalls} tool call(s); dave's weather tokens left: ${toolLeft} of 2`,
+);
 console.log(`answer: ${loop.text}`);
 
 await fake?.close();

@@ -22,7 +22,8 @@ const llmTokens = new RateLimiter({ backend, name: 'llm-tokens', policy: { rate:
 const admitted: AdmitEvent[] = [];
 const claude = throttleAnthropic(anthropic, { requests, llmTokens, onAdmit: (e) => admitted.push(e) });
 
-const ask = (content: string) => claude.messages.create({ model, max_tokens: 50, messages: [{ role: 'user', content }] });
+const ask = (content: string) =>
+  claude.messages.create({ model, max_tokens: 50, messages: [{ role: 'user', content }] });
 
 const start = performance.now();
 const at = () => Math.round(performance.now() - start);

@@ -160,7 +160,12 @@ async function runDemo(
       { role: 'user', content: `Customer asks about order A-${1000 + n}: where is it, and is SKU-${n % 50} in stock?` },
     ];
     for (let turn = 0; turn < MAX_TURNS; turn++) {
-      const res = await client.chat.completions.create({ model, messages, tools: definitions, max_completion_tokens: 200 });
+      const res = await client.chat.completions.create({
+        model,
+        messages,
+        tools: definitions,
+        max_completion_tokens: 200,
+      });
       s.modelCalls++;
       s.llmTokens += res.usage?.total_tokens ?? 0;
       const message = res.choices[0]?.message;
@@ -199,9 +204,7 @@ async function runDemo(
   );
   const view = createView({ plain: args.plain });
   const status = () =>
-    performance.now() < deadline
-      ? `new tasks until ${args.seconds} s`
-      : 'no new tasks, finishing the queued';
+    performance.now() < deadline ? `new tasks until ${args.seconds} s` : 'no new tasks, finishing the queued';
   const render = () => view.update(stats, performance.now() - start, status());
   render();
   const timer = setInterval(render, args.plain ? 250 : 100);

@@ -75,7 +75,10 @@ export function createView(opts: ViewOptions): View {
  * over the whole window, and after the first burst (what the refill rate alone admitted).
  */
 export function summaryTable(stats: readonly TenantStats[], plain: boolean): string {
-  const t = table(['Tenant', 'Tier', 'Quota/s\n(burst)', 'Tool\ncalls', 'Achieved /s\n(after burst)', 'Avg\nwait ms', 'Max\nwait ms'], plain);
+  const t = table(
+    ['Tenant', 'Tier', 'Quota/s\n(burst)', 'Tool\ncalls', 'Achieved /s\n(after burst)', 'Avg\nwait ms', 'Max\nwait ms'],
+    plain,
+  );
   for (const s of stats) {
     const o = outcome(s);
     t.push([

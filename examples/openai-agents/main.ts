@@ -18,7 +18,15 @@
  * (`setOpenAIAPI('chat_completions')`); the SDK's default, the Responses API, is throttled
  * alike (every HTTP attempt of the client is).
  */
-import { Agent, type RunContext, run, setDefaultOpenAIClient, setOpenAIAPI, setTracingDisabled, tool } from '@openai/agents';
+import {
+  Agent,
+  type RunContext,
+  run,
+  setDefaultOpenAIClient,
+  setOpenAIAPI,
+  setTracingDisabled,
+  tool,
+} from '@openai/agents';
 import { currentUser, throttleOpenAI, throttleTool, withUser } from '@tollgate/agent';
 import { MemoryBackend, RateLimiter } from '@tollgate/core';
 import OpenAI from 'openai7';
@@ -70,9 +78,7 @@ const looked = new Map<string, number[]>();
 const record = (times: Map<string, number[]>, user: string) => times.set(user, [...(times.get(user) ?? []), at()]);
 
 // Every HTTP attempt the SDK makes through this client waits for the current user's tokens.
-setDefaultOpenAIClient(
-  throttleOpenAI(openai, { requests, llmTokens, onAdmit: (e) => record(admitted, e.user) }),
-);
+setDefaultOpenAIClient(throttleOpenAI(openai, { requests, llmTokens, onAdmit: (e) => record(admitted, e.user) }));
 setOpenAIAPI('chat_completions');
 
 const weatherArgs = z.object({ city: z.string().describe('City name, e.g. Paris') });

@@ -10,13 +10,7 @@
  */
 import type { Json } from './http.ts';
 import { textLength } from './http.ts';
-import {
-  type BucketLimit,
-  type BucketState,
-  type Charge,
-  ProviderGate,
-  type Refusal,
-} from './provider-limits.ts';
+import { type BucketLimit, type BucketState, type Charge, ProviderGate, type Refusal } from './provider-limits.ts';
 
 /** The dimensions of an Anthropic model's limits. */
 export type AnthropicDimension = 'requests' | 'inputLLMTokens' | 'outputLLMTokens';

@@ -25,7 +25,13 @@
  * await fake.close()
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { type AnthropicDimension, AnthropicLimits, type AnthropicModelLimit, errorBody, inputLLMTokens } from './anthropic-rate-limits.ts';
+import {
+  type AnthropicDimension,
+  AnthropicLimits,
+  type AnthropicModelLimit,
+  errorBody,
+  inputLLMTokens,
+} from './anthropic-rate-limits.ts';
 import { type Json, type SSEvent, listenLoopback, parseJSON, sendJSON, sendSSE, sleep } from './http.ts';
 import { type AttemptRecord, type BucketState, type Stats, headerValue, summarize } from './provider-limits.ts';
 

@@ -73,7 +73,6 @@ export interface FakeUsage {
   completion_tokens: number;
 }
 
-
 export interface FakeOpenAIOptions {
   /** Port to listen on. @default 0 (a free port) */
   port?: number;

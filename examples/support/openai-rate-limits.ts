@@ -95,7 +95,11 @@ export class OpenAILimits {
       const retry = wait !== undefined ? retryHeaders(wait) : {};
       const again = wait !== undefined ? ` Please try again in ${formatGoDuration(wait)}.` : '';
       const message = `Rate limit reached for ${model} in organization ${this.#org} (forced by the test).${again}`;
-      return { headers: {}, refused: { headers: { ...headers(), ...retry }, body: errorBody(message, 'requests') }, llmTokens: 0 };
+      return {
+        headers: {},
+        refused: { headers: { ...headers(), ...retry }, body: errorBody(message, 'requests') },
+        llmTokens: 0,
+      };
     }
     if (buckets === undefined) return { headers: headers(), llmTokens: 0 };
     const llmTokens = chargeLLMTokens(path, body, this.#defaultMaxTokens);
@@ -104,7 +108,8 @@ export class OpenAILimits {
       { dimension: 'llmTokens', cost: llmTokens },
     ];
     const refusal = buckets.admit(charges, now);
-    if (refusal === undefined) return { headers: headers(), llmTokens: buckets.buckets.has('llmTokens') ? llmTokens : 0 };
+    if (refusal === undefined)
+      return { headers: headers(), llmTokens: buckets.buckets.has('llmTokens') ? llmTokens : 0 };
     const finite = Number.isFinite(refusal.retryAfterMs);
     const retry = finite && this.#retryHeaders ? retryHeaders(refusal.retryAfterMs) : {};
     return {

@@ -18,7 +18,11 @@ import {
 } from '@tollgate/agent';
 import { MemoryBackend, RateLimiter, isInvalidOptionsError, isMaxWaitExceededError } from '@tollgate/core';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { type FakeAnthropic, type RecordedAnthropicRequest, startFakeAnthropic } from '../../examples/support/fake-anthropic.ts';
+import {
+  type FakeAnthropic,
+  type RecordedAnthropicRequest,
+  startFakeAnthropic,
+} from '../../examples/support/fake-anthropic.ts';
 import { ANTHROPIC } from '../../packages/agent/src/adapters/anthropic.ts';
 import {
   MessageStreamUsage,
@@ -207,7 +211,10 @@ describe('throttleAnthropic', () => {
     test('the estimate is system + messages + tools characters / 4 + max_tokens; base64 sources are not text', () => {
       expect(estimateLLMTokens('/v1/messages', params())).toBe(ESTIMATE);
       const image = { type: 'image', source: { type: 'base64', media_type: 'image/png', data: 'A'.repeat(40_000) } };
-      const withImage = { ...params(), messages: [{ role: 'user', content: [image, { type: 'text', text: 'abcdefgh' }] }] };
+      const withImage = {
+        ...params(),
+        messages: [{ role: 'user', content: [image, { type: 'text', text: 'abcdefgh' }] }],
+      };
       // 'abcd' + 'image' + 'image/png'... : only the short strings count, never the 40 000 base64 characters.
       expect(estimateLLMTokens('/v1/messages', withImage)).toBeLessThan(ESTIMATE + 10);
       const tools = [{ name: 'get_weather', description: 'x'.repeat(37), input_schema: { type: 'object' } }];
@@ -229,7 +236,12 @@ describe('throttleAnthropic', () => {
     const start = { input_tokens: 30, cache_creation_input_tokens: 5, cache_read_input_tokens: 900, output_tokens: 1 };
     expect(reader.read({ type: 'message_start', message: { usage: start } })).toBeUndefined();
     expect(reader.read({ type: 'content_block_delta', delta: { type: 'text_delta', text: 'x' } })).toBeUndefined();
-    const delta = { input_tokens: 40, cache_creation_input_tokens: null, cache_read_input_tokens: 900, output_tokens: 12 };
+    const delta = {
+      input_tokens: 40,
+      cache_creation_input_tokens: null,
+      cache_read_input_tokens: 900,
+      output_tokens: 12,
+    };
     expect(reader.read({ type: 'message_delta', usage: delta })).toBe(57);
     expect(reader.end()).toBeUndefined();
     expect(reader.drop()).toBe(false);
@@ -239,7 +251,11 @@ describe('throttleAnthropic', () => {
     const requests = frozen('requests');
     const llmTokens = frozen('llm-tokens');
     const admitted: AdmitEvent[] = [];
-    const client = throttleAnthropic(newClient(fake.baseURL), { requests, llmTokens, onAdmit: (e) => admitted.push(e) });
+    const client = throttleAnthropic(newClient(fake.baseURL), {
+      requests,
+      llmTokens,
+      onAdmit: (e) => admitted.push(e),
+    });
     const counted = await withUser('counter', async () => [
       await client.messages.countTokens({ model: MODEL, system: 'abcd', messages: params().messages }),
       await client.beta.messages.countTokens({ model: MODEL, messages: params().messages }),
@@ -402,7 +418,9 @@ describe('throttleAnthropic', () => {
     })();
     expect(isInvalidOptionsError(err)).toBe(true);
     expect(String(err)).toMatch(/throttleAnthropic: client must be an Anthropic client from @anthropic-ai\/sdk/);
-    expect(() => throttleAnthropic(newClient(fake.baseURL), { maxWaitMs: -1 })).toThrow(/throttleAnthropic options.*maxWaitMs/s);
+    expect(() => throttleAnthropic(newClient(fake.baseURL), { maxWaitMs: -1 })).toThrow(
+      /throttleAnthropic options.*maxWaitMs/s,
+    );
   });
 
   test("the provider's rate-limit headers are read for the shared pools: requests, tokens, and a 429's retry time", async () => {
@@ -420,12 +438,16 @@ describe('throttleAnthropic', () => {
       expect(ok?.requests?.resetAfterMs).toBeGreaterThan(0);
       expect(ok?.requests?.retryAfterMs).toBeUndefined();
       limited.rateLimitNext(MODEL, 1, { retryAfterMs: 1500 });
-      const err = (await client.messages.create(params()).catch((e: unknown) => e)) as InstanceType<typeof Anthropic.APIError>;
+      const err = (await client.messages.create(params()).catch((e: unknown) => e)) as InstanceType<
+        typeof Anthropic.APIError
+      >;
       expect(err.status).toBe(429);
       const refused = ANTHROPIC.readRateLimits?.(429, err.headers as Headers);
       expect(refused?.requests?.retryAfterMs).toBe(1500);
       expect(refused?.llmTokens?.retryAfterMs).toBe(1500);
-      expect(ANTHROPIC.readRateLimits?.(200, new Headers({ 'anthropic-ratelimit-requests-limit': '-1' }))).toBeUndefined();
+      expect(
+        ANTHROPIC.readRateLimits?.(200, new Headers({ 'anthropic-ratelimit-requests-limit': '-1' })),
+      ).toBeUndefined();
     } finally {
       await limited.close();
     }

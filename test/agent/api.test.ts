@@ -60,7 +60,10 @@ describe('@tollgate/agent public API', () => {
     fails({ perUser: { concurrency: 0 } }, /perUser.concurrency must be an integer >= 1 or Infinity \(received 0\)/);
     fails({ perUser: { maxQueued: -1 } }, /perUser.maxQueued must be an integer >= 0/);
     fails({ maxWaitMs: 'soon' }, /maxWaitMs must be a number of ms >= 0 \(received "soon"\)/);
-    fails({ reqests: new RateLimiter({ backend: new MemoryBackend(), policy: { rate: 1 } }) }, /\(options\) unknown option\(s\) reqests/);
+    fails(
+      { reqests: new RateLimiter({ backend: new MemoryBackend(), policy: { rate: 1 } }) },
+      /\(options\) unknown option\(s\) reqests/,
+    );
     expect(() => agent.throttleOpenAI({} as unknown as OpenAI)).toThrow(/client must be an OpenAI client/);
   });
 

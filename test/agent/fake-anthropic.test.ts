@@ -63,7 +63,12 @@ describe("the fake Anthropic server speaks the real client's protocol", () => {
     expect(deltas.length).toBeGreaterThan(1);
     expect(final.content).toEqual([{ type: 'text', text: TEXT }]);
     expect(final.usage).toMatchObject({ input_tokens: 2, output_tokens: 10 });
-    const raw = await client.messages.create({ model: MODEL, max_tokens: 64, messages: [{ role: 'user', content: 'x' }], stream: true });
+    const raw = await client.messages.create({
+      model: MODEL,
+      max_tokens: 64,
+      messages: [{ role: 'user', content: 'x' }],
+      stream: true,
+    });
     const types: string[] = [];
     for await (const ev of raw) types.push(ev.type);
     expect(types[0]).toBe('message_start');
@@ -195,7 +200,7 @@ describe("the fake Anthropic server enforces a provider's limits", () => {
     }
   });
 
-  test("stats count attempts per tenant (the x-tenant header, else metadata.user_id)", async () => {
+  test('stats count attempts per tenant (the x-tenant header, else metadata.user_id)', async () => {
     const limited = await startFakeAnthropic({ limits: { [MODEL]: { requests: 2 } } });
     try {
       const client = newClient(limited.baseURL, { maxRetries: 0 });

@@ -238,7 +238,9 @@ describe(`the fake OpenAI server enforces a provider's limits (openai ${OPENAI_M
         typeof OpenAI.APIError
       >;
       expect(tooLarge.status).toBe(429);
-      expect((tooLarge.error as { message: string }).message).toMatch(/^Request too large for gpt-4o-mini .* Limit 100, Requested 202\./);
+      expect((tooLarge.error as { message: string }).message).toMatch(
+        /^Request too large for gpt-4o-mini .* Limit 100, Requested 202\./,
+      );
       expect(readOpenAIRateLimits(tooLarge.headers as Headers, 0).retryAfterMs).toBeUndefined();
       expect(limited.attempts.map((a) => a.llmTokens)).toEqual([42, 42, 0, 0]);
     } finally {

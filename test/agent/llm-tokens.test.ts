@@ -76,7 +76,7 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
     expect(await spent(llmTokens, 'capped', 300)).toBe(50);
   });
 
-  test("a stream is settled from the usage chunk it adds, which the caller never sees", async () => {
+  test('a stream is settled from the usage chunk it adds, which the caller never sees', async () => {
     const llmTokens = newLimiter();
     const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
     const params = { ...ask, stream: true as const };
@@ -98,7 +98,10 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
 
   test('a stream cut into 5-byte pieces (split events, split UTF-8) is passed on intact', async () => {
     const text = 'Grüße aus Köln ✓ — ok';
-    const server = await startFakeOpenAI({ chat: () => ({ content: text }), usage: { prompt_tokens: 7, completion_tokens: 3 } });
+    const server = await startFakeOpenAI({
+      chat: () => ({ content: text }),
+      usage: { prompt_tokens: 7, completion_tokens: 3 },
+    });
     try {
       // The caller's own fetch re-chunks the body; throttleOpenAI wraps it and keeps it.
       const tinyChunks = async (url: string | URL | Request, init?: RequestInit): Promise<Response> => {
@@ -214,14 +217,19 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
   });
 
   // bytes() is recent (not in every Node 20 release): tested where the runtime has it.
-  const byteReaders = ['arrayBuffer', ...(typeof (Response.prototype as { bytes?: unknown }).bytes === 'function' ? ['bytes'] : [])] as const;
+  const byteReaders = [
+    'arrayBuffer',
+    ...(typeof (Response.prototype as { bytes?: unknown }).bytes === 'function' ? ['bytes'] : []),
+  ] as const;
   test.each(byteReaders)('a raw response read with %s() is settled too', async (reader) => {
     const llmTokens = newLimiter();
     const client = throttleOpenAI(newClient(fake.baseURL), { llmTokens });
     await withUser(reader, async () => {
       const raw = await client.chat.completions.create(ask).asResponse();
       expect(await spent(llmTokens, reader)).toBe(600);
-      const bytes = await (raw as unknown as Record<string, () => Promise<ArrayBuffer | Uint8Array>>)[reader]?.call(raw);
+      const bytes = await (raw as unknown as Record<string, () => Promise<ArrayBuffer | Uint8Array>>)[reader]?.call(
+        raw,
+      );
       expect(JSON.parse(new TextDecoder().decode(bytes)).usage.total_tokens).toBe(50);
       expect(await spent(llmTokens, reader)).toBe(50);
     });
@@ -239,7 +247,10 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
       const client = throttleOpenAI(newClient(server.baseURL), { llmTokens });
       const t0 = performance.now();
       await withUser('heavy', () =>
-        Promise.all([client.chat.completions.create({ ...ask, max_tokens: 700 }), client.chat.completions.create({ ...ask, max_tokens: 700 })]),
+        Promise.all([
+          client.chat.completions.create({ ...ask, max_tokens: 700 }),
+          client.chat.completions.create({ ...ask, max_tokens: 700 }),
+        ]),
       );
       const [, b] = server.requests;
       // The second call needs 800 with 200 left: admitted 600 ms in, at 1 per ms.
@@ -307,8 +318,13 @@ describe(`LLM tokens (openai ${OPENAI_MAJOR})`, () => {
         return super.refund(`tenant-a:${key}`, amount);
       }
     }
-    const llmTokens = new Namespaced({ backend: new MemoryBackend(), name: 'llm', policy: { rate: 1, per: '1h', capacity: CAPACITY } });
-    const spentIn = async (bucket: string) => CAPACITY - 1 - (await RateLimiter.prototype.tryAcquire.call(llmTokens, bucket)).remaining;
+    const llmTokens = new Namespaced({
+      backend: new MemoryBackend(),
+      name: 'llm',
+      policy: { rate: 1, per: '1h', capacity: CAPACITY },
+    });
+    const spentIn = async (bucket: string) =>
+      CAPACITY - 1 - (await RateLimiter.prototype.tryAcquire.call(llmTokens, bucket)).remaining;
     const client = throttleOpenAI(newClient(fake.baseURL, { maxRetries: 0 }), { llmTokens });
     await withUser('u', () => client.chat.completions.create(ask)); // estimate 600, usage 50: 550 back
     expect(llmTokens.acquires).toEqual(['u']);

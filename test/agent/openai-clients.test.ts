@@ -24,7 +24,11 @@ afterEach(() => {
 
 const CAPACITY = 10_000;
 const llmLimiter = () =>
-  new RateLimiter({ backend: new MemoryBackend(), name: 'llm-tokens', policy: { rate: 1, per: '1h', capacity: CAPACITY } });
+  new RateLimiter({
+    backend: new MemoryBackend(),
+    name: 'llm-tokens',
+    policy: { rate: 1, per: '1h', capacity: CAPACITY },
+  });
 /** LLM tokens `user` has spent from `l` (the probe itself takes 1). */
 const spent = async (l: RateLimiter, user: string) => CAPACITY - 1 - (await l.tryAcquire(user)).remaining;
 
@@ -96,7 +100,11 @@ describe(`every client the openai package builds is throttled (openai ${OPENAI_M
         maxRetries: 0,
         fetch: recording,
       });
-      const requests = new RateLimiter({ backend: new MemoryBackend(), name: 'requests', policy: { rate: 1, per: '1h', capacity: 5 } });
+      const requests = new RateLimiter({
+        backend: new MemoryBackend(),
+        name: 'requests',
+        policy: { rate: 1, per: '1h', capacity: 5 },
+      });
       const client = throttleOpenAI(azure, { requests });
       expect(client).toBe(azure);
       expect(client.deploymentName).toBe('team-deployment');
@@ -110,7 +118,13 @@ describe(`every client the openai package builds is throttled (openai ${OPENAI_M
   });
 
   test('AzureOpenAI: calls settle, free their slots, and streams see only what they asked for', async () => {
-    const azure = new AzureOpenAI({ endpoint: fake.url, deployment: 'd', apiVersion: '2024-10-21', apiKey: 'k', maxRetries: 0 });
+    const azure = new AzureOpenAI({
+      endpoint: fake.url,
+      deployment: 'd',
+      apiVersion: '2024-10-21',
+      apiKey: 'k',
+      maxRetries: 0,
+    });
     await throttlesEveryAttempt(azure, 'azure');
   });
 
@@ -180,30 +194,60 @@ describe(`a caller-supplied fetch with its own Response class (openai ${OPENAI_M
     constructor(r: Response) {
       this.#r = r;
     }
-    get ok() { return this.#r.ok; }
-    get status() { return this.#r.status; }
-    get statusText() { return this.#r.statusText; }
-    get headers() { return this.#r.headers; }
-    get url() { return this.#r.url; }
-    get body() { return this.#r.body; }
-    get bodyUsed() { return this.#r.bodyUsed; }
-    json() { return this.#r.json(); }
-    text() { return this.#r.text(); }
-    arrayBuffer() { return this.#r.arrayBuffer(); }
-    blob() { return this.#r.blob(); }
-    clone() { return new ForeignResponse(this.#r.clone()); }
+    get ok() {
+      return this.#r.ok;
+    }
+    get status() {
+      return this.#r.status;
+    }
+    get statusText() {
+      return this.#r.statusText;
+    }
+    get headers() {
+      return this.#r.headers;
+    }
+    get url() {
+      return this.#r.url;
+    }
+    get body() {
+      return this.#r.body;
+    }
+    get bodyUsed() {
+      return this.#r.bodyUsed;
+    }
+    json() {
+      return this.#r.json();
+    }
+    text() {
+      return this.#r.text();
+    }
+    arrayBuffer() {
+      return this.#r.arrayBuffer();
+    }
+    blob() {
+      return this.#r.blob();
+    }
+    clone() {
+      return new ForeignResponse(this.#r.clone());
+    }
   }
   const foreignFetch = async (input: unknown, init?: RequestInit) =>
     new ForeignResponse(await fetch(input as string, init)) as unknown as Response;
 
   test('the unthrottled client works with it', async () => {
-    const r = await new OpenAI({ baseURL: fake.baseURL, apiKey: 'k', fetch: foreignFetch as never }).chat.completions.create(ask);
+    const r = await new OpenAI({
+      baseURL: fake.baseURL,
+      apiKey: 'k',
+      fetch: foreignFetch as never,
+    }).chat.completions.create(ask);
     expect(r.usage?.total_tokens).toBe(50);
   });
 
   test('the throttled client answers the call and settles it to usage', async () => {
     const llmTokens = llmLimiter();
-    const client = throttleOpenAI(new OpenAI({ baseURL: fake.baseURL, apiKey: 'k', fetch: foreignFetch as never }), { llmTokens });
+    const client = throttleOpenAI(new OpenAI({ baseURL: fake.baseURL, apiKey: 'k', fetch: foreignFetch as never }), {
+      llmTokens,
+    });
     const r = await withUser('foreign', () => client.chat.completions.create(ask));
     expect(r.usage?.total_tokens).toBe(50);
     expect(await spent(llmTokens, 'foreign')).toBe(50);

@@ -205,9 +205,11 @@ describe(`throttleOpenAI (openai ${OPENAI_MAJOR})`, () => {
     const requests = limiter(1, '1h', 10);
     const client = throttleOpenAI(newClient(fake.baseURL), {
       requests,
-      user: (body) => ((body as { metadata?: { tenant?: string } }).metadata?.tenant ?? undefined),
+      user: (body) => (body as { metadata?: { tenant?: string } }).metadata?.tenant ?? undefined,
     });
-    await withUser('ctx', () => client.chat.completions.create({ ...ask('1'), user: 'body-user', metadata: { tenant: 't' } }));
+    await withUser('ctx', () =>
+      client.chat.completions.create({ ...ask('1'), user: 'body-user', metadata: { tenant: 't' } }),
+    );
     await client.chat.completions.create({ ...ask('2'), user: 'body-user', metadata: { tenant: 'resolved' } });
     await client.chat.completions.create({ ...ask('3'), user: 'body-user' });
     await client.chat.completions.create({ ...ask('4'), safety_identifier: 'safety' });

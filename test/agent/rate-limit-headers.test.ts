@@ -32,12 +32,22 @@ describe('OpenAI reset durations read as ms', () => {
     expect(parseResetDuration(text)).toBeCloseTo(ms, 9);
   });
 
-  test.each(['-1', '-5s', '', 'soon', '1x', 's', '1m 2s', 'NaN', 'Infinity', '1e3', '1s1', 'ms'])(
-    '%j is ignored',
-    (text) => {
-      expect(parseResetDuration(text === '' ? undefined : text)).toBeUndefined();
-    },
-  );
+  test.each([
+    '-1',
+    '-5s',
+    '',
+    'soon',
+    '1x',
+    's',
+    '1m 2s',
+    'NaN',
+    'Infinity',
+    '1e3',
+    '1s1',
+    'ms',
+  ])('%j is ignored', (text) => {
+    expect(parseResetDuration(text === '' ? undefined : text)).toBeUndefined();
+  });
 });
 
 describe('Anthropic reset timestamps read as ms after now', () => {
@@ -51,12 +61,16 @@ describe('Anthropic reset timestamps read as ms after now', () => {
     expect(parseResetTimestamp(text, NOW)).toBe(ms);
   });
 
-  test.each(['5', '-1', 'tomorrow', '2026-01-02', '2026-13-45T99:99:99Z', 'Fri, 02 Jan 2026 03:04:06 GMT'])(
-    '%j is ignored',
-    (text) => {
-      expect(parseResetTimestamp(text, NOW)).toBeUndefined();
-    },
-  );
+  test.each([
+    '5',
+    '-1',
+    'tomorrow',
+    '2026-01-02',
+    '2026-13-45T99:99:99Z',
+    'Fri, 02 Jan 2026 03:04:06 GMT',
+  ])('%j is ignored', (text) => {
+    expect(parseResetTimestamp(text, NOW)).toBeUndefined();
+  });
 });
 
 describe('retry-after-ms, else retry-after (seconds or an HTTP date)', () => {
@@ -202,11 +216,7 @@ describe('Anthropic rate-limit headers read per dimension', () => {
       { 'anthropic-ratelimit-tokens-limit': '-1', 'anthropic-ratelimit-tokens-remaining': ' ' },
       {},
     ],
-    [
-      'OpenAI headers are not read as Anthropic ones',
-      { 'x-ratelimit-remaining-requests': '5' },
-      {},
-    ],
+    ['OpenAI headers are not read as Anthropic ones', { 'x-ratelimit-remaining-requests': '5' }, {}],
   ])('%s', (_name, headers, expected) => {
     expect(readAnthropicRateLimits(headers, NOW)).toEqual(expected);
   });

@@ -32,11 +32,24 @@ interface Out {
 test("two processes stay under the provider's limit from its headers, and a 429's retry-after-ms pauses both for 1.5 s", async () => {
   const startAt = Date.now() + 5000; // the children start tsx first: slow on a busy machine
   const stopAt = startAt + 5000;
-  const procs = [['acme', 'globex'], ['acme', 'initech']];
+  const procs = [
+    ['acme', 'globex'],
+    ['acme', 'initech'],
+  ];
   const runs = Promise.all(
     procs.map((tenants) =>
       runTs('test/workers/agent-shared-load.ts', [
-        JSON.stringify({ redisPort: srv.port, prefix: 'agent-mp:', baseURL: fake.baseURL, model: MODEL, limit: LIMIT, tenants, loops: 3, startAt, stopAt }),
+        JSON.stringify({
+          redisPort: srv.port,
+          prefix: 'agent-mp:',
+          baseURL: fake.baseURL,
+          model: MODEL,
+          limit: LIMIT,
+          tenants,
+          loops: 3,
+          startAt,
+          stopAt,
+        }),
       ]).then((r) => lastJson<Out>(r)),
     ),
   );

@@ -7,9 +7,20 @@
  * pauses asserted from the server's own arrival times with margins that hold on a busy machine.
  */
 import { throttleOpenAI, withUser } from '@tollgate/agent';
-import { MemoryBackend, type PolicyInput, type PoolObservation, SharedLimiter, isInvalidOptionsError } from '@tollgate/core';
+import {
+  MemoryBackend,
+  type PolicyInput,
+  type PoolObservation,
+  SharedLimiter,
+  isInvalidOptionsError,
+} from '@tollgate/core';
 import { afterEach, describe, expect, test } from 'vitest';
-import { type FakeOpenAI, type FakeOpenAIOptions, type RecordedRequest, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
+import {
+  type FakeOpenAI,
+  type FakeOpenAIOptions,
+  type RecordedRequest,
+  startFakeOpenAI,
+} from '../../examples/support/fake-openai.ts';
 import { runStorm } from '../workers/agent-shared-storm.ts';
 import { OPENAI_MAJOR, newClient } from './openai-client.ts';
 
@@ -28,8 +39,11 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.close()));
 });
 
-const pool = (policy: PolicyInput | ((model: string) => PolicyInput | undefined), weight?: (key: string) => number, name = 'openai-requests') =>
-  new SharedLimiter({ backend: new MemoryBackend(), name, policy, ...(weight !== undefined ? { weight } : {}) });
+const pool = (
+  policy: PolicyInput | ((model: string) => PolicyInput | undefined),
+  weight?: (key: string) => number,
+  name = 'openai-requests',
+) => new SharedLimiter({ backend: new MemoryBackend(), name, policy, ...(weight !== undefined ? { weight } : {}) });
 
 const chat = (model: string, content: string, user?: string) => ({
   model,
@@ -56,10 +70,16 @@ async function loops(n: number, ms: number, call: (i: number) => Promise<unknown
 }
 
 /** The server's arrivals for `model` (chat requests), in order. */
-const arrivals = (fake: FakeOpenAI, model: string): RecordedRequest[] => fake.requests.filter((r) => r.body?.model === model);
+const arrivals = (fake: FakeOpenAI, model: string): RecordedRequest[] =>
+  fake.requests.filter((r) => r.body?.model === model);
 
 /** countBy counts `rs` by the tenant before the '/' of the body's user. */
-function countBy(rs: RecordedRequest[], from: number, to: number, tenantOf = (user: string) => user.split('/')[0] as string) {
+function countBy(
+  rs: RecordedRequest[],
+  from: number,
+  to: number,
+  tenantOf = (user: string) => user.split('/')[0] as string,
+) {
   const n: Record<string, number> = {};
   for (const r of rs) {
     if (r.time < from || r.time >= to || r.status !== 200) continue;
@@ -85,7 +105,9 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
     const requests = pool({ rate: 10, per: '1s', capacity: 2 });
     const client = throttleOpenAI(newClient(fake.baseURL), { shared: { requests } });
     const t0 = performance.now();
-    const burst = withUser('alice', () => Promise.all(Array.from({ length: 12 }, (_, i) => client.chat.completions.create(chat(MODEL, `a-${i}`)))));
+    const burst = withUser('alice', () =>
+      Promise.all(Array.from({ length: 12 }, (_, i) => client.chat.completions.create(chat(MODEL, `a-${i}`)))),
+    );
     await new Promise((r) => setTimeout(r, 150));
     await withUser('bob', () => client.chat.completions.create(chat(MODEL, 'b')));
     await burst;
@@ -103,7 +125,10 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
   test('a tenant of weight 2 gets about twice the pool of a tenant of weight 1 when both are backlogged', async () => {
     const fake = await server();
     const requests = pool({ rate: 20, per: '1s', capacity: 2 }, (tenant) => (tenant === 'pro' ? 2 : 1));
-    const client = throttleOpenAI(newClient(fake.baseURL), { shared: { requests }, shareKey: (user) => user.split('/')[0] as string });
+    const client = throttleOpenAI(newClient(fake.baseURL), {
+      shared: { requests },
+      shareKey: (user) => user.split('/')[0] as string,
+    });
     const t0 = performance.now();
     await loops(8, 2500, (i) => {
       const user = `${i < 4 ? 'pro' : 'free'}/${i}`;
@@ -142,7 +167,10 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
     const fake = await server({ latencyMs: (r) => (r.body?.messages?.[0]?.content === 'slow' ? 300 : 0) });
     const requests = pool({ rate: 1000, per: FROZEN });
     const llmTokens = pool({ rate: 100_000, per: FROZEN }, undefined, 'openai-llm-tokens');
-    const client = throttleOpenAI(newClient(fake.baseURL), { shared: { requests, llmTokens }, estimateLLMTokens: () => 500 });
+    const client = throttleOpenAI(newClient(fake.baseURL), {
+      shared: { requests, llmTokens },
+      estimateLLMTokens: () => 500,
+    });
     await withUser('alice', () => client.chat.completions.create(chat(MODEL, 'hi')));
     await withUser('bob', () => client.chat.completions.create(chat(MODEL, 'hi')));
     // Each reserved 500, settled to 20 + 30 = 50.
@@ -150,7 +178,9 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
     expect(await left(requests, MODEL)).toBe(1000 - 2);
     expect(await left(llmTokens, OTHER)).toBe(100_000);
     // A stream settles to its usage chunk too.
-    const stream = await withUser('alice', () => client.chat.completions.create({ ...chat(MODEL, 'hi'), stream: true }));
+    const stream = await withUser('alice', () =>
+      client.chat.completions.create({ ...chat(MODEL, 'hi'), stream: true }),
+    );
     for await (const _ of stream) {
       // drain
     }
@@ -158,7 +188,10 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
 
     // A pool of 300 LLM tokens: a 500 estimate reserves all 300 while in flight, then settles to 50.
     const small = pool({ rate: 300, per: FROZEN }, undefined, 'small-llm');
-    const capped = throttleOpenAI(newClient(fake.baseURL), { shared: { llmTokens: small }, estimateLLMTokens: () => 500 });
+    const capped = throttleOpenAI(newClient(fake.baseURL), {
+      shared: { llmTokens: small },
+      estimateLLMTokens: () => 500,
+    });
     const slow = withUser('carol', () => capped.chat.completions.create(chat(MODEL, 'slow')));
     await new Promise((r) => setTimeout(r, 150));
     expect(await left(small, MODEL)).toBe(0);
@@ -167,22 +200,30 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
 
     // A failed attempt gives its LLM tokens back; the request it spent stays (the provider saw it).
     fake.failNext(1, 500);
-    await expect(withUser('dave', () => client.chat.completions.create(chat(MODEL, 'hi'), { maxRetries: 0 }))).rejects.toMatchObject({ status: 500 });
+    await expect(
+      withUser('dave', () => client.chat.completions.create(chat(MODEL, 'hi'), { maxRetries: 0 })),
+    ).rejects.toMatchObject({ status: 500 });
     expect(await left(llmTokens, MODEL)).toBe(100_000 - 3 * 50);
     expect(await left(requests, MODEL)).toBe(1000 - 4);
   });
 
   test('pools are per model: a backlog on one model does not delay another, and a request without a model draws on none', async () => {
     const fake = await server();
-    const requests = pool((model) => (model === MODEL || model === OTHER ? { rate: 5, per: '1s', capacity: 1 } : undefined));
+    const requests = pool((model) =>
+      model === MODEL || model === OTHER ? { rate: 5, per: '1s', capacity: 1 } : undefined,
+    );
     const client = throttleOpenAI(newClient(fake.baseURL), { shared: { requests } });
     const t0 = performance.now();
-    const backlog = withUser('alice', () => Promise.all(Array.from({ length: 8 }, (_, i) => client.chat.completions.create(chat(MODEL, `m-${i}`)))));
+    const backlog = withUser('alice', () =>
+      Promise.all(Array.from({ length: 8 }, (_, i) => client.chat.completions.create(chat(MODEL, `m-${i}`)))),
+    );
     await new Promise((r) => setTimeout(r, 100));
     await withUser('alice', () => client.chat.completions.create(chat(OTHER, 'other')));
     const otherAt = (fake.requests.find((r) => r.body?.model === OTHER)?.time ?? Number.POSITIVE_INFINITY) - t0;
     // No model: no pool (the fake answers it like any chat).
-    await withUser('alice', () => client.chat.completions.create({ messages: [{ role: 'user', content: 'no model' }] } as never));
+    await withUser('alice', () =>
+      client.chat.completions.create({ messages: [{ role: 'user', content: 'no model' }] } as never),
+    );
     await backlog;
     const mini = arrivals(fake, MODEL).map((r) => r.time - t0);
     // The backlog of 8 at 5/s takes 1.4 s; the other model's call waited for none of it.
@@ -215,10 +256,17 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
 
   test("a 429's retry-after-ms: 1500 stops every caller of that model for 1.5 s, the 429'd call's retry is not held twice, and all resume", async () => {
     const fake = await server({ limits: { [MODEL]: { requests: 20, windowMs: 1000 } } });
-    const requests = new Heard({ backend: new MemoryBackend(), name: 'openai-requests', policy: { rate: 20, per: '1s' } });
+    const requests = new Heard({
+      backend: new MemoryBackend(),
+      name: 'openai-requests',
+      policy: { rate: 20, per: '1s' },
+    });
     const options = { shared: { requests }, shareKey: (user: string) => user.split('/')[0] as string };
     // Two clients sharing the pools: "any caller".
-    const clients = [throttleOpenAI(newClient(fake.baseURL), options), throttleOpenAI(newClient(fake.baseURL), options)];
+    const clients = [
+      throttleOpenAI(newClient(fake.baseURL), options),
+      throttleOpenAI(newClient(fake.baseURL), options),
+    ];
     const t0 = performance.now();
     let seq = 0;
     const errors: unknown[] = [];
@@ -227,7 +275,9 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
       const user = `${i % 2 === 0 ? 'acme' : 'globex'}/${i}`;
       const model = i === 7 ? OTHER : MODEL;
       const client = clients[i % 2] as (typeof clients)[number];
-      await withUser(user, () => client.chat.completions.create(chat(model, `c-${seq++}`, user))).catch((e: unknown) => errors.push(e));
+      await withUser(user, () => client.chat.completions.create(chat(model, `c-${seq++}`, user))).catch((e: unknown) =>
+        errors.push(e),
+      );
     });
     expect(errors).toEqual([]);
     const mini = arrivals(fake, MODEL);
@@ -245,7 +295,9 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
     expect(mini.filter((r) => r.time > heardAt + 700 && r.time < T + 1480).map((r) => r.time - T)).toEqual([]);
     // Then all resume, and the 429'd call's retry comes right after its own sleep of 1.5 s, not 3 s.
     expect(mini.filter((r) => r.time >= T + 1480).length).toBeGreaterThan(10);
-    const retry = mini.find((r) => r.time > T && r.body?.messages?.[0]?.content === forced.body?.messages?.[0]?.content);
+    const retry = mini.find(
+      (r) => r.time > T && r.body?.messages?.[0]?.content === forced.body?.messages?.[0]?.content,
+    );
     expect((retry?.time ?? Number.POSITIVE_INFINITY) - T).toBeGreaterThanOrEqual(1480);
     expect((retry?.time ?? Number.POSITIVE_INFINITY) - T).toBeLessThan(2700);
     // The other model went on meanwhile.
@@ -271,11 +323,18 @@ describe(`throttleOpenAI with shared pools (openai ${OPENAI_MAJOR})`, () => {
   });
 
   test("Azure's -1 headers (and a 429 without retry headers) change nothing", async () => {
-    const fake = await server({ rateLimitHeaders: 'minus-one', limits: { [MODEL]: { requests: 1000, windowMs: 1000 } } });
+    const fake = await server({
+      rateLimitHeaders: 'minus-one',
+      limits: { [MODEL]: { requests: 1000, windowMs: 1000 } },
+    });
     const requests = pool({ rate: 1000, per: FROZEN });
     const llmTokens = pool({ rate: 100_000, per: FROZEN }, undefined, 'openai-llm-tokens');
     const errors: unknown[] = [];
-    const client = throttleOpenAI(newClient(fake.baseURL), { shared: { requests, llmTokens }, estimateLLMTokens: () => 100, onError: (e) => errors.push(e) });
+    const client = throttleOpenAI(newClient(fake.baseURL), {
+      shared: { requests, llmTokens },
+      estimateLLMTokens: () => 100,
+      onError: (e) => errors.push(e),
+    });
     for (let i = 0; i < 5; i++) await withUser('alice', () => client.chat.completions.create(chat(MODEL, 'hi')));
     expect(fake.requests[0]?.headers).toBeDefined();
     expect(await left(requests, MODEL)).toBe(1000 - 5);

@@ -141,7 +141,9 @@ describe('defineTool with a zod 3 schema', () => {
     expect(err).toBeInstanceOf(InvalidOptionsError);
     const e = err as InvalidOptionsError;
     expect(e.code).toBe('ERR_TOLLGATE_INVALID_OPTIONS');
-    expect(e.message).toMatch(/^invalid defineTool options: parameters has no JSON Schema converter \(zod 3 schemas have none\)/);
+    expect(e.message).toMatch(
+      /^invalid defineTool options: parameters has no JSON Schema converter \(zod 3 schemas have none\)/,
+    );
     expect(e.message).toContain('as jsonSchema');
     expect(e.message).toContain("import { z } from 'zod/v4'");
     expect(e.message).toMatch(/\(received a zod 3 schema\)$/);
@@ -168,7 +170,10 @@ describe('defineTool with a zod 3 schema', () => {
 });
 
 describe('defineTool with a zod 4 schema', () => {
-  const weather4 = z.object({ city: z.string().min(1).describe('the city'), days: z.number().int().min(1).max(7).default(1) });
+  const weather4 = z.object({
+    city: z.string().min(1).describe('the city'),
+    days: z.number().int().min(1).max(7).default(1),
+  });
   const weather3v4 = z3v4.object({
     city: z3v4.string().min(1).describe('the city'),
     days: z3v4.number().int().min(1).max(7).default(1),
@@ -216,6 +221,8 @@ describe('defineTool with a zod 4 schema', () => {
     expect(tool.definition.function.parameters).toEqual(given);
     expect(() =>
       defineTool({ name: 'when', description: '', parameters: when, jsonSchema: [] as never, execute: () => 1 }),
-    ).toThrow(/jsonSchema must be a JSON Schema object like \{ type: 'object', properties: \{\.\.\.\} \} \(received an array\)/);
+    ).toThrow(
+      /jsonSchema must be a JSON Schema object like \{ type: 'object', properties: \{\.\.\.\} \} \(received an array\)/,
+    );
   });
 });

@@ -34,9 +34,12 @@ describe('throttleTool', () => {
     expect((await l.tryAcquire('tool-user')).remaining).toBe(3); // 5 - 1 call - this probe
     const obj = {
       base: 10,
-      plus: throttleTool(function (this: { base: number }, n: number) {
-        return this.base + n;
-      }, { limiter: l }),
+      plus: throttleTool(
+        function (this: { base: number }, n: number) {
+          return this.base + n;
+        },
+        { limiter: l },
+      ),
     };
     expect(await withUser('tool-user', () => obj.plus(1))).toBe(11);
   });
@@ -134,12 +137,24 @@ describe('defineTool', () => {
       expect((err as Error).message).toMatch(message);
     };
     const tool = { name: 'ok', description: '', parameters: weatherSchema, execute: () => 1 };
-    fails(() => defineTool({ ...tool, name: 'has space' }), /defineTool options: name must be 1-64 letters, digits, _ or - \(received "has space"\)/);
-    fails(() => defineTool({ ...tool, parameters: {} as never }), /parameters must be a zod schema \(zod 3.25\+ or 4\) \(received object\)/);
+    fails(
+      () => defineTool({ ...tool, name: 'has space' }),
+      /defineTool options: name must be 1-64 letters, digits, _ or - \(received "has space"\)/,
+    );
+    fails(
+      () => defineTool({ ...tool, parameters: {} as never }),
+      /parameters must be a zod schema \(zod 3.25\+ or 4\) \(received object\)/,
+    );
     fails(() => defineTool({ ...tool, cost: 0 }), /cost must be a finite number > 0 or a function \(received 0\)/);
     fails(() => defineTool({ ...tool, limitter: limiter(1, 1) } as never), /unknown option\(s\) limitter/);
-    fails(() => throttleTool(() => 1, { limiter: 5 } as never), /throttleTool options: limiter must be a RateLimiter \(received 5\)/);
-    fails(() => throttleTool(() => 1, { limiter: limiter(1, 1), maxWaitMs: -1 }), /maxWaitMs must be a number of ms >= 0 \(received -1\)/);
+    fails(
+      () => throttleTool(() => 1, { limiter: 5 } as never),
+      /throttleTool options: limiter must be a RateLimiter \(received 5\)/,
+    );
+    fails(
+      () => throttleTool(() => 1, { limiter: limiter(1, 1), maxWaitMs: -1 }),
+      /maxWaitMs must be a number of ms >= 0 \(received -1\)/,
+    );
     fails(() => throttleTool('f' as never, { limiter: limiter(1, 1) }), /fn must be a function \(received "f"\)/);
   });
 

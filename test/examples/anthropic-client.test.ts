@@ -24,7 +24,11 @@ function example(env: NodeJS.ProcessEnv = {}): Promise<Run> {
   for (const name of Object.keys(base)) if (name.startsWith('ANTHROPIC_')) delete base[name];
   const args = ['--import', 'tsx', '--conditions=tollgate-source', 'anthropic-client/main.ts'];
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, args, { cwd: EXAMPLES, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, {
+      cwd: EXAMPLES,
+      env: { ...base, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => {
@@ -70,7 +74,9 @@ describe('anthropic-client example', () => {
     expect(sixth).toBeLessThan(3500);
     const [bob] = numbers(lineStarting(r.stdout, 'bob:')) as [number];
     expect(bob).toBeLessThan(fourth);
-    expect(lineStarting(r.stdout, 'stream:')).toMatch(/^stream: \d+ text deltas, "Hello from the fake Anthropic server\."$/);
+    expect(lineStarting(r.stdout, 'stream:')).toMatch(
+      /^stream: \d+ text deltas, "Hello from the fake Anthropic server\."$/,
+    );
     // 'Say hello in five words.' + 'user': 28 characters, 7 LLM tokens, + max_tokens 50 = 57;
     // the server's usage: 6 input (its count has no role) + 10 output.
     expect(numbers(lineStarting(r.stdout, 'stream LLM tokens:')).slice(0, 5)).toEqual([57, 16, 6, 0, 10]);
@@ -88,7 +94,11 @@ describe('anthropic-client example', () => {
     });
 
     test('it starts no server of its own and calls the configured API with the key', async () => {
-      const r = await example({ ANTHROPIC_API_KEY: 'sk-ant-test', ANTHROPIC_BASE_URL: api.baseURL, ANTHROPIC_MODEL: 'claude-test' });
+      const r = await example({
+        ANTHROPIC_API_KEY: 'sk-ant-test',
+        ANTHROPIC_BASE_URL: api.baseURL,
+        ANTHROPIC_MODEL: 'claude-test',
+      });
       expect(r.code, explain(r)).toBe(0);
       expect(r.stdout).toContain('the Anthropic API (ANTHROPIC_API_KEY is set; model claude-test)');
       expect(r.stdout).not.toContain('a fake Anthropic server on');

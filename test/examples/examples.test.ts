@@ -23,7 +23,13 @@ interface Run {
 }
 
 /** run starts `command args` in `cwd` without a TTY and without OPENAI_API_KEY (offline). */
-function run(command: string, args: string[], cwd: string, timeoutMs = 60_000, extraEnv: NodeJS.ProcessEnv = {}): Promise<Run> {
+function run(
+  command: string,
+  args: string[],
+  cwd: string,
+  timeoutMs = 60_000,
+  extraEnv: NodeJS.ProcessEnv = {},
+): Promise<Run> {
   const env: NodeJS.ProcessEnv = { ...process.env, CI: 'true', NO_COLOR: '1' };
   delete env.OPENAI_API_KEY;
   delete env.OPENAI_BASE_URL;
@@ -261,7 +267,14 @@ describe('pnpm demo', () => {
 
     for (const backend of ['redis', 'hybrid']) {
       test(`--backend ${backend}: the same quotas hold with the buckets in Redis`, async () => {
-        const r = await example('multi-tenant/main.ts', ['--backend', backend, '--redis-url', redis.url, '--seconds', '4']);
+        const r = await example('multi-tenant/main.ts', [
+          '--backend',
+          backend,
+          '--redis-url',
+          redis.url,
+          '--seconds',
+          '4',
+        ]);
         checkDemo(r, 4);
         expect(r.stdout).toContain(`backend ${backend} at ${redis.url}`);
       }, 60_000);
@@ -336,7 +349,10 @@ describe('README "Three uses"', () => {
   });
 
   test('the commands it shows are scripts of examples/package.json', () => {
-    const scripts = JSON.parse(readFileSync(resolve(EXAMPLES, 'package.json'), 'utf8')).scripts as Record<string, string>;
+    const scripts = JSON.parse(readFileSync(resolve(EXAMPLES, 'package.json'), 'utf8')).scripts as Record<
+      string,
+      string
+    >;
     const named = [...section.matchAll(/pnpm --filter @tollgate\/examples run ([a-z-]+)/g)].map((m) => m[1] as string);
     expect(named.length).toBeGreaterThanOrEqual(2);
     for (const name of named) expect(scripts[name], name).toBeDefined();
@@ -358,7 +374,13 @@ describe('the demo command line', () => {
   });
 
   test('options, and the `--` that `pnpm demo -- …` passes', () => {
-    expect(parseDemoArgs(['--', '--backend', 'hybrid', '--redis-url', 'redis://h:1', '--seconds', '2.5', '--plain'], {}, true)).toEqual({
+    expect(
+      parseDemoArgs(
+        ['--', '--backend', 'hybrid', '--redis-url', 'redis://h:1', '--seconds', '2.5', '--plain'],
+        {},
+        true,
+      ),
+    ).toEqual({
       backend: 'hybrid',
       redisUrl: 'redis://h:1',
       seconds: 2.5,
@@ -370,7 +392,9 @@ describe('the demo command line', () => {
 
   test('a bad command line names the option and the value received', () => {
     expect(() => parseDemoArgs(['--seconds', '0'])).toThrow('--seconds must be a number from 1 to 30 (received "0")');
-    expect(() => parseDemoArgs(['--redis-url', 'http://x'])).toThrow('--redis-url must start with redis:// or rediss://');
+    expect(() => parseDemoArgs(['--redis-url', 'http://x'])).toThrow(
+      '--redis-url must start with redis:// or rediss://',
+    );
     expect(() => parseDemoArgs(['--backend'])).toThrow(/--backend/);
     expect(() => parseDemoArgs(['--tenants', '3'])).toThrow(/--tenants/);
     expect(() => parseDemoArgs(['extra'])).toThrow(/extra/);

@@ -46,11 +46,20 @@ interface ToolRun {
  * fired late on a busy machine moves later, never earlier, so this bound is exact, while the gap
  * between two admissions may look shorter than 1 / rate.
  */
-function expectWithinBucket(times: readonly number[], t0: number, capacity: number, perSecond: number, slackMs = 5): void {
+function expectWithinBucket(
+  times: readonly number[],
+  t0: number,
+  capacity: number,
+  perSecond: number,
+  slackMs = 5,
+): void {
   const t = [...times].sort((a, b) => a - b);
   t.forEach((at, k) => {
     const allowed = capacity + (perSecond * (at - t0 + slackMs)) / 1000;
-    expect(k + 1, `${k + 1} admitted by ${(at - t0).toFixed(1)} ms (at most ${allowed.toFixed(2)})`).toBeLessThanOrEqual(allowed);
+    expect(
+      k + 1,
+      `${k + 1} admitted by ${(at - t0).toFixed(1)} ms (at most ${allowed.toFixed(2)})`,
+    ).toBeLessThanOrEqual(allowed);
   });
 }
 
@@ -120,13 +129,22 @@ describe.skipIf(SKIP)(TITLE, () => {
       execute: throttleTool(
         async ({ city }: z.infer<typeof weatherArgs>, context?: AgentsSDK.RunContext<unknown>) => {
           const user = currentUser();
-          tools.push({ user, contextUser: (context?.context as { user?: string } | undefined)?.user, at: performance.now() });
+          tools.push({
+            user,
+            contextUser: (context?.context as { user?: string } | undefined)?.user,
+            at: performance.now(),
+          });
           return `${city} is sunny for ${user}`;
         },
         { limiter: toolCalls },
       ),
     });
-    const agent = new Agent({ name: 'Weather', instructions: 'Call get_weather per city.', model: 'gpt-4o-mini', tools: [getWeather] });
+    const agent = new Agent({
+      name: 'Weather',
+      instructions: 'Call get_weather per city.',
+      model: 'gpt-4o-mini',
+      tools: [getWeather],
+    });
     const ask = (user: string, question: string) => withUser(user, () => run(agent, question));
 
     // A first run loads the SDK's lazy modules, so the runs below are timed on a warm process.
@@ -221,7 +239,12 @@ describe.skipIf(SKIP)(TITLE, () => {
         { limiter: toolCalls, key: (_args, context) => context?.context.user ?? 'anonymous' },
       ),
     });
-    const agent = new Agent<AppContext>({ name: 'Weather', instructions: 'Call get_weather per city.', model: 'gpt-4o-mini', tools: [getWeather] });
+    const agent = new Agent<AppContext>({
+      name: 'Weather',
+      instructions: 'Call get_weather per city.',
+      model: 'gpt-4o-mini',
+      tools: [getWeather],
+    });
     // The request's safety_identifier (which OpenAI asks for per end user) is read by throttleOpenAI.
     const agentFor = (user: string) => agent.clone({ modelSettings: { providerData: { safety_identifier: user } } });
     const ask = (user: string, question: string) => runner.run(agentFor(user), question, { context: { user } });
@@ -237,8 +260,10 @@ describe.skipIf(SKIP)(TITLE, () => {
       ask('carol', 'Paris, Oslo, Lima, Cairo, Tokyo, Quito?'),
       ask('dave', 'Accra, Hanoi, Paris, Oslo, Lima, Cairo?'),
     ]);
-    for (const city of citiesIn('Paris, Oslo, Lima, Cairo, Tokyo, Quito')) expect(String(carol.finalOutput)).toContain(`${city} is sunny for carol`);
-    for (const city of citiesIn('Accra, Hanoi, Paris, Oslo, Lima, Cairo')) expect(String(dave.finalOutput)).toContain(`${city} is sunny for dave`);
+    for (const city of citiesIn('Paris, Oslo, Lima, Cairo, Tokyo, Quito'))
+      expect(String(carol.finalOutput)).toContain(`${city} is sunny for carol`);
+    for (const city of citiesIn('Accra, Hanoi, Paris, Oslo, Lima, Cairo'))
+      expect(String(dave.finalOutput)).toContain(`${city} is sunny for dave`);
 
     // No withUser anywhere: the tools saw no current user, only the run context's.
     expect(tools).toHaveLength(12);
@@ -280,7 +305,12 @@ describe.skipIf(SKIP)(TITLE, () => {
         { limiter: toolCalls, signal: (_args, _context, details) => details?.signal },
       ),
     });
-    const agent = new Agent({ name: 'Weather', instructions: 'Call get_weather per city.', model: 'gpt-4o-mini', tools: [getWeather] });
+    const agent = new Agent({
+      name: 'Weather',
+      instructions: 'Call get_weather per city.',
+      model: 'gpt-4o-mini',
+      tools: [getWeather],
+    });
 
     const result = await withUser('frank', () => runner.run(agent, 'Paris, Oslo, Lima?'));
     const output = String(result.finalOutput);
@@ -322,7 +352,12 @@ describe.skipIf(SKIP)(TITLE, () => {
           { limiter: toolCalls },
         ),
       });
-      const agent = new Agent({ name: 'Weather', instructions: 'Call get_weather per city.', model: 'gpt-4o-mini', tools: [getWeather] });
+      const agent = new Agent({
+        name: 'Weather',
+        instructions: 'Call get_weather per city.',
+        model: 'gpt-4o-mini',
+        tools: [getWeather],
+      });
 
       // erin: 3 runs at once, each 2 requests and 2 function calls (6 requests, 6 tool calls).
       const questions = ['Paris, Oslo?', 'Lima, Cairo?', 'Tokyo, Quito?'];
@@ -358,7 +393,8 @@ describe.skipIf(SKIP)(`examples/openai-agents${SKIP ? ' (skipped: needs Node >= 
       ['--import', 'tsx', '--conditions=tollgate-source', 'openai-agents/main.ts'],
       { cwd: examples, env, timeout: 60_000 },
     );
-    const line = (prefix: string) => stdout.split('\n').find((l) => l.startsWith(prefix)) ?? `(no "${prefix}" line in)\n${stdout}`;
+    const line = (prefix: string) =>
+      stdout.split('\n').find((l) => l.startsWith(prefix)) ?? `(no "${prefix}" line in)\n${stdout}`;
     const msAfter = (l: string, what: string) =>
       (l.split(what)[1]?.split(' ms')[0] ?? '').split(',').map((n) => Number(n.trim()));
     const requests = msAfter(line('alice: 6 model requests'), 'admitted at');
@@ -372,7 +408,10 @@ describe.skipIf(SKIP)(`examples/openai-agents${SKIP ? ' (skipped: needs Node >= 
     expect(Math.max(...requests)).toBeGreaterThanOrEqual(1000 - 2);
     expect(Math.max(...lookUps)).toBeGreaterThanOrEqual(600 - 2);
     const bob = line('bob:');
-    const [bobDone, aliceDone] = [Number(bob.match(/his run done at (\d+)/)?.[1]), Number(bob.match(/alice's at (\d+)/)?.[1])];
+    const [bobDone, aliceDone] = [
+      Number(bob.match(/his run done at (\d+)/)?.[1]),
+      Number(bob.match(/alice's at (\d+)/)?.[1]),
+    ];
     expect(bobDone).toBeLessThan(aliceDone);
     expect(line('answer to alice:')).toMatch(/Done: Paris \d+°C for alice; Oslo \d+°C for alice; Lima \d+°C for alice/);
     expect(line('answer to bob:')).toMatch(/Done: Paris \d+°C for bob; Tokyo \d+°C for bob; Quito \d+°C for bob/);
@@ -397,7 +436,9 @@ async function startResponsesServer(): Promise<{ baseURL: string; paths: string[
       paths.push(req.url ?? '');
       if (req.method !== 'POST' || req.url !== '/v1/responses') {
         res.writeHead(404, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ error: { message: `not here: ${req.method} ${req.url}`, type: 'invalid_request_error' } }));
+        res.end(
+          JSON.stringify({ error: { message: `not here: ${req.method} ${req.url}`, type: 'invalid_request_error' } }),
+        );
         return;
       }
       // biome-ignore lint/suspicious/noExplicitAny: the request body is untyped JSON

@@ -4,12 +4,24 @@
  */
 import { type BatchCall, type DecisionSpec, type ScriptBatcher, decisionArgs } from '@tollgate/core/internal';
 
-export type Reply = [allowed: number, remaining: number | string, waitMs: number | string, resetMs: number | string, nowUs: number];
+export type Reply = [
+  allowed: number,
+  remaining: number | string,
+  waitMs: number | string,
+  resetMs: number | string,
+  nowUs: number,
+];
 
 let seq = 0;
 
 /** decide submits one decision to `batcher` and resolves with its reply, or rejects. */
-export function decide(batcher: ScriptBatcher, key: string, spec: DecisionSpec, timeoutMs: number, serverDeadline = ''): Promise<Reply> {
+export function decide(
+  batcher: ScriptBatcher,
+  key: string,
+  spec: DecisionSpec,
+  timeoutMs: number,
+  serverDeadline = '',
+): Promise<Reply> {
   return new Promise<Reply>((resolve, reject) => {
     let done = false;
     const call: BatchCall = {
@@ -22,7 +34,13 @@ export function decide(batcher: ScriptBatcher, key: string, spec: DecisionSpec, 
       answer(reply, at) {
         if (done) return;
         done = true;
-        resolve([reply[at] as number, reply[at + 1] as number, reply[at + 2] as number, reply[at + 3] as number, reply[reply.length - 1] as number]);
+        resolve([
+          reply[at] as number,
+          reply[at + 1] as number,
+          reply[at + 2] as number,
+          reply[at + 3] as number,
+          reply[reply.length - 1] as number,
+        ]);
       },
       fail(e) {
         done = true;
@@ -34,6 +52,12 @@ export function decide(batcher: ScriptBatcher, key: string, spec: DecisionSpec, 
 }
 
 /** spec is a decision's five script arguments (mode, rate, capacity, cost, max wait). */
-export function spec(mode: 't' | 'r' | 'f', ratePerMs: number, capacity: number, cost: number, maxWaitMs = -1): DecisionSpec {
+export function spec(
+  mode: 't' | 'r' | 'f',
+  ratePerMs: number,
+  capacity: number,
+  cost: number,
+  maxWaitMs = -1,
+): DecisionSpec {
   return decisionArgs(mode, { ratePerMs, capacity }, cost, maxWaitMs) as unknown as DecisionSpec;
 }

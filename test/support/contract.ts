@@ -40,7 +40,8 @@ export function backendContract(name: string, setup: () => Promise<ContractTarge
     const limiter = (opts: Omit<RateLimiterOptions, 'backend'>) => new RateLimiter({ backend: target.make(), ...opts });
     const fake = () => target.fakeTime === true;
     /** Let `ms` pass: on fake time the clock jumps (running the timers due), else a real sleep. */
-    const pass = (ms: number): Promise<unknown> => (fake() ? vi.advanceTimersByTimeAsync(ms) : new Promise((r) => setTimeout(r, ms)));
+    const pass = (ms: number): Promise<unknown> =>
+      fake() ? vi.advanceTimersByTimeAsync(ms) : new Promise((r) => setTimeout(r, ms));
     /** Await `p`; on fake time, run the timers one by one (each at its own instant) until it settles. */
     const until = async <T>(p: Promise<T>): Promise<T> => {
       if (!fake()) return p;
@@ -263,14 +264,17 @@ export function backendContract(name: string, setup: () => Promise<ContractTarge
       expect((await l.tryAcquire('big', { cost: 10 })).allowed).toBe(true);
     });
 
-    test.each([Number.NaN, -1, 0, Number.POSITIVE_INFINITY, '1'])(
-      'cost %s is refused with InvalidArgumentError',
-      async (cost) => {
-        const l = limiter({ policy: { rate: 10 } });
-        await expect(l.tryAcquire('c', { cost: cost as number })).rejects.toBeInstanceOf(InvalidArgumentError);
-        await expect(l.acquire('c', { cost: cost as number })).rejects.toBeInstanceOf(InvalidArgumentError);
-      },
-    );
+    test.each([
+      Number.NaN,
+      -1,
+      0,
+      Number.POSITIVE_INFINITY,
+      '1',
+    ])('cost %s is refused with InvalidArgumentError', async (cost) => {
+      const l = limiter({ policy: { rate: 10 } });
+      await expect(l.tryAcquire('c', { cost: cost as number })).rejects.toBeInstanceOf(InvalidArgumentError);
+      await expect(l.acquire('c', { cost: cost as number })).rejects.toBeInstanceOf(InvalidArgumentError);
+    });
 
     test('refund gives tokens back', async () => {
       const l = limiter({ policy: { rate: 1, per: '1h', capacity: 3 } });

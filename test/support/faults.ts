@@ -62,7 +62,13 @@ export class Watched implements Backend {
   tryTake(name: string, key: string, policy: Policy, cost: number): Decision | Promise<Decision> {
     return this.#track(this.inner.tryTake(name, key, policy, cost));
   }
-  reserve(name: string, key: string, policy: Policy, cost: number, maxWaitMs: number): Reservation | Promise<Reservation> {
+  reserve(
+    name: string,
+    key: string,
+    policy: Policy,
+    cost: number,
+    maxWaitMs: number,
+  ): Reservation | Promise<Reservation> {
     return this.#track(this.inner.reserve(name, key, policy, cost, maxWaitMs));
   }
   refund(name: string, key: string, policy: Policy, amount: number): void | Promise<void> {

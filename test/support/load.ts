@@ -60,7 +60,10 @@ export async function runLoad(processes: number, args: Record<string, unknown>):
  * the bound drops b, and allows stalls of the whole machine over 10% of the window (a 3× slower
  * machine still asks every ~15 ms, far under b/r).
  */
-export function admissionBounds(policy: { rate: number; capacity: number }, t: Pick<LoadTotals, 'first' | 'lastStart' | 'last'>): { upper: number; lower: number } {
+export function admissionBounds(
+  policy: { rate: number; capacity: number },
+  t: Pick<LoadTotals, 'first' | 'lastStart' | 'last'>,
+): { upper: number; lower: number } {
   return {
     upper: policy.capacity + (policy.rate * (t.last - t.first)) / 1000 + 1,
     lower: (0.9 * policy.rate * (t.lastStart - t.first)) / 1000,

@@ -319,10 +319,11 @@ export async function startCluster(options: ClusterOptions = {}): Promise<RedisC
   type NodeInfo = { id: string; role: 'master' | 'replica'; masterPort: number | undefined };
   const info = new Map<number, NodeInfo>();
 
-  const live = () => ports.filter((p) => {
-    const proc = procs.get(p);
-    return proc !== undefined && proc.exitCode === null && proc.signalCode === null;
-  });
+  const live = () =>
+    ports.filter((p) => {
+      const proc = procs.get(p);
+      return proc !== undefined && proc.exitCode === null && proc.signalCode === null;
+    });
 
   /** Every live node: cluster_state ok, and the same owner for every slot range. */
   const waitOk = async (timeoutMs = 20_000) => {
@@ -386,7 +387,11 @@ export async function startCluster(options: ClusterOptions = {}): Promise<RedisC
 
   const masterOf = async (key: string): Promise<number> => {
     const slot = Number(await nodeCommand(live()[0] as number, 'CLUSTER', 'KEYSLOT', key));
-    const slots = JSON.parse(JSON.stringify(await slotsOf(live()[0] as number))) as [number, number, [string, number]][];
+    const slots = JSON.parse(JSON.stringify(await slotsOf(live()[0] as number))) as [
+      number,
+      number,
+      [string, number],
+    ][];
     for (const [from, to, [, port]] of slots) if (slot >= from && slot <= to) return port;
     throw new Error(`no master owns slot ${slot}`);
   };

@@ -58,7 +58,9 @@ function start(file: string, args: string[], options: RunOptions, stdin: 'ignore
     new Promise<void>((resolveLine, reject) => {
       if (stdout.split('\n').includes(line)) return resolveLine();
       watchers.push({ line, resolve: resolveLine });
-      void done.then((r) => reject(new Error(`child exited (code ${r.code}) before printing ${line}: ${r.stderr.slice(-2000)}`)));
+      void done.then((r) =>
+        reject(new Error(`child exited (code ${r.code}) before printing ${line}: ${r.stderr.slice(-2000)}`)),
+      );
     });
   return { child, printed, done };
 }
@@ -74,7 +76,11 @@ export function runTs(file: string, args: string[] = [], options: RunOptions = {
  * child get GO on its stdin. So a child slow to boot on a busy machine delays the start instead
  * of running alone. Resolves with each child's result, in `argsList` order.
  */
-export async function runTogether(file: string, argsList: string[][], options: RunOptions = {}): Promise<ChildResult[]> {
+export async function runTogether(
+  file: string,
+  argsList: string[][],
+  options: RunOptions = {},
+): Promise<ChildResult[]> {
   const children = argsList.map((args) => start(file, args, options, 'pipe'));
   try {
     await Promise.all(children.map((c) => c.printed('READY')));

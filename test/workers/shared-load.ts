@@ -36,7 +36,12 @@ for (const key of cfg.keys) {
   const list: number[] = [];
   at[key] = list;
   for (let i = 0; i < cfg.calls; i++) {
-    pending.push(limiter.acquire(key, { signal: ac.signal }).then(() => list.push(Date.now()), () => undefined));
+    pending.push(
+      limiter.acquire(key, { signal: ac.signal }).then(
+        () => list.push(Date.now()),
+        () => undefined,
+      ),
+    );
   }
 }
 const lightWaits: number[] = [];

@@ -8,7 +8,12 @@
 export { throttleAnthropic } from './adapters/anthropic.js';
 export type { AnthropicClientLike, ThrottleAnthropicOptions } from './adapters/anthropic.js';
 export { tollgateMiddleware } from './adapters/ai-sdk.js';
-export type { ModelCallAdmitEvent, ModelCallParams, TollgateMiddleware, TollgateMiddlewareOptions } from './adapters/ai-sdk.js';
+export type {
+  ModelCallAdmitEvent,
+  ModelCallParams,
+  TollgateMiddleware,
+  TollgateMiddlewareOptions,
+} from './adapters/ai-sdk.js';
 export { QueueFullError, isQueueFullError } from './errors.js';
 export {
   CHARS_PER_LLM_TOKEN,

@@ -24,7 +24,9 @@ export type ToolSchemaResult =
   | { readonly success: true; readonly data: unknown }
   | {
       readonly success: false;
-      readonly error: { readonly issues: readonly { readonly path: readonly PropertyKey[]; readonly message: string }[] };
+      readonly error: {
+        readonly issues: readonly { readonly path: readonly PropertyKey[]; readonly message: string }[];
+      };
     };
 
 /** ToolArgs is the type a tool's `execute` receives: the output type of its schema. */
@@ -32,7 +34,9 @@ export type ToolArgs<S extends ToolSchema> = NonNullable<S['~standard']['types']
 
 /** isToolSchema tells whether `value` can validate a tool's arguments (it has `safeParse`). */
 export function isToolSchema(value: unknown): value is ToolSchema {
-  return typeof value === 'object' && value !== null && typeof (value as { safeParse?: unknown }).safeParse === 'function';
+  return (
+    typeof value === 'object' && value !== null && typeof (value as { safeParse?: unknown }).safeParse === 'function'
+  );
 }
 
 /**
@@ -72,7 +76,11 @@ export function parseToolArgs(tool: string, schema: ToolSchema, raw: unknown): u
     try {
       value = raw.trim() === '' ? {} : JSON.parse(raw);
     } catch (e) {
-      throw new InvalidToolArgumentsError(tool, [{ path: '', message: `not valid JSON (${(e as Error).message})` }], 'invalid_json');
+      throw new InvalidToolArgumentsError(
+        tool,
+        [{ path: '', message: `not valid JSON (${(e as Error).message})` }],
+        'invalid_json',
+      );
     }
   }
   const parsed = schema.safeParse(value);

@@ -53,7 +53,11 @@ export function throttleTool<A extends unknown[], R>(
   if (typeof fn !== 'function') {
     throw toOptionsError('throttleTool arguments', issue(['fn'], `must be a function (received ${describe(fn)})`));
   }
-  const { limiter, key, cost, maxWaitMs, signal } = parse('throttleTool options', throttleToolSchema, options) as ThrottleToolOptions<A>;
+  const { limiter, key, cost, maxWaitMs, signal } = parse(
+    'throttleTool options',
+    throttleToolSchema,
+    options,
+  ) as ThrottleToolOptions<A>;
   return async function throttled(this: unknown, ...args: A): Promise<Awaited<R>> {
     const k = key !== undefined ? key(...args) : (currentUser() ?? ANONYMOUS_USER);
     const c = typeof cost === 'function' ? cost(...args) : cost;

@@ -54,5 +54,7 @@ export function checkWeight(w: unknown, key: string): number {
   if (typeof w === 'number' && w > 0 && w <= MAX_WEIGHT) return w;
   const shown = JSON.stringify(key.length > 40 ? `${key.slice(0, 37)}...` : key);
   const constraint = `must be a finite number > 0 and <= ${MAX_WEIGHT} (received ${describe(w)})`;
-  throw new InvalidOptionsError(`invalid weight(${shown}): ${constraint}`, [{ path: `weight(${shown})`, message: constraint }]);
+  throw new InvalidOptionsError(`invalid weight(${shown}): ${constraint}`, [
+    { path: `weight(${shown})`, message: constraint },
+  ]);
 }

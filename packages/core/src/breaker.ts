@@ -65,7 +65,8 @@ export class Breaker {
     }
     if (this.downUntil === 0) return;
     const own = backendCause(error);
-    if (!(own instanceof TollgateError) || this.lastError === undefined || this.lastError instanceof TollgateError) this.lastError = own;
+    if (!(own instanceof TollgateError) || this.lastError === undefined || this.lastError instanceof TollgateError)
+      this.lastError = own;
   }
 }
 

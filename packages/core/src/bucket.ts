@@ -113,13 +113,7 @@ export function tryTake(state: BucketState, policy: Policy, now: number, cost: n
  * reserve takes `cost` at `now`, into debt if need be, provided the caller would wait at most
  * `maxWaitMs` (negative or Infinity: no limit) for the debt to be repaid.
  */
-export function reserve(
-  state: BucketState,
-  policy: Policy,
-  now: number,
-  cost: number,
-  maxWaitMs: number,
-): Reservation {
+export function reserve(state: BucketState, policy: Policy, now: number, cost: number, maxWaitMs: number): Reservation {
   refill(state, policy, now);
   const wait = waitFor(state.tokens, cost, policy);
   const ok = maxWaitMs < 0 || wait <= maxWaitMs;

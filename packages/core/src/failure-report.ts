@@ -24,7 +24,13 @@ export class FailureReport {
   #warned = false;
 
   /** `limiter` names it ('RateLimiter "llm-tokens"'); `backend` is the backend's kind. */
-  constructor(limiter: string, backend: string, onBackendError: string, probeIntervalMs: number, onError: ((error: unknown) => void) | undefined) {
+  constructor(
+    limiter: string,
+    backend: string,
+    onBackendError: string,
+    probeIntervalMs: number,
+    onError: ((error: unknown) => void) | undefined,
+  ) {
     this.#limiter = limiter;
     this.#backend = backend;
     this.#policy = onBackendError;
@@ -49,7 +55,8 @@ export class FailureReport {
     this.#warned = true;
     const cause = backendCause(error);
     const why = cause instanceof Error ? cause.message : String(cause);
-    const redis = this.#backend === 'redis' || this.#backend === 'hybrid' ? ' Is the Redis URL right, and Redis reachable?' : '';
+    const redis =
+      this.#backend === 'redis' || this.#backend === 'hybrid' ? ' Is the Redis URL right, and Redis reachable?' : '';
     process.emitWarning(
       `${this.#limiter}: the ${this.#backend} backend failed (${why}).${redis} Until it answers again (tried every ${this.#probeIntervalMs} ms), onBackendError '${this.#policy}' ${WHAT_NOW[this.#policy] ?? 'decides'}. Pass onError to the limiter to handle backend failures yourself; this warning is printed once per limiter.`,
       { type: 'TollgateWarning', code: BACKEND_WARNING_CODE },

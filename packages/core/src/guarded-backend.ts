@@ -46,7 +46,13 @@ export class GuardedBackend {
     this.backend = backend;
     this.#name = name;
     this.#policy = onBackendError;
-    this.#report = new FailureReport(`RateLimiter ${JSON.stringify(name)}`, backend.kind, onBackendError, probeIntervalMs, onError);
+    this.#report = new FailureReport(
+      `RateLimiter ${JSON.stringify(name)}`,
+      backend.kind,
+      onBackendError,
+      probeIntervalMs,
+      onError,
+    );
     this.#breakers = new Breakers(probeIntervalMs);
     this.#breaker = this.#breakers.of(undefined);
     this.#shardOf = typeof backend.shardOf === 'function' ? backend.shardOf.bind(backend) : undefined;
@@ -113,12 +119,21 @@ export class GuardedBackend {
       return undefined;
     }
     if (r !== undefined && typeof (r as PromiseLike<void>).then === 'function') {
-      return Promise.resolve(r).then(undefined, (e: unknown) => this.#refundFailed(breaker, e, epoch, key, policy, amount));
+      return Promise.resolve(r).then(undefined, (e: unknown) =>
+        this.#refundFailed(breaker, e, epoch, key, policy, amount),
+      );
     }
     return undefined;
   }
 
-  #refundFailed(breaker: Breaker | undefined, e: unknown, epoch: number, key: string, policy: Policy, amount: number): void {
+  #refundFailed(
+    breaker: Breaker | undefined,
+    e: unknown,
+    epoch: number,
+    key: string,
+    policy: Policy,
+    amount: number,
+  ): void {
     if (breaker !== undefined) this.failed(breaker, e, epoch);
     if (this.#policy === 'fallback') this.#fallbackBackend().refund(this.#name, key, policy, amount);
   }

@@ -23,7 +23,14 @@ export { MAX_TOKENS, describe, normalizePolicy, parseDuration, toOptionsError } 
 export { acquireNow, refundNow } from './rate-limiter.js';
 
 // The Redis scripts and batcher, and running the scripts on a fixed clock (tests).
-export { BATCH_SCRIPT, BATCH_SHA, BUCKET_SCRIPT, BUCKET_SHA, ENTRY_BYTES, decodeBucket } from './backends/redis/scripts.js';
+export {
+  BATCH_SCRIPT,
+  BATCH_SHA,
+  BUCKET_SCRIPT,
+  BUCKET_SHA,
+  ENTRY_BYTES,
+  decodeBucket,
+} from './backends/redis/scripts.js';
 export { MAX_BATCH, MAX_IN_FLIGHT, ScriptBatcher } from './backends/redis/batcher.js';
 export type { BatchCall, DecisionSpec } from './backends/redis/batcher.js';
 export { ScriptAt, decisionArgs, runBatch, runScript } from './backends/redis/fixed-clock.js';

@@ -133,7 +133,12 @@ export function describe(value: unknown): string {
  * toOptionsError turns zod issues into one message naming each option (each path after
  * `prefix`). An unknown option is told the nearest of `known`, the options the schema accepts.
  */
-export function toOptionsError(what: string, error: z.ZodError, prefix = '', known: readonly string[] = []): InvalidOptionsError {
+export function toOptionsError(
+  what: string,
+  error: z.ZodError,
+  prefix = '',
+  known: readonly string[] = [],
+): InvalidOptionsError {
   const issues = error.issues.map((issue) => {
     const path = prefix + issue.path.map(String).join('.');
     let message = issue.message;
@@ -188,7 +193,11 @@ function distance(a: string, b: string): number {
   for (let i = 1; i <= a.length; i++) {
     const cur = [i];
     for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min((prev[j] as number) + 1, (cur[j - 1] as number) + 1, (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1));
+      cur[j] = Math.min(
+        (prev[j] as number) + 1,
+        (cur[j - 1] as number) + 1,
+        (prev[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
     }
     prev = cur;
   }

@@ -292,7 +292,8 @@ export class RateLimiter {
 
   readonly #queueHost: QueueHost = {
     reserve: (w, maxWaitMs) => this.#reserveFor(w, maxWaitMs),
-    refund: (w, amount) => (w.heldOn === undefined ? undefined : this.#guard.refundOn(w.heldOn, w.key, w.policy, amount)),
+    refund: (w, amount) =>
+      w.heldOn === undefined ? undefined : this.#guard.refundOn(w.heldOn, w.key, w.policy, amount),
     degraded: (w) => this.#guard.isDegraded(w.heldOn),
   };
 

@@ -35,7 +35,12 @@ afterAll(() => {
 
 /** A RedisBackend on a port where no Redis listens; its client gives up at once. */
 async function deadRedis(): Promise<RedisBackend> {
-  const c = new Redis(await closedPort(), '127.0.0.1', { lazyConnect: true, enableOfflineQueue: false, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+  const c = new Redis(await closedPort(), '127.0.0.1', {
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    retryStrategy: () => null,
+    maxRetriesPerRequest: 0,
+  });
   c.on('error', () => {});
   clients.push(c);
   return new RedisBackend({ client: c, timeoutMs: 500 });
@@ -51,9 +56,18 @@ async function rejection(p: Promise<unknown>): Promise<BackendUnavailableError> 
 }
 
 describe("fail-closed: the error's cause is the backend's own error", () => {
-  test.each(['RateLimiter', 'SharedLimiter'] as const)('%s on a Redis that is not there: the Redis client error, on every call of the outage', async (which) => {
+  test.each([
+    'RateLimiter',
+    'SharedLimiter',
+  ] as const)('%s on a Redis that is not there: the Redis client error, on every call of the outage', async (which) => {
     const backend = await deadRedis();
-    const options = { backend, policy: { rate: 1, per: '1s' }, onBackendError: 'fail-closed' as const, probeIntervalMs: 20, onError: () => {} };
+    const options = {
+      backend,
+      policy: { rate: 1, per: '1s' },
+      onBackendError: 'fail-closed' as const,
+      probeIntervalMs: 20,
+      onError: () => {},
+    };
     const l = which === 'RateLimiter' ? new RateLimiter(options) : new SharedLimiter(options);
     const first = await rejection(l.acquire('alice'));
     expect(first.cause).toBeInstanceOf(Error);
@@ -83,7 +97,13 @@ describe("fail-closed: the error's cause is the backend's own error", () => {
       reserve: (...a) => (fail !== undefined ? Promise.reject(fail) : mem.reserve(...a)),
       refund: (...a) => (fail !== undefined ? Promise.reject(fail) : mem.refund(...a)),
     };
-    const l = new RateLimiter({ backend: flaky, policy: { rate: 100, per: '1s' }, onBackendError: 'fail-closed', probeIntervalMs: 10, onError: () => {} });
+    const l = new RateLimiter({
+      backend: flaky,
+      policy: { rate: 100, per: '1s' },
+      onBackendError: 'fail-closed',
+      probeIntervalMs: 10,
+      onError: () => {},
+    });
     const e = await rejection(l.acquire('bob'));
     expect(e.cause).toBe(readonly);
     expect(e.message).toBe("the flaky backend is unavailable: READONLY You can't write against a read only replica.");
@@ -124,7 +144,12 @@ describe('the first backend failure of a limiter with no onError prints one warn
   });
 
   test('once per limiter, naming the limiter, the backend, the error and what onBackendError does now', async () => {
-    const l = new RateLimiter({ backend: broken(), name: 'llm-tokens', policy: { rate: 5, per: '1s' }, probeIntervalMs: 10 });
+    const l = new RateLimiter({
+      backend: broken(),
+      name: 'llm-tokens',
+      policy: { rate: 5, per: '1s' },
+      probeIntervalMs: 10,
+    });
     for (let i = 0; i < 3; i++) {
       await l.acquire('alice');
       await l.tryAcquire('alice');
@@ -138,7 +163,11 @@ describe('the first backend failure of a limiter with no onError prints one warn
         "onBackendError 'fallback' decides calls on buckets in this process's memory (limits hold per process, not across processes). " +
         'Pass onError to the limiter to handle backend failures yourself; this warning is printed once per limiter.',
     );
-    const closed = new RateLimiter({ backend: broken(), policy: { rate: 5, per: '1s' }, onBackendError: 'fail-closed' });
+    const closed = new RateLimiter({
+      backend: broken(),
+      policy: { rate: 5, per: '1s' },
+      onBackendError: 'fail-closed',
+    });
     await expect(closed.acquire('alice')).rejects.toBeInstanceOf(BackendUnavailableError);
     const open = new RateLimiter({ backend: broken(), policy: { rate: 5, per: '1s' }, onBackendError: 'fail-open' });
     await open.acquire('alice');
@@ -152,12 +181,21 @@ describe('the first backend failure of a limiter with no onError prints one warn
 
   test('no warning when onError is given: onError sees every failure instead', async () => {
     const seen: unknown[] = [];
-    const l = new RateLimiter({ backend: broken(), policy: { rate: 5, per: '1s' }, probeIntervalMs: 10, onError: (e) => seen.push(e) });
+    const l = new RateLimiter({
+      backend: broken(),
+      policy: { rate: 5, per: '1s' },
+      probeIntervalMs: 10,
+      onError: (e) => seen.push(e),
+    });
     for (let i = 0; i < 3; i++) {
       await l.acquire('alice');
       await sleep(15);
     }
-    const s = new SharedLimiter({ backend: await deadRedis(), policy: { rate: 5, per: '1s' }, onError: (e) => seen.push(e) });
+    const s = new SharedLimiter({
+      backend: await deadRedis(),
+      policy: { rate: 5, per: '1s' },
+      onError: (e) => seen.push(e),
+    });
     await s.acquire('alice');
     await settle();
     expect(warnings).toHaveLength(0);
@@ -179,13 +217,18 @@ describe('the first backend failure of a limiter with no onError prints one warn
     const client = new Redis(`redis://127.0.0.1:${await closedPort()}`);
     // ioredis prints 'Unhandled error event' for every reconnect failure unless the application listens.
     client.on('error', () => {});
-    const l = new RateLimiter({ backend: new RedisBackend({ client, timeoutMs: 200 }), policy: { rate: 5, per: '1s' } });
+    const l = new RateLimiter({
+      backend: new RedisBackend({ client, timeoutMs: 200 }),
+      policy: { rate: 5, per: '1s' },
+    });
     const g = await l.acquire('alice');
     for (let i = 0; i < 5; i++) await l.acquire('alice');
     await settle();
     expect(g.waitedMs).toBeGreaterThanOrEqual(150);
     expect(warnings).toHaveLength(1);
-    expect(warnings[0]?.message).toMatch(/^RateLimiter "default": the redis backend failed \(.+\)\. Is the Redis URL right, and Redis reachable\?/);
+    expect(warnings[0]?.message).toMatch(
+      /^RateLimiter "default": the redis backend failed \(.+\)\. Is the Redis URL right, and Redis reachable\?/,
+    );
     client.disconnect();
   });
 });

@@ -1,8 +1,16 @@
 import { describe, expect, test } from 'vitest';
-import { type BucketState, giveBack, newBucket, normalizePolicy, reserve, tokensAt, tryTake } from '@tollgate/core/internal';
+import {
+  type BucketState,
+  giveBack,
+  newBucket,
+  normalizePolicy,
+  reserve,
+  tokensAt,
+  tryTake,
+} from '@tollgate/core/internal';
 
 const P = (rate: number, per: number | string = 1000, capacity?: number) =>
-  normalizePolicy(capacity === undefined ? { rate, per } : { rate, per, capacity } as never);
+  normalizePolicy(capacity === undefined ? { rate, per } : ({ rate, per, capacity } as never));
 
 describe('bucket math on fixed instants', () => {
   test('a new bucket is full and takes exactly capacity, then says when the next token comes', () => {
@@ -160,7 +168,10 @@ describe('policy validation names the option, the constraint and the value', () 
   test.each([
     [{ rate: 10 }, { rate: 10, perMs: 1000, capacity: 10 }],
     [{ rate: 10, per: '500ms' }, { perMs: 500 }],
-    [{ rate: 10, per: '1m', capacity: 100 }, { perMs: 60_000, capacity: 100 }],
+    [
+      { rate: 10, per: '1m', capacity: 100 },
+      { perMs: 60_000, capacity: 100 },
+    ],
     [{ rate: 1, per: '1h' }, { perMs: 3_600_000 }],
     [{ rate: 1, per: '1.5s' }, { perMs: 1500 }],
     [{ rate: 1, per: 250 }, { perMs: 250 }],

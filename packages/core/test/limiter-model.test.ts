@@ -22,7 +22,9 @@ interface Call {
   /** Position among this key's acquire calls, in arrival order. */
   readonly arrival: number;
   abortedAt?: number;
-  outcome?: { kind: 'granted'; at: number; order: number; grant: Grant } | { kind: 'rejected'; at: number; error: unknown };
+  outcome?:
+    | { kind: 'granted'; at: number; order: number; grant: Grant }
+    | { kind: 'rejected'; at: number; error: unknown };
 }
 
 interface Real {
@@ -61,7 +63,10 @@ class Acquire implements fc.AsyncCommand<Model, Real> {
       arrival: r.calls.filter((c) => c.key === this.key).length,
     };
     r.calls.push(call);
-    const options = this.maxWaitMs === undefined ? { cost: this.cost, signal: controller.signal } : { cost: this.cost, signal: controller.signal, maxWaitMs: this.maxWaitMs };
+    const options =
+      this.maxWaitMs === undefined
+        ? { cost: this.cost, signal: controller.signal }
+        : { cost: this.cost, signal: controller.signal, maxWaitMs: this.maxWaitMs };
     r.limiter.acquire(this.key, options).then(
       (grant) => {
         call.outcome = { kind: 'granted', at: now(), order: r.settled++, grant };
@@ -73,7 +78,8 @@ class Acquire implements fc.AsyncCommand<Model, Real> {
     );
     await Promise.resolve();
   }
-  toString = () => `acquire(${this.key}, ${this.cost}${this.maxWaitMs === undefined ? '' : `, maxWait ${this.maxWaitMs}`})`;
+  toString = () =>
+    `acquire(${this.key}, ${this.cost}${this.maxWaitMs === undefined ? '' : `, maxWait ${this.maxWaitMs}`})`;
 }
 
 class TryAcquire implements fc.AsyncCommand<Model, Real> {
@@ -137,17 +143,24 @@ function commands(capacity: number) {
   const cost = fc.oneof(
     fc.constant(capacity),
     fc.constant(capacity / 2),
-    fc.double({ min: 0.01, max: capacity, noNaN: true }).map((c) => Math.min(capacity, Math.round(c * 100) / 100 || 0.01)),
+    fc
+      .double({ min: 0.01, max: capacity, noNaN: true })
+      .map((c) => Math.min(capacity, Math.round(c * 100) / 100 || 0.01)),
   );
   return fc.commands(
     [
-      fc.tuple(key, cost, fc.option(fc.integer({ min: 0, max: 300 }), { nil: undefined, freq: 3 })).map(([k, c, m]) => new Acquire(k, c, m)),
+      fc
+        .tuple(key, cost, fc.option(fc.integer({ min: 0, max: 300 }), { nil: undefined, freq: 3 }))
+        .map(([k, c, m]) => new Acquire(k, c, m)),
       fc.tuple(key, cost).map(([k, c]) => new Acquire(k, c, undefined)),
       fc.tuple(key, cost).map(([k, c]) => new TryAcquire(k, c)),
       fc.tuple(key, cost).map(([k, c]) => new Refund(k, c)),
       fc.nat(20).map((i) => new Abort(i)),
       fc
-        .oneof(fc.integer({ min: 0, max: 100 }), fc.double({ min: 0, max: 3, noNaN: true }).map((ms) => Math.round(ms * 1000) / 1000))
+        .oneof(
+          fc.integer({ min: 0, max: 100 }),
+          fc.double({ min: 0, max: 3, noNaN: true }).map((ms) => Math.round(ms * 1000) / 1000),
+        )
         .map((ms) => new Advance(ms)),
     ],
     { maxCommands: 30 },
@@ -155,7 +168,12 @@ function commands(capacity: number) {
 }
 
 /** The most tokens a key granted in any window between two of its grants, over what b + r·T + refunds allow. */
-function worstExcess(grants: [number, number][], refunds: [number, number][], capacity: number, ratePerMs: number): string | undefined {
+function worstExcess(
+  grants: [number, number][],
+  refunds: [number, number][],
+  capacity: number,
+  ratePerMs: number,
+): string | undefined {
   const g = [...grants].sort((x, y) => x[0] - y[0]);
   for (let i = 0; i < g.length; i++) {
     let sum = 0;
@@ -199,7 +217,8 @@ test(`random programs of acquire / tryAcquire / refund / abort / time keep the b
             }
             // maxWaitMs is honoured: granted within it, or refused.
             if (o.kind === 'granted') expect(o.at - c.start).toBeLessThanOrEqual(c.maxWaitMs);
-            if (o.kind === 'rejected' && !(o.error instanceof AbortedError)) expect(o.error).toBeInstanceOf(MaxWaitExceededError);
+            if (o.kind === 'rejected' && !(o.error instanceof AbortedError))
+              expect(o.error).toBeInstanceOf(MaxWaitExceededError);
           }
           for (const k of KEYS) {
             // FIFO per key: granted acquires resolve in arrival order.
@@ -207,7 +226,9 @@ test(`random programs of acquire / tryAcquire / refund / abort / time keep the b
             const orders = granted.map((c) => (c.outcome as { order: number }).order);
             expect(orders).toEqual([...orders].sort((x, y) => x - y));
             // Over any window T, at most b + r·T tokens plus what was refunded in it.
-            expect(worstExcess(real.grants.get(k) ?? [], real.refunds.get(k) ?? [], p.capacity, p.rate / 1000)).toBeUndefined();
+            expect(
+              worstExcess(real.grants.get(k) ?? [], real.refunds.get(k) ?? [], p.capacity, p.rate / 1000),
+            ).toBeUndefined();
           }
         } finally {
           vi.useRealTimers();

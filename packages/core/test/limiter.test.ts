@@ -215,7 +215,10 @@ describe('options are checked at construction', () => {
   test.each([
     [{ policy: { rate: 1 } }, /backend must be a MemoryBackend, RedisBackend or HybridBackend \(received undefined\)/],
     [{ backend: new MemoryBackend(), policy: { rate: 0 } }, /policy\.rate must be a finite number > 0/],
-    [{ backend: new MemoryBackend(), policy: { rate: 1 }, onBackendError: 'ignore' }, /onBackendError must be 'fail-open', 'fail-closed' or 'fallback' \(received "ignore"\)/],
+    [
+      { backend: new MemoryBackend(), policy: { rate: 1 }, onBackendError: 'ignore' },
+      /onBackendError must be 'fail-open', 'fail-closed' or 'fallback' \(received "ignore"\)/,
+    ],
     [{ backend: new MemoryBackend(), policy: { rate: 1 }, name: 3 }, /name must be a string \(received 3\)/],
     [{ backend: new MemoryBackend(), policy: { rate: 1 }, colour: 'red' }, /unknown option\(s\) colour/],
   ])('%#: %s', (opts, message) => {
@@ -239,7 +242,11 @@ describe('when the backend fails', () => {
 
   test('fail-open admits, fail-closed rejects with BackendUnavailableError, fallback limits locally', async () => {
     const open = new RateLimiter({ backend: broken(), policy: { rate: 1, per: '1h' }, onBackendError: 'fail-open' });
-    const closed = new RateLimiter({ backend: broken(), policy: { rate: 1, per: '1h' }, onBackendError: 'fail-closed' });
+    const closed = new RateLimiter({
+      backend: broken(),
+      policy: { rate: 1, per: '1h' },
+      onBackendError: 'fail-closed',
+    });
     const fallback = new RateLimiter({ backend: broken(), policy: { rate: 1, per: '1h' }, onBackendError: 'fallback' });
     for (let i = 0; i < 3; i++) expect((await open.tryAcquire('u')).allowed).toBe(true);
     await expect(open.acquire('u')).resolves.toMatchObject({ waitedMs: 0 });
@@ -333,7 +340,11 @@ describe('when the backend fails', () => {
 
   test('queued callers are never lost: every one settles under each policy', async () => {
     for (const policy of ['fail-open', 'fail-closed', 'fallback'] as const) {
-      const l = new RateLimiter({ backend: broken(), policy: { rate: 10, per: '1s', capacity: 1 }, onBackendError: policy });
+      const l = new RateLimiter({
+        backend: broken(),
+        policy: { rate: 10, per: '1s', capacity: 1 },
+        onBackendError: policy,
+      });
       const calls = Array.from({ length: 20 }, () => track(l.acquire('u')));
       await vi.advanceTimersByTimeAsync(3000);
       expect(calls.every((c) => c.at !== undefined)).toBe(true);

@@ -34,7 +34,10 @@ test('the same key under two names is two buckets', () => {
 
 test('a repeated rejection is answered with one frozen Decision, never a stale one', async () => {
   let now = 0;
-  const limiter = new RateLimiter({ backend: new MemoryBackend({ clock: () => now }), policy: { rate: 1, per: '1s', capacity: 2 } });
+  const limiter = new RateLimiter({
+    backend: new MemoryBackend({ clock: () => now }),
+    policy: { rate: 1, per: '1s', capacity: 2 },
+  });
   await limiter.tryAcquire('a', { cost: 2 });
   const first = await limiter.tryAcquire('a');
   expect(first).toEqual({ allowed: false, remaining: 0, retryAfterMs: 1000, resetAfterMs: 2000 });
@@ -44,14 +47,34 @@ test('a repeated rejection is answered with one frozen Decision, never a stale o
   }).toThrow(TypeError);
   expect(await limiter.tryAcquire('a')).toBe(first); // same instant, same answer: shared
   now = 400.5; // time moved: the answer moves with it
-  expect(await limiter.tryAcquire('a')).toEqual({ allowed: false, remaining: 0, retryAfterMs: 600, resetAfterMs: 1600 });
-  expect(await limiter.tryAcquire('a', { cost: 2 })).toEqual({ allowed: false, remaining: 0, retryAfterMs: 1600, resetAfterMs: 1600 });
+  expect(await limiter.tryAcquire('a')).toEqual({
+    allowed: false,
+    remaining: 0,
+    retryAfterMs: 600,
+    resetAfterMs: 1600,
+  });
+  expect(await limiter.tryAcquire('a', { cost: 2 })).toEqual({
+    allowed: false,
+    remaining: 0,
+    retryAfterMs: 1600,
+    resetAfterMs: 1600,
+  });
   // Another key's rejection is its own answer.
   await limiter.tryAcquire('b', { cost: 2 });
-  expect(await limiter.tryAcquire('b')).toEqual({ allowed: false, remaining: 0, retryAfterMs: 1000, resetAfterMs: 2000 });
+  expect(await limiter.tryAcquire('b')).toEqual({
+    allowed: false,
+    remaining: 0,
+    retryAfterMs: 1000,
+    resetAfterMs: 2000,
+  });
   now = 1000.5;
   expect(await limiter.tryAcquire('a')).toEqual({ allowed: true, remaining: 0, retryAfterMs: 0, resetAfterMs: 2000 });
-  expect(await limiter.tryAcquire('a')).toEqual({ allowed: false, remaining: 0, retryAfterMs: 1000, resetAfterMs: 2000 });
+  expect(await limiter.tryAcquire('a')).toEqual({
+    allowed: false,
+    remaining: 0,
+    retryAfterMs: 1000,
+    resetAfterMs: 2000,
+  });
 });
 
 test('a failure of a call begun before the backend came back does not open the breaker again', async () => {

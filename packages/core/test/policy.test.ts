@@ -42,17 +42,25 @@ describe('durations', () => {
     expect(normalizePolicy({ rate: 1, per: input }).perMs).toBe(ms);
   });
 
-  test.each(['1 fortnight', '1 constructor', 'x', '1', '1 s s', '-1s', '0s', 'ms', '1e3ms', ''])(
-    '%j is refused, naming the forms accepted',
-    (input) => {
-      expect(parseDuration(input)).toBeUndefined();
-      const e = error(() => new RateLimiter({ backend, policy: { rate: 1, per: input } }));
-      expect(e.message).toBe(
-        `invalid policy: policy.per must be a duration > 0: ms as a number, or a number and a unit: '250ms', '1s', '1.5m', '1h', '1d' (ms / s, sec, second / m, min, minute / h, hr, hour / d, day; plurals, any case, a space allowed: '2 sec', '1 Min') (received ${JSON.stringify(input)})`,
-      );
-      expect(e.issues).toEqual([{ path: 'policy.per', message: expect.stringContaining("'1.5m'") }]);
-    },
-  );
+  test.each([
+    '1 fortnight',
+    '1 constructor',
+    'x',
+    '1',
+    '1 s s',
+    '-1s',
+    '0s',
+    'ms',
+    '1e3ms',
+    '',
+  ])('%j is refused, naming the forms accepted', (input) => {
+    expect(parseDuration(input)).toBeUndefined();
+    const e = error(() => new RateLimiter({ backend, policy: { rate: 1, per: input } }));
+    expect(e.message).toBe(
+      `invalid policy: policy.per must be a duration > 0: ms as a number, or a number and a unit: '250ms', '1s', '1.5m', '1h', '1d' (ms / s, sec, second / m, min, minute / h, hr, hour / d, day; plurals, any case, a space allowed: '2 sec', '1 Min') (received ${JSON.stringify(input)})`,
+    );
+    expect(e.issues).toEqual([{ path: 'policy.per', message: expect.stringContaining("'1.5m'") }]);
+  });
 });
 
 describe('an unknown option is answered with the nearest known one', () => {
@@ -72,13 +80,15 @@ describe('an unknown option is answered with the nearest known one', () => {
   });
 
   test("the limiters' own options too, and a missing one is required", () => {
-    expect(error(() => new RateLimiter({ backend, policy: { rate: 1 }, onBackendErrror: 'fail-open' } as never)).message).toBe(
-      'invalid RateLimiter options: (options) unknown option(s) onBackendErrror — did you mean onBackendError?',
-    );
+    expect(
+      error(() => new RateLimiter({ backend, policy: { rate: 1 }, onBackendErrror: 'fail-open' } as never)).message,
+    ).toBe('invalid RateLimiter options: (options) unknown option(s) onBackendErrror — did you mean onBackendError?');
     expect(error(() => new SharedLimiter({ backend, policy: { rate: 1 }, weights: () => 1 } as never)).message).toBe(
       'invalid SharedLimiter options: (options) unknown option(s) weights — did you mean weight?',
     );
-    expect(error(() => new RateLimiter({ backend } as never)).message).toBe('invalid RateLimiter options: policy is required');
+    expect(error(() => new RateLimiter({ backend } as never)).message).toBe(
+      'invalid RateLimiter options: policy is required',
+    );
   });
 });
 

@@ -99,7 +99,11 @@ describe('contended: the refill is shared by weight', () => {
     const l = make();
     const order: number[] = [];
     const other = backlog(l, 'noisy', 200);
-    await Promise.all(Array.from({ length: 50 }, (_, i) => l.acquire('k', { cost: 1 + (i % 2) }).then(() => order.push(i))).concat([vi.advanceTimersByTimeAsync(10_000)]));
+    await Promise.all(
+      Array.from({ length: 50 }, (_, i) => l.acquire('k', { cost: 1 + (i % 2) }).then(() => order.push(i))).concat([
+        vi.advanceTimersByTimeAsync(10_000),
+      ]),
+    );
     expect(order).toEqual(Array.from({ length: 50 }, (_, i) => i));
     expect(other.length).toBeGreaterThan(0);
   });
@@ -231,7 +235,9 @@ describe('like RateLimiter', () => {
   });
 
   test('bad options fail at construction, naming the option', () => {
-    expect(() => new SharedLimiter({ backend: {} as never, policy: { rate: 1 } })).toThrow(/backend must be a MemoryBackend/);
+    expect(() => new SharedLimiter({ backend: {} as never, policy: { rate: 1 } })).toThrow(
+      /backend must be a MemoryBackend/,
+    );
     expect(() => make({ policy: { rate: -1 } })).toThrow(/policy.rate/);
     expect(() => make({ weight: 3 as never })).toThrow(/weight must be a function/);
     expect(() => make({ onBackendError: 'nope' as never })).toThrow(/onBackendError/);
@@ -283,7 +289,8 @@ describe('a pause (retryAfterMs) on fixed instants', () => {
   });
 
   /** The most tokens starting in any window [t, t + T) among `starts`. */
-  const most = (starts: number[], T: number) => Math.max(...starts.map((t) => starts.filter((u) => u >= t && u < t + T).length));
+  const most = (starts: number[], T: number) =>
+    Math.max(...starts.map((t) => starts.filter((u) => u >= t && u < t + T).length));
 
   test('heads that reserve during a pause start at its end within capacity + r·T, not on top of a full bucket', () => {
     const s = newPool(policy, 0);
@@ -296,7 +303,8 @@ describe('a pause (retryAfterMs) on fixed instants', () => {
     for (let i = 0; i < 10; i++) ask(0, 'drain', 't');
     observePool(s, policy, 0, said({ retryAfterMs: 1500 }));
     // Four keys reserve during the pause: each is granted, to start at its end.
-    for (const [i, k] of ['a', 'b', 'c', 'd'].entries()) expect(ask(100 * (i + 1), k, 'r')).toMatchObject({ status: GRANTED, ms: 1500 - 100 * (i + 1) });
+    for (const [i, k] of ['a', 'b', 'c', 'd'].entries())
+      expect(ask(100 * (i + 1), k, 'r')).toMatchObject({ status: GRANTED, ms: 1500 - 100 * (i + 1) });
     // Nothing may start before the end, not even by trying.
     expect(ask(1499, 'late', 't').status).not.toBe(GRANTED);
     // From the resume, 20 callers try every 10 ms for 2 s.

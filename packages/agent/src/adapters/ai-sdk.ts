@@ -167,16 +167,24 @@ export function tollgateMiddleware(options: TollgateMiddlewareOptions = {}): Tol
     ...config,
     // The options see a call's parameters; the pipeline hands them the request it was given.
     user: user !== undefined ? (body) => user((body as ModelCall).params) : undefined,
-    estimateLLMTokens: estimateLLMTokens !== undefined ? (_path, body) => estimateLLMTokens((body as ModelCall).params) : undefined,
+    estimateLLMTokens:
+      estimateLLMTokens !== undefined ? (_path, body) => estimateLLMTokens((body as ModelCall).params) : undefined,
     // Reported here, with the provider and model the pipeline does not know.
     onAdmit: undefined,
   });
 
-  const enter = async (params: ModelCallParams, model: ModelLike, operation: 'generate' | 'stream'): Promise<Attempt> => {
+  const enter = async (
+    params: ModelCallParams,
+    model: ModelLike,
+    operation: 'generate' | 'stream',
+  ): Promise<Attempt> => {
     const signal = params.abortSignal;
     const start = performance.now();
     // One call per model call: the AI SDK's retries call the middleware again.
-    const call = p.openCall({}, { method: 'POST', path: operation, body: { params, model } satisfies ModelCall, stream: false });
+    const call = p.openCall(
+      {},
+      { method: 'POST', path: operation, body: { params, model } satisfies ModelCall, stream: false },
+    );
     const admitting = p.admit(call, signal, false);
     if (admitting !== undefined) await admitting;
     const attempt = call.current as Attempt;
@@ -202,14 +210,19 @@ export function tollgateMiddleware(options: TollgateMiddlewareOptions = {}): Tol
 
   const failed = (attempt: Attempt, model: ModelLike, error: unknown): never => {
     attempt.fail();
-    const e = error !== null && typeof error === 'object' ? (error as { statusCode?: unknown; responseHeaders?: unknown }) : {};
+    const e =
+      error !== null && typeof error === 'object' ? (error as { statusCode?: unknown; responseHeaders?: unknown }) : {};
     learn(p, attempt.call, model, typeof e.statusCode === 'number' ? e.statusCode : 0, e.responseHeaders);
     throw error;
   };
 
   return {
     specificationVersion: 'v4',
-    async wrapGenerate<R extends GenerateResultLike>({ doGenerate, params, model }: WrapOptions<'doGenerate', R>): Promise<R> {
+    async wrapGenerate<R extends GenerateResultLike>({
+      doGenerate,
+      params,
+      model,
+    }: WrapOptions<'doGenerate', R>): Promise<R> {
       const attempt = await enter(params, model, 'generate');
       let result: R;
       try {

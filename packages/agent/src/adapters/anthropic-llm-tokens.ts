@@ -27,7 +27,10 @@ export function estimateLLMTokens(_path: string, body: unknown): number {
   if (body === null || typeof body !== 'object') return 1;
   const b = body as Record<string, unknown>;
   const prompt = Math.ceil((textChars(b.system) + textChars(b.messages) + textChars(b.tools)) / CHARS_PER_LLM_TOKEN);
-  const max = typeof b.max_tokens === 'number' && Number.isFinite(b.max_tokens) && b.max_tokens >= 0 ? b.max_tokens : DEFAULT_MAX_OUTPUT_LLM_TOKENS;
+  const max =
+    typeof b.max_tokens === 'number' && Number.isFinite(b.max_tokens) && b.max_tokens >= 0
+      ? b.max_tokens
+      : DEFAULT_MAX_OUTPUT_LLM_TOKENS;
   return Math.max(1, prompt + max);
 }
 
@@ -47,7 +50,9 @@ export function anthropicUsageTotal(usage: unknown): number | undefined {
 
 /** usageOf reads the LLM tokens a Messages response body (a `message`) reports. */
 export function usageOf(body: unknown): number | undefined {
-  return body !== null && typeof body === 'object' ? anthropicUsageTotal((body as { usage?: unknown }).usage) : undefined;
+  return body !== null && typeof body === 'object'
+    ? anthropicUsageTotal((body as { usage?: unknown }).usage)
+    : undefined;
 }
 
 /**
@@ -91,7 +96,8 @@ export class MessageStreamUsage implements StreamUsageReader {
   }
 }
 
-const count = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : undefined);
+const count = (v: unknown): number | undefined =>
+  typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : undefined;
 
 function textChars(value: unknown, depth = 0): number {
   if (typeof value === 'string') return value.startsWith('data:') ? 0 : value.length;

@@ -85,7 +85,11 @@ const STREAM_USAGE: StreamUsageReader = {
  * await withUser('user-42', () => client.chat.completions.create({ model, messages }))
  */
 export function throttleOpenAI<C extends OpenAIClientLike>(client: C, options: ThrottleOpenAIOptions = {}): C {
-  checkClient(client, 'throttleOpenAI', 'an OpenAI client from the openai package, major 5, 6 or 7 (new OpenAI({...}))');
+  checkClient(
+    client,
+    'throttleOpenAI',
+    'an OpenAI client from the openai package, major 5, 6 or 7 (new OpenAI({...}))',
+  );
   const pipeline = new Pipeline(OPENAI, parseThrottleOptions('throttleOpenAI', options));
   return hookStainlessClient(client, pipeline) as unknown as C;
 }

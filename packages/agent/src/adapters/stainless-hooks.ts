@@ -57,7 +57,9 @@ export function pipelineOf(client: object): Pipeline | undefined {
 export function checkClient(client: unknown, what: string, expected: string): asserts client is StainlessClient {
   const c = client as Record<string, unknown> | null;
   if (typeof c !== 'object' || c === null || HOOKED.some((name) => typeof c[name] !== 'function')) {
-    throw new InvalidOptionsError(`${what}: client must be ${expected}`, [{ path: 'client', message: `must be ${expected}` }]);
+    throw new InvalidOptionsError(`${what}: client must be ${expected}`, [
+      { path: 'client', message: `must be ${expected}` },
+    ]);
   }
   if (pipelines.has(c)) {
     const message = `is throttled already (${what} throttles the client it is given); for other limits, throttle another client`;
@@ -94,45 +96,50 @@ export function hookStainlessClient(client: StainlessClient, p: Pipeline): Stain
     } catch (e) {
       return Promise.reject(e);
     }
-    return admitted === undefined ? call(prepareOptions, this, options) : admitted.then(() => prepareOptions.call(this, options));
+    return admitted === undefined
+      ? call(prepareOptions, this, options)
+      : admitted.then(() => prepareOptions.call(this, options));
   });
-  own('prepareRequest', function (
-    this: StainlessClient,
-    init: object,
-    context: { url: string; options: RequestOptions },
-  ): Promise<void> {
-    p.link(init, context.options);
-    return call(prepareRequest, this, init, context);
-  });
-  own('fetchWithTimeout', function (
-    this: StainlessClient,
-    url: unknown,
-    init: object | undefined,
-    ms: number,
-    controller: AbortController,
-    requestOptions?: unknown,
-    logCtx?: unknown,
-  ): Promise<Response> {
-    // @anthropic-ai/sdk hands the call's options here and runs prepareRequest later, inside
-    // fetchWithTimeout, on another init object: the attempt is linked to this init here.
-    if (init !== undefined && typeof requestOptions === 'object' && requestOptions !== null) p.link(init, requestOptions);
-    const attempt = init !== undefined ? p.send(init) : undefined;
-    if (attempt === undefined) return fetchWithTimeout.call(this, url, init, ms, controller, requestOptions, logCtx);
-    let sent: Promise<Response>;
-    try {
-      sent = fetchWithTimeout.call(this, url, init, ms, controller, requestOptions, logCtx);
-    } catch (e) {
-      attempt.fail();
-      return Promise.reject(e);
-    }
-    return sent.then(
-      (response) => attempt.respond(response),
-      (e: unknown) => {
+  own(
+    'prepareRequest',
+    function (this: StainlessClient, init: object, context: { url: string; options: RequestOptions }): Promise<void> {
+      p.link(init, context.options);
+      return call(prepareRequest, this, init, context);
+    },
+  );
+  own(
+    'fetchWithTimeout',
+    function (
+      this: StainlessClient,
+      url: unknown,
+      init: object | undefined,
+      ms: number,
+      controller: AbortController,
+      requestOptions?: unknown,
+      logCtx?: unknown,
+    ): Promise<Response> {
+      // @anthropic-ai/sdk hands the call's options here and runs prepareRequest later, inside
+      // fetchWithTimeout, on another init object: the attempt is linked to this init here.
+      if (init !== undefined && typeof requestOptions === 'object' && requestOptions !== null)
+        p.link(init, requestOptions);
+      const attempt = init !== undefined ? p.send(init) : undefined;
+      if (attempt === undefined) return fetchWithTimeout.call(this, url, init, ms, controller, requestOptions, logCtx);
+      let sent: Promise<Response>;
+      try {
+        sent = fetchWithTimeout.call(this, url, init, ms, controller, requestOptions, logCtx);
+      } catch (e) {
         attempt.fail();
-        throw e;
-      },
-    );
-  });
+        return Promise.reject(e);
+      }
+      return sent.then(
+        (response) => attempt.respond(response),
+        (e: unknown) => {
+          attempt.fail();
+          throw e;
+        },
+      );
+    },
+  );
   own('makeRequest', function (this: StainlessClient, optionsInput: unknown, a: unknown, b: unknown): Promise<unknown> {
     const request = makeRequest.call(this, optionsInput, a, b);
     // A side branch, not a link in the caller's chain: the caller awaits the client's own promise.

@@ -158,7 +158,10 @@ async function takeShares(
       h.sharedRequestTaken = true;
     } else if (llm !== undefined) {
       const cost = poolEstimate(p, call, llm, pool);
-      await llm.acquire(key, signal !== undefined ? { cost, pool, signal, maxWaitMs: wait } : { cost, pool, maxWaitMs: wait });
+      await llm.acquire(
+        key,
+        signal !== undefined ? { cost, pool, signal, maxWaitMs: wait } : { cost, pool, maxWaitMs: wait },
+      );
       h.sharedLLMReserved = cost;
     }
     return;
@@ -194,7 +197,8 @@ export function giveBack(p: Pipeline, call: Call, h: Holdings): void {
   if (h.requestTaken && p.requests !== undefined) p.refund(p.requests, call.user, 1);
   if (h.llmReserved > 0 && p.llmTokens !== undefined) p.refund(p.llmTokens, call.user, h.llmReserved);
   if (h.sharedRequestTaken && p.sharedRequests !== undefined) p.refundShare(p.sharedRequests, call, 1);
-  if (h.sharedLLMReserved > 0 && p.sharedLLMTokens !== undefined) p.refundShare(p.sharedLLMTokens, call, h.sharedLLMReserved);
+  if (h.sharedLLMReserved > 0 && p.sharedLLMTokens !== undefined)
+    p.refundShare(p.sharedLLMTokens, call, h.sharedLLMReserved);
   h.requestTaken = false;
   h.llmReserved = 0;
   h.sharedRequestTaken = false;

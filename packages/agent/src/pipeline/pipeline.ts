@@ -71,7 +71,8 @@ export class Pipeline {
   /** openCall starts the call of `request` under `key` (the object the client keeps for the whole call). */
   openCall(key: object, request: ProviderRequest): Call {
     const adapter = this.adapter;
-    const spendsLLM = (this.llmTokens !== undefined || this.sharedLLMTokens !== undefined) && adapter.spendsLLMTokens(request);
+    const spendsLLM =
+      (this.llmTokens !== undefined || this.sharedLLMTokens !== undefined) && adapter.spendsLLMTokens(request);
     let body = request.body;
     let askedUsage = false;
     if (spendsLLM && request.stream) {

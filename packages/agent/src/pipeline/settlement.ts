@@ -101,7 +101,11 @@ function settleEagerly(response: Response, pending: PendingSettlement): Promise<
   return response.arrayBuffer().then(
     (bytes) => {
       settleOnce(pending, usageOfText(pending, utf8.decode(bytes)));
-      const out = new Response(bytes, { status: response.status, statusText: response.statusText, headers: response.headers });
+      const out = new Response(bytes, {
+        status: response.status,
+        statusText: response.statusText,
+        headers: response.headers,
+      });
       Object.defineProperty(out, 'url', { value: response.url });
       return out;
     },

@@ -17,7 +17,11 @@ export interface UsageEventHooks {
  */
 export function readUsageEvents(response: Response, hooks: UsageEventHooks): Response {
   const body = rewriteSSE(response.body as ReadableStream<Uint8Array>, hooks);
-  const out = new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  const out = new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
   Object.defineProperty(out, 'url', { value: response.url });
   return out;
 }

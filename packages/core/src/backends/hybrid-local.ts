@@ -36,7 +36,12 @@ export class LocalPrecheck {
       const d = tryTake(slots.lendFull(local, now), local, now, cost);
       slots.keep(st, key, local, false, now);
       if (d.allowed) return undefined;
-      return { allowed: false, remaining: 0, retryAfterMs: d.retryAfterMs, resetAfterMs: resetAfterRedis(policy, Number.NEGATIVE_INFINITY, now) };
+      return {
+        allowed: false,
+        remaining: 0,
+        retryAfterMs: d.retryAfterMs,
+        resetAfterMs: resetAfterRedis(policy, Number.NEGATIVE_INFINITY, now),
+      };
     }
     const fullAt = slots.pinnedUntil(st, slot);
     // fullAt came from a ceil'd resetAfterMs: 1 ms early is the honest bound. Tokens never come

@@ -1,5 +1,14 @@
 import type { Backend } from '../backend.js';
-import { type Decision, type Reservation, giveBack, reserve, resetAfter, take, tryTake, wholeTokens } from '../bucket.js';
+import {
+  type Decision,
+  type Reservation,
+  giveBack,
+  reserve,
+  resetAfter,
+  take,
+  tryTake,
+  wholeTokens,
+} from '../bucket.js';
 import { InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe } from '../policy.js';
@@ -55,7 +64,13 @@ export class MemoryBackend implements Backend {
     const wait = take(b, policy, now, cost);
     slots.save(st, slot, policy);
     const tokens = b.tokens;
-    if (wait === 0) return { allowed: true, remaining: wholeTokens(tokens), retryAfterMs: 0, resetAfterMs: resetAfter(tokens, policy) };
+    if (wait === 0)
+      return {
+        allowed: true,
+        remaining: wholeTokens(tokens),
+        retryAfterMs: 0,
+        resetAfterMs: resetAfter(tokens, policy),
+      };
     return this.#rejections.of(st, slot, wholeTokens(tokens), wait, resetAfter(tokens, policy));
   }
 

@@ -75,7 +75,15 @@ export class SlotStore {
     if (name === this.#lastName && this.#last !== undefined) return this.#last;
     let st = this.#stores.get(name);
     if (st === undefined) {
-      st = { name, index: new Map(), data: new Float64Array(INITIAL_SLOTS * 2), policies: [], free: [], used: 0, pinned: undefined };
+      st = {
+        name,
+        index: new Map(),
+        data: new Float64Array(INITIAL_SLOTS * 2),
+        policies: [],
+        free: [],
+        used: 0,
+        pinned: undefined,
+      };
       this.#stores.set(name, st);
     }
     this.#lastName = name;

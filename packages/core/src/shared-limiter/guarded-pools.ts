@@ -41,7 +41,13 @@ export class GuardedPools {
     this.#name = name;
     this.#backend = backend;
     this.#policy = onBackendError;
-    this.#report = new FailureReport(`SharedLimiter ${JSON.stringify(name)}`, backend.kind, onBackendError, probeIntervalMs, onError);
+    this.#report = new FailureReport(
+      `SharedLimiter ${JSON.stringify(name)}`,
+      backend.kind,
+      onBackendError,
+      probeIntervalMs,
+      onError,
+    );
     this.primary = poolsOf(backend);
     this.sync = this.primary instanceof MemoryPools;
     this.#breakers = new Breakers(probeIntervalMs);
@@ -62,9 +68,14 @@ export class GuardedPools {
     more: boolean,
   ): MaybePromise<Answered> {
     const pools = this.primary;
-    if (this.sync) return { a: pools.decide(this.#name, pool, key, policy, cost, weight, mode, maxWait, more) as PoolAnswer, on: pools };
+    if (this.sync)
+      return {
+        a: pools.decide(this.#name, pool, key, policy, cost, weight, mode, maxWait, more) as PoolAnswer,
+        on: pools,
+      };
     const breaker = this.#breakerOf(pool);
-    if (!breaker.allow()) return this.#degraded(pool, key, policy, cost, weight, mode, maxWait, more, breaker, undefined);
+    if (!breaker.allow())
+      return this.#degraded(pool, key, policy, cost, weight, mode, maxWait, more, breaker, undefined);
     const epoch = breaker.epoch;
     let r: MaybePromise<PoolAnswer>;
     try {
@@ -103,7 +114,8 @@ export class GuardedPools {
       this.#refundFailed(breaker, e, epoch, pool, key, policy, amount);
       return undefined;
     }
-    if (r instanceof Promise) return r.then(undefined, (e: unknown) => this.#refundFailed(breaker, e, epoch, pool, key, policy, amount));
+    if (r instanceof Promise)
+      return r.then(undefined, (e: unknown) => this.#refundFailed(breaker, e, epoch, pool, key, policy, amount));
     return undefined;
   }
 
@@ -115,7 +127,11 @@ export class GuardedPools {
     const epoch = breaker.epoch;
     try {
       const r = this.primary.observe(this.#name, pool, policy, o);
-      if (r instanceof Promise) return r.then(() => breaker.up(), (e: unknown) => this.#failed(breaker, e, epoch));
+      if (r instanceof Promise)
+        return r.then(
+          () => breaker.up(),
+          (e: unknown) => this.#failed(breaker, e, epoch),
+        );
     } catch (e) {
       this.#failed(breaker, e, epoch);
     }
@@ -169,7 +185,15 @@ export class GuardedPools {
     return this.#fallback;
   }
 
-  #refundFailed(breaker: Breaker | undefined, e: unknown, epoch: number, pool: string, key: string, policy: Policy, amount: number): void {
+  #refundFailed(
+    breaker: Breaker | undefined,
+    e: unknown,
+    epoch: number,
+    pool: string,
+    key: string,
+    policy: Policy,
+    amount: number,
+  ): void {
     if (breaker !== undefined) this.#failed(breaker, e, epoch);
     if (this.#policy === 'fallback') this.#fallbackPools().refund(this.#name, pool, key, policy, amount);
   }

@@ -1,5 +1,14 @@
 import type { Policy } from '../policy.js';
-import { type Observation, type PoolAnswer, type PoolState, decide, giveBackPool, keepFor, newPool, observePool } from './pool-math.js';
+import {
+  type Observation,
+  type PoolAnswer,
+  type PoolState,
+  decide,
+  giveBackPool,
+  keepFor,
+  newPool,
+  observePool,
+} from './pool-math.js';
 import type { Pools } from './pools.js';
 
 /** Pools are swept when the map has grown this much since the last sweep. */

@@ -112,7 +112,9 @@ const optionsSchema = z
       .optional(),
     probeIntervalMs: z
       .number({ error: (i) => `must be a number of ms (received ${describe(i.input)})` })
-      .refine((v) => Number.isFinite(v) && v > 0, { error: (i) => `must be a finite number of ms > 0 (received ${describe(i.input)})` })
+      .refine((v) => Number.isFinite(v) && v > 0, {
+        error: (i) => `must be a finite number of ms > 0 (received ${describe(i.input)})`,
+      })
       .optional(),
     onError: z
       .custom<(e: unknown) => void>((v) => typeof v === 'function', {
@@ -136,10 +138,13 @@ export interface ParsedSharedOptions {
 /** parseSharedOptions validates SharedLimiter's options; throws {@link InvalidOptionsError}. */
 export function parseSharedOptions(options: unknown): ParsedSharedOptions {
   if (typeof options !== 'object' || options === null) {
-    throw new InvalidOptionsError(`invalid SharedLimiter options: must be an object with backend and policy (received ${describe(options)})`);
+    throw new InvalidOptionsError(
+      `invalid SharedLimiter options: must be an object with backend and policy (received ${describe(options)})`,
+    );
   }
   const parsed = optionsSchema.safeParse(options);
-  if (!parsed.success) throw toOptionsError('SharedLimiter options', parsed.error, '', Object.keys(optionsSchema.shape));
+  if (!parsed.success)
+    throw toOptionsError('SharedLimiter options', parsed.error, '', Object.keys(optionsSchema.shape));
   const o = parsed.data;
   return {
     backend: o.backend,

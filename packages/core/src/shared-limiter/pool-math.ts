@@ -91,7 +91,8 @@ export interface Effective {
 /** effective returns the rate and capacity in force at `now`, dropping a lapsed observed limit. */
 export function effective(s: PoolState, policy: Policy, now: number): Effective {
   if (s.limit > 0) {
-    if (now < s.limitUntil) return { ratePerMs: s.limit / policy.perMs, capacity: policy.capacity * (s.limit / policy.rate) };
+    if (now < s.limitUntil)
+      return { ratePerMs: s.limit / policy.perMs, capacity: policy.capacity * (s.limit / policy.rate) };
     s.limit = 0;
     s.limitUntil = 0;
   }
@@ -232,7 +233,12 @@ export function decide(
     }
   }
   settleVt(s);
-  return { status, ms, remaining: wholeTokens(s.tokens), resetAfterMs: aheadMs(s, now) + resetAfter(s.tokens, e as Policy) };
+  return {
+    status,
+    ms,
+    remaining: wholeTokens(s.tokens),
+    resetAfterMs: aheadMs(s, now) + resetAfter(s.tokens, e as Policy),
+  };
 }
 
 /**
@@ -290,7 +296,8 @@ export function observePool(s: PoolState, policy: Policy, now: number, o: Observ
   }
   if (o.remaining >= 0 && o.remaining < s.tokens) s.tokens = o.remaining;
   if (o.retryAfterMs > 0 && now + o.retryAfterMs > s.blockedUntil) s.blockedUntil = now + o.retryAfterMs;
-  if (s.limit > 0 && s.blockedUntil > now && s.blockedUntil + policy.perMs > s.limitUntil) s.limitUntil = s.blockedUntil + policy.perMs;
+  if (s.limit > 0 && s.blockedUntil > now && s.blockedUntil + policy.perMs > s.limitUntil)
+    s.limitUntil = s.blockedUntil + policy.perMs;
   settleVt(s);
 }
 
@@ -305,6 +312,7 @@ export function keepFor(s: PoolState, policy: Policy, now: number): number {
   for (const j of s.keys.values()) if (j.until > until) until = j.until;
   if (s.blockedUntil > until) until = s.blockedUntil;
   // After an observed limit lapses the bucket refills to the policy's capacity: keep it until then.
-  if (s.limit > 0 && s.limitUntil + policy.capacity / policy.ratePerMs > until) until = s.limitUntil + policy.capacity / policy.ratePerMs;
+  if (s.limit > 0 && s.limitUntil + policy.capacity / policy.ratePerMs > until)
+    until = s.limitUntil + policy.capacity / policy.ratePerMs;
   return until > now ? Math.ceil(until - now) : 0;
 }

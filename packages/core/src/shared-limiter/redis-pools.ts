@@ -112,7 +112,18 @@ export class RedisPools implements Pools {
   observe(name: string, pool: string, policy: Policy, o: Observation): Promise<void> {
     return this.#run(
       this.#key(name, pool),
-      ['o', String(policy.ratePerMs), String(policy.capacity), String(policy.rate), String(policy.perMs), '', '0', '1', '-1', '0'],
+      [
+        'o',
+        String(policy.ratePerMs),
+        String(policy.capacity),
+        String(policy.rate),
+        String(policy.perMs),
+        '',
+        '0',
+        '1',
+        '-1',
+        '0',
+      ],
       [String(o.limit), String(o.remaining), String(o.resetAfterMs), String(o.retryAfterMs)],
     ).then(() => undefined);
   }
@@ -123,8 +134,15 @@ export class RedisPools implements Pools {
       return Promise.reject(new BackendUnavailableError(`the Redis connection is ${status}`));
     }
     const sentAt = Date.now();
-    const deadline = this.#offset === undefined || this.#now !== undefined ? '' : String(sentAt + this.timeoutMs + this.#offset);
-    const all = [redisKey, ...args, String(SHARE_GRACE_MS), deadline, this.#now !== undefined ? String(this.#now()) : ''];
+    const deadline =
+      this.#offset === undefined || this.#now !== undefined ? '' : String(sentAt + this.timeoutMs + this.#offset);
+    const all = [
+      redisKey,
+      ...args,
+      String(SHARE_GRACE_MS),
+      deadline,
+      this.#now !== undefined ? String(this.#now()) : '',
+    ];
     if (observed !== undefined) all.push(...observed);
     const c = this.client as unknown as Evaluator;
     const call = c.evalsha(POOL_SHA, 1, ...all).catch((e: unknown) => {

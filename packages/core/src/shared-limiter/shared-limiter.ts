@@ -19,7 +19,12 @@ import {
   parseSharedOptions,
 } from './options.js';
 
-const UNLIMITED: Decision = Object.freeze({ allowed: true, remaining: Number.POSITIVE_INFINITY, retryAfterMs: 0, resetAfterMs: 0 });
+const UNLIMITED: Decision = Object.freeze({
+  allowed: true,
+  remaining: Number.POSITIVE_INFINITY,
+  retryAfterMs: 0,
+  resetAfterMs: 0,
+});
 const NOT_SAID = -1;
 
 /**
@@ -108,7 +113,10 @@ export class SharedLimiter {
     if (typeof input === 'object' && input !== null) {
       const cached = this.#policies.get(input);
       if (cached !== undefined) return cached;
-      const p = normalizePolicy(input, `policy(${JSON.stringify(pool.length > 40 ? `${pool.slice(0, 37)}...` : pool)})`);
+      const p = normalizePolicy(
+        input,
+        `policy(${JSON.stringify(pool.length > 40 ? `${pool.slice(0, 37)}...` : pool)})`,
+      );
       this.#policies.set(input, p);
       return p;
     }
@@ -164,7 +172,17 @@ export class SharedLimiter {
     if (pools.sync && !queued) {
       // Fast path: nobody of this key waits here and the pool answers at once.
       const memory = pools.primary as MemoryPools;
-      const a = memory.decide(this.name, pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
+      const a = memory.decide(
+        this.name,
+        pool,
+        key,
+        policy,
+        cost,
+        weight,
+        'r',
+        maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs,
+        false,
+      );
       if (a.status === GRANTED && a.ms <= 0) {
         this.#metrics.grantedAtOnce();
         return Promise.resolve({ waitedMs: 0, remaining: a.remaining });
@@ -213,7 +231,16 @@ export class SharedLimiter {
         // No caller of this key waits here: this one is the head; ask at once.
         let r: MaybePromise<Answered>;
         try {
-          r = this.#pools.ask(pool, key, policy, cost, weight, 'r', maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs, false);
+          r = this.#pools.ask(
+            pool,
+            key,
+            policy,
+            cost,
+            weight,
+            'r',
+            maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs,
+            false,
+          );
         } catch (e) {
           this.#metrics.decision('rejected');
           reject(e);
@@ -260,7 +287,12 @@ export class SharedLimiter {
       if (this.#queues.has(id)) {
         metrics.decision('rejected');
         const est = this.#queues.estimate(id, cost, policy);
-        return Promise.resolve({ allowed: false, remaining: 0, retryAfterMs: Math.max(1, est), resetAfterMs: Math.max(1, est) });
+        return Promise.resolve({
+          allowed: false,
+          remaining: 0,
+          retryAfterMs: Math.max(1, est),
+          resetAfterMs: Math.max(1, est),
+        });
       }
       let r: MaybePromise<Answered>;
       try {
@@ -345,7 +377,12 @@ export class SharedLimiter {
 function toDecision(r: Answered): Decision {
   const a = r.a;
   const allowed = a.status === GRANTED;
-  return { allowed, remaining: a.remaining, retryAfterMs: allowed ? 0 : Math.max(1, a.ms), resetAfterMs: a.resetAfterMs };
+  return {
+    allowed,
+    remaining: a.remaining,
+    retryAfterMs: allowed ? 0 : Math.max(1, a.ms),
+    resetAfterMs: a.resetAfterMs,
+  };
 }
 
 function num(v: unknown): number {

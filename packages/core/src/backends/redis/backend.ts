@@ -35,7 +35,8 @@ export const DEFAULT_REDIS_OPTIONS = { prefix: 'tollgate:', timeoutMs: 1000 } as
 
 const optionsSchema = z.object({
   client: z.custom<Redis | Cluster>(
-    (v) => typeof v === 'object' && v !== null && typeof (v as { defineCommand?: unknown }).defineCommand === 'function',
+    (v) =>
+      typeof v === 'object' && v !== null && typeof (v as { defineCommand?: unknown }).defineCommand === 'function',
     { error: (i) => `must be an ioredis Redis or Cluster client (received ${describe(i.input)})` },
   ),
   prefix: z
@@ -55,7 +56,9 @@ const optionsSchema = z.object({
 /** parseRedisOptions validates the options shared by the Redis and hybrid backends. */
 export function parseRedisOptions(what: string, options: unknown): Required<RedisBackendOptions> {
   if (typeof options !== 'object' || options === null) {
-    throw new InvalidOptionsError(`invalid ${what} options: must be an object with a client (received ${describe(options)})`);
+    throw new InvalidOptionsError(
+      `invalid ${what} options: must be an object with a client (received ${describe(options)})`,
+    );
   }
   const parsed = optionsSchema.safeParse(options);
   if (!parsed.success) throw toOptionsError(`${what} options`, parsed.error);
@@ -107,7 +110,11 @@ export class RedisBackend implements Backend {
 
   reserve(name: string, key: string, policy: Policy, cost: number, maxWaitMs: number): Promise<Reservation> {
     const maxw = maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs;
-    return this.#run(RESERVE, redisKey(this.prefix, key, name), this.#spec('r', policy, cost, maxw)) as Promise<Reservation>;
+    return this.#run(
+      RESERVE,
+      redisKey(this.prefix, key, name),
+      this.#spec('r', policy, cost, maxw),
+    ) as Promise<Reservation>;
   }
 
   refund(name: string, key: string, policy: Policy, amount: number): Promise<void> {
@@ -124,7 +131,12 @@ export class RedisBackend implements Backend {
   #specArgs: DecisionSpec = ['', '', '', '', ''];
 
   #spec(mode: 't' | 'r' | 'f', policy: Policy, cost: number, maxWaitMs: number): DecisionSpec {
-    if (policy !== this.#specPolicy || mode !== this.#specMode || cost !== this.#specCost || maxWaitMs !== this.#specMaxWait) {
+    if (
+      policy !== this.#specPolicy ||
+      mode !== this.#specMode ||
+      cost !== this.#specCost ||
+      maxWaitMs !== this.#specMaxWait
+    ) {
       this.#specArgs = [mode, String(policy.ratePerMs), String(policy.capacity), String(cost), String(maxWaitMs)];
       this.#specPolicy = policy;
       this.#specMode = mode;
@@ -149,12 +161,26 @@ export class RedisBackend implements Backend {
     // A connection known to be down fails at once instead of filling ioredis's offline queue.
     const status = (this.client as { status?: string }).status;
     if (status === 'reconnecting' || status === 'close' || status === 'end') {
-      return Promise.reject(new BackendUnavailableError(`the Redis connection is ${status}`, lastErrors.get(this.client)));
+      return Promise.reject(
+        new BackendUnavailableError(`the Redis connection is ${status}`, lastErrors.get(this.client)),
+      );
     }
     return new Promise((resolve, reject) => {
       const sentAt = Date.now();
       const deadline = this.#clock.deadline(sentAt, this.timeoutMs);
-      const call = new Call(kind, redisKey, spec, deadline, this.#nextId(), sentAt, this.timeoutMs, this.#clock, this.#batcher, resolve, reject);
+      const call = new Call(
+        kind,
+        redisKey,
+        spec,
+        deadline,
+        this.#nextId(),
+        sentAt,
+        this.timeoutMs,
+        this.#clock,
+        this.#batcher,
+        resolve,
+        reject,
+      );
       this.#batcher.submit(call, this.timeoutMs);
     });
   }

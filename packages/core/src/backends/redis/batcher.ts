@@ -230,7 +230,14 @@ export class ScriptBatcher {
     if (items.length === 1) {
       const it = items[0] as BatchCall;
       const s = it.spec;
-      this.#run(BUCKET_SCRIPT, BUCKET_SHA, 1, [it.key, s[0], s[1], s[2], s[3], s[4], it.serverDeadline, it.id], batch, items);
+      this.#run(
+        BUCKET_SCRIPT,
+        BUCKET_SHA,
+        1,
+        [it.key, s[0], s[1], s[2], s[3], s[4], it.serverDeadline, it.id],
+        batch,
+        items,
+      );
       return;
     }
     const n = items.length;

@@ -14,7 +14,13 @@ interface Evaluator {
 }
 
 /** runScript sends a script by EVALSHA, and again by EVAL if Redis answers NOSCRIPT. */
-export function runScript(client: Redis | Cluster, lua: string, sha: string, numKeys: number, keysAndArgs: string[]): Promise<unknown> {
+export function runScript(
+  client: Redis | Cluster,
+  lua: string,
+  sha: string,
+  numKeys: number,
+  keysAndArgs: string[],
+): Promise<unknown> {
   const c = client as unknown as Evaluator;
   return c.evalsha(sha, numKeys, ...keysAndArgs).catch((e: unknown) => {
     if (!isNoScript(e)) throw e;
@@ -23,7 +29,12 @@ export function runScript(client: Redis | Cluster, lua: string, sha: string, num
 }
 
 /** The single script's arguments for one decision, as RedisBackend sends them. */
-export function decisionArgs(mode: 't' | 'r' | 'f', policy: Pick<Policy, 'ratePerMs' | 'capacity'>, cost: number, maxWaitMs: number): string[] {
+export function decisionArgs(
+  mode: 't' | 'r' | 'f',
+  policy: Pick<Policy, 'ratePerMs' | 'capacity'>,
+  cost: number,
+  maxWaitMs: number,
+): string[] {
   const maxw = maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs;
   return [mode, String(policy.ratePerMs), String(policy.capacity), String(cost), String(maxw)];
 }
@@ -40,9 +51,13 @@ export class ScriptAt {
   ) {}
 
   async #reply(name: string, key: string, args: string[]): Promise<Array<number | string>> {
-    return (await runScript(this.client, BUCKET_SCRIPT, BUCKET_SHA, 1, [this.prefixKey(key, name), ...args, '', '', String(this.now())])) as Array<
-      number | string
-    >;
+    return (await runScript(this.client, BUCKET_SCRIPT, BUCKET_SHA, 1, [
+      this.prefixKey(key, name),
+      ...args,
+      '',
+      '',
+      String(this.now()),
+    ])) as Array<number | string>;
   }
 
   async tryTake(name: string, key: string, policy: Policy, cost: number): Promise<Decision> {
@@ -72,17 +87,28 @@ export interface BatchStep {
  * runBatch sends `steps` as one batch script call (consecutive steps with equal arguments as one
  * run, as the batcher does), remembering the reply under `replyKey`; resolves with the flat reply.
  */
-export async function runBatch(client: Redis | Cluster, steps: readonly BatchStep[], replyKey: string): Promise<Array<number | string>> {
+export async function runBatch(
+  client: Redis | Cluster,
+  steps: readonly BatchStep[],
+  replyKey: string,
+): Promise<Array<number | string>> {
   const keys = steps.map((s) => s.key);
   const argv: string[] = [];
   let last = -1;
   for (const s of steps) {
-    if (last >= 0 && s.spec.every((x, i) => argv[last + i] === x) && argv[last + 5] === s.deadline && argv[last + 6] === s.now) {
+    if (
+      last >= 0 &&
+      s.spec.every((x, i) => argv[last + i] === x) &&
+      argv[last + 5] === s.deadline &&
+      argv[last + 6] === s.now
+    ) {
       argv[last + 7] = String(Number(argv[last + 7]) + 1);
       continue;
     }
     last = argv.length;
     argv.push(...s.spec, s.deadline, s.now, '1');
   }
-  return (await runScript(client, BATCH_SCRIPT, BATCH_SHA, keys.length + 1, [...keys, replyKey, ...argv])) as Array<number | string>;
+  return (await runScript(client, BATCH_SCRIPT, BATCH_SHA, keys.length + 1, [...keys, replyKey, ...argv])) as Array<
+    number | string
+  >;
 }
