@@ -19,6 +19,7 @@ import { openaiScenario } from './openai.js';
 import { scalingScenarios } from './scaling.js';
 import { SHARED_TARGETS, type SharedProbe, sharedProbe, sharedScenarios } from './shared.js';
 import { type CpuRow, redisCpu } from './redis-cpu.js';
+import { type ProviderStorm, printProviderStorm, providerStorm, providerTargets } from './provider.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -111,6 +112,12 @@ try {
     shared = await sharedProbe(ctx, admin, full ? 3000 : 1500);
   }
 
+  let storm: ProviderStorm | undefined;
+  if (only === undefined || only.includes('provider-storm')) {
+    log('  provider storm: bare clients, then Tollgate, against a provider enforcing 10 requests/s …');
+    storm = await providerStorm(redis.port, full ? { steadyMs: 10_000 } : {});
+  }
+
   const targets = [...TARGETS, ...SHARED_TARGETS].map((t) => {
     const r = results.find((x) => x.id === t.scenario);
     const tg = r?.results.find((x) => x.role === 'tollgate');
@@ -137,10 +144,11 @@ try {
       value: burst.redisCalls,
       holds: burst.redisCalls <= burst.bound,
     },
+    ...(storm ? providerTargets(storm) : []),
   ].filter((x) => x !== undefined);
 
   const seconds = (performance.now() - started) / 1000;
-  const json = `${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, cpu, perKey, burst, procs, shared }, null, 2)}\n`;
+  const json = `${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, cpu, perKey, burst, procs, shared, providerStorm: storm }, null, 2)}\n`;
   // --save keeps the figures of the run whose table is printed.
   if (args.save !== undefined) writeFileSync(args.save, json);
   if (args.json) {
@@ -148,6 +156,7 @@ try {
   } else {
     print(results, targets, extraTargets, perKey, burst, procs, cpu);
     if (shared) console.log(`\nSharedLimiter on Redis: ${JSON.stringify(shared)}`);
+    if (storm) printProviderStorm(storm);
     console.log(`\n${machine.command} — ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}`);
     console.log(`median of ${rounds} rounds after 1 warm-up round; ${pinned}; took ${seconds.toFixed(1)} s`);
   }
