@@ -4,7 +4,9 @@
  * One run measures Tollgate, its peers and the ceilings on the same scenarios, against its own
  * redis-server on a free loopback port, and prints the ratios Tollgate ÷ each from this run.
  * Quick by default (under a minute); --full runs 10,000 calls per round of the seed table, more
- * rounds, memory per key at 1M keys, and scaling with keys and with 1, 2, 4 processes.
+ * rounds, memory per key at 1M keys, scaling with keys and with 1, 2, 4 processes, and the provider
+ * storm (provider.ts: bare clients against Tollgate on a rate-limiting provider; also --only
+ * provider-storm).
  */
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -113,9 +115,10 @@ try {
   }
 
   let storm: ProviderStorm | undefined;
-  if (only === undefined || only.includes('provider-storm')) {
+  // About 30 s (two phases of 14 s): with --full or --only only.
+  if (full || only?.includes('provider-storm')) {
     log('  provider storm: bare clients, then Tollgate, against a provider enforcing 10 requests/s …');
-    storm = await providerStorm(redis.port, full ? { steadyMs: 10_000 } : {});
+    storm = await providerStorm(redis.port);
   }
 
   const targets = [...TARGETS, ...SHARED_TARGETS].map((t) => {
