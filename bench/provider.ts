@@ -280,42 +280,37 @@ export function providerTargets(r: ProviderStorm): Array<{ text: string; value: 
   ];
 }
 
-/** printProviderStorm prints one row per contender. */
+/** printProviderStorm prints a row per measure, a column per contender, and the target. */
 export function printProviderStorm(r: ProviderStorm): void {
   const o = r.options;
   const names = Object.keys(o.tenants);
-  const t = new Table({
-    head: [
-      'contender',
-      'HTTP attempts',
-      '429s steady',
-      `goodput (of ${o.limit}/s)`,
-      'caller errors',
-      `shares ${names.join('/')} (weights ${names.map((n) => r.rows[0]?.shares[n]?.weightedPct.toFixed(0)).join('/')} %)`,
-      'after a forced 429: silence, ms (from → to, ms after it)',
-      `sent within ${o.retryAfterMs} ms of it`,
-      '429s after it',
-      'resumed',
+  const weights = names.map((n) => ((100 * (o.tenants[n] ?? 0)) / Object.values(o.tenants).reduce((x, y) => x + y, 0)).toFixed(0));
+  const rows: Array<[string, (x: ContenderRow) => string, string]> = [
+    ['HTTP attempts (429s), whole phase', (x) => `${x.attempts} (${x.rateLimited})`, ''],
+    ['429s, steady window', (x) => `${x.steady.rateLimited} of ${x.steady.attempts} (${x.steady.rateLimitedPct.toFixed(1)}%)`, '<= 1%'],
+    [`goodput, steady window (of ${o.limit}/s)`, (x) => `${x.steady.okPerSecond.toFixed(2)}/s (${x.steady.goodputPct.toFixed(0)}%)`, '>= 90%'],
+    [`shares ${names.join('/')}, % (weights ${weights.join('/')})`, (x) => names.map((n) => x.shares[n]?.pct.toFixed(1)).join('/'), '±10% of each'],
+    [
+      'caller errors (of calls)',
+      (x) => {
+        const errs = Object.entries(x.callerErrors);
+        return `${errs.length === 0 ? '0' : errs.map(([k, v]) => `${v} × ${k}`).join(', ')} (of ${x.calls})`;
+      },
+      'Tollgate: 0',
     ],
-    style: { head: [], border: [] },
-  });
-  for (const x of r.rows) {
-    const errs = Object.entries(x.callerErrors);
-    t.push([
-      x.contender,
-      x.attempts,
-      `${x.steady.rateLimited} of ${x.steady.attempts} (${x.steady.rateLimitedPct.toFixed(1)}%)`,
-      `${x.steady.okPerSecond.toFixed(2)}/s (${x.steady.goodputPct.toFixed(0)}%)`,
-      errs.length === 0 ? `0 of ${x.calls}` : `${errs.map(([k, v]) => `${v} × ${k}`).join(', ')} of ${x.calls}`,
-      names.map((n) => x.shares[n]?.pct.toFixed(1)).join('/'),
-      x.pause.found ? `${x.pause.gapMs.toFixed(0)} (${x.pause.gapFromMs.toFixed(0)} → ${x.pause.gapToMs.toFixed(0)})` : 'no forced 429 seen',
-      x.pause.sentWithin,
-      x.pause.rateLimitedAfter,
-      `${x.pause.processesResumed}/${o.processes} processes, ${x.pause.tenantsResumed}/${names.length} tenants`,
-    ]);
-  }
+    [
+      `forced 429 (retry-after-ms ${o.retryAfterMs}): longest silence, ms (from → to, after it)`,
+      (x) => (x.pause.found ? `${x.pause.gapMs.toFixed(0)} (${x.pause.gapFromMs.toFixed(0)} → ${x.pause.gapToMs.toFixed(0)})` : 'no forced 429 seen'),
+      `>= ${o.retryAfterMs}`,
+    ],
+    [`  attempts sent within ${o.retryAfterMs} ms of it`, (x) => String(x.pause.sentWithin), ''],
+    ['  429s after it', (x) => String(x.pause.rateLimitedAfter), ''],
+    ['  resumed after it', (x) => `${x.pause.processesResumed}/${o.processes} processes, ${x.pause.tenantsResumed}/${names.length} tenants`, 'all'],
+  ];
+  const t = new Table({ head: ['provider storm', ...r.rows.map((x) => x.contender), 'target'], style: { head: [], border: [] } });
+  for (const [label, cell, target] of rows) t.push([label, ...r.rows.map(cell), target]);
   console.log(
-    `\nProvider storm: ${o.processes} processes × ${names.length} tenants × ${o.loops} loops, provider limit ${o.limit} requests/s, pool policy ${2 * o.limit}/s, SDK retries at default; steady window ${o.warmupMs}–${o.warmupMs + o.steadyMs} ms after the first attempt, then a forced 429 (retry-after-ms ${o.retryAfterMs}); took ${r.seconds.toFixed(1)} s`,
+    `\nProvider storm: ${o.processes} processes × ${names.length} tenants × ${o.loops} loops, provider limit ${o.limit} requests/s, pool policy ${2 * o.limit}/s, SDK retries at default; steady window ${o.warmupMs}–${o.warmupMs + o.steadyMs} ms after the first attempt; took ${r.seconds.toFixed(1)} s`,
   );
   console.log(t.toString());
 }
