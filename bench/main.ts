@@ -4,7 +4,9 @@
  * One run measures Tollgate, its peers and the ceilings on the same scenarios, against its own
  * redis-server on a free loopback port, and prints the ratios Tollgate ÷ each from this run.
  * Quick by default (under a minute); --full runs 10,000 calls per round of the seed table, more
- * rounds, memory per key at 1M keys, and scaling with keys and with 1, 2, 4 processes.
+ * rounds, memory per key at 1M keys, scaling with keys and with 1, 2, 4 processes, and the provider
+ * storm (provider.ts: bare clients against Tollgate on a rate-limiting provider; also --only
+ * provider-storm).
  */
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -27,6 +29,7 @@ import { openaiScenario } from './openai.js';
 import { scalingScenarios } from './scaling.js';
 import { SHARED_TARGETS, type SharedProbe, sharedProbe, sharedScenarios } from './shared.js';
 import { type CpuRow, redisCpu } from './redis-cpu.js';
+import { type ProviderStorm, printProviderStorm, providerStorm, providerTargets } from './provider.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -128,6 +131,13 @@ try {
     shared = await sharedProbe(ctx, admin, full ? 3000 : 1500);
   }
 
+  let storm: ProviderStorm | undefined;
+  // About 30 s (two phases of 14 s): with --full or --only only.
+  if (full || only?.includes('provider-storm')) {
+    log('  provider storm: bare clients, then Tollgate, against a provider enforcing 10 requests/s …');
+    storm = await providerStorm(redis.port);
+  }
+
   const targets = [...TARGETS, ...SHARED_TARGETS].map((t) => {
     const r = results.find((x) => x.id === t.scenario);
     const tg = r?.results.find((x) => x.role === 'tollgate');
@@ -158,10 +168,11 @@ try {
       value: burst.redisCalls,
       holds: burst.redisCalls <= burst.bound,
     },
+    ...(storm ? providerTargets(storm) : []),
   ].filter((x) => x !== undefined);
 
   const seconds = (performance.now() - started) / 1000;
-  const json = `${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, cpu, perKey, burst, procs, shared }, null, 2)}\n`;
+  const json = `${JSON.stringify({ machine, sizes, seconds, results, targets, extraTargets, cpu, perKey, burst, procs, shared, providerStorm: storm }, null, 2)}\n`;
   // --save keeps the figures of the run whose table is printed.
   if (args.save !== undefined) writeFileSync(args.save, json);
   if (args.json) {
@@ -169,6 +180,7 @@ try {
   } else {
     print(results, targets, extraTargets, perKey, burst, procs, cpu);
     if (shared) console.log(`\nSharedLimiter on Redis: ${JSON.stringify(shared)}`);
+    if (storm) printProviderStorm(storm);
     console.log(
       `\n${machine.command} — ${machine.nproc} × ${machine.cpu}, Node ${machine.node}, Redis ${machine.redis}`,
     );
