@@ -83,7 +83,11 @@ async function phase(m: PhaseMessage): Promise<PhaseDone> {
           while (Date.now() < m.stopAt) {
             calls++;
             try {
-              await client.chat.completions.create({ model: cfg.model, messages: [{ role: 'user', content: 'hi' }], user });
+              await client.chat.completions.create({
+                model: cfg.model,
+                messages: [{ role: 'user', content: 'hi' }],
+                user,
+              });
             } catch (e) {
               const what = String((e as { status?: unknown }).status ?? (e as Error).name);
               errors[what] = (errors[what] ?? 0) + 1;

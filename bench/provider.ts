@@ -148,7 +148,11 @@ export async function providerStorm(redisPort: number, opts: StormOptions = {}):
   }
 }
 
-async function runPhase(phase: PhaseMessage['phase'], workers: Worker[], o: Required<StormOptions>): Promise<ContenderRow> {
+async function runPhase(
+  phase: PhaseMessage['phase'],
+  workers: Worker[],
+  o: Required<StormOptions>,
+): Promise<ContenderRow> {
   const fake = await startFakeOpenAI({ limits: { [MODEL]: { requests: o.limit, windowMs: 1000 } } });
   try {
     // The lead covers a phase's set-up in the workers (a new client, the pool script loaded).
@@ -263,9 +267,21 @@ export function providerTargets(r: ProviderStorm): Array<{ text: string; value: 
   const errors = Object.values(tg.callerErrors).reduce((x, y) => x + y, 0);
   const o = r.options;
   return [
-    { text: 'provider storm: Tollgate 429s, % of steady attempts: <= 1', value: tg.steady.rateLimitedPct, holds: tg.steady.rateLimitedPct <= 1 },
-    { text: 'provider storm: Tollgate goodput, % of the limit: >= 90', value: tg.steady.goodputPct, holds: tg.steady.goodputPct >= 90 },
-    { text: 'provider storm: worst tenant share off its weight, %: <= 10', value: tg.worstShareDeviationPct, holds: tg.worstShareDeviationPct <= 10 },
+    {
+      text: 'provider storm: Tollgate 429s, % of steady attempts: <= 1',
+      value: tg.steady.rateLimitedPct,
+      holds: tg.steady.rateLimitedPct <= 1,
+    },
+    {
+      text: 'provider storm: Tollgate goodput, % of the limit: >= 90',
+      value: tg.steady.goodputPct,
+      holds: tg.steady.goodputPct >= 90,
+    },
+    {
+      text: 'provider storm: worst tenant share off its weight, %: <= 10',
+      value: tg.worstShareDeviationPct,
+      holds: tg.worstShareDeviationPct <= 10,
+    },
     {
       text: `provider storm: silence after a forced 429 (retry-after-ms ${o.retryAfterMs}), ms: >= ${o.retryAfterMs}`,
       value: tg.pause.gapMs,
@@ -284,12 +300,26 @@ export function providerTargets(r: ProviderStorm): Array<{ text: string; value: 
 export function printProviderStorm(r: ProviderStorm): void {
   const o = r.options;
   const names = Object.keys(o.tenants);
-  const weights = names.map((n) => ((100 * (o.tenants[n] ?? 0)) / Object.values(o.tenants).reduce((x, y) => x + y, 0)).toFixed(0));
+  const weights = names.map((n) =>
+    ((100 * (o.tenants[n] ?? 0)) / Object.values(o.tenants).reduce((x, y) => x + y, 0)).toFixed(0),
+  );
   const rows: Array<[string, (x: ContenderRow) => string, string]> = [
     ['HTTP attempts (429s), whole phase', (x) => `${x.attempts} (${x.rateLimited})`, ''],
-    ['429s, steady window', (x) => `${x.steady.rateLimited} of ${x.steady.attempts} (${x.steady.rateLimitedPct.toFixed(1)}%)`, '<= 1%'],
-    [`goodput, steady window (of ${o.limit}/s)`, (x) => `${x.steady.okPerSecond.toFixed(2)}/s (${x.steady.goodputPct.toFixed(0)}%)`, '>= 90%'],
-    [`shares ${names.join('/')}, % (weights ${weights.join('/')})`, (x) => names.map((n) => x.shares[n]?.pct.toFixed(1)).join('/'), '±10% of each'],
+    [
+      '429s, steady window',
+      (x) => `${x.steady.rateLimited} of ${x.steady.attempts} (${x.steady.rateLimitedPct.toFixed(1)}%)`,
+      '<= 1%',
+    ],
+    [
+      `goodput, steady window (of ${o.limit}/s)`,
+      (x) => `${x.steady.okPerSecond.toFixed(2)}/s (${x.steady.goodputPct.toFixed(0)}%)`,
+      '>= 90%',
+    ],
+    [
+      `shares ${names.join('/')}, % (weights ${weights.join('/')})`,
+      (x) => names.map((n) => x.shares[n]?.pct.toFixed(1)).join('/'),
+      '±10% of each',
+    ],
     [
       'caller errors (of calls)',
       (x) => {
@@ -300,14 +330,24 @@ export function printProviderStorm(r: ProviderStorm): void {
     ],
     [
       `forced 429 (retry-after-ms ${o.retryAfterMs}): longest silence, ms (from → to, after it)`,
-      (x) => (x.pause.found ? `${x.pause.gapMs.toFixed(0)} (${x.pause.gapFromMs.toFixed(0)} → ${x.pause.gapToMs.toFixed(0)})` : 'no forced 429 seen'),
+      (x) =>
+        x.pause.found
+          ? `${x.pause.gapMs.toFixed(0)} (${x.pause.gapFromMs.toFixed(0)} → ${x.pause.gapToMs.toFixed(0)})`
+          : 'no forced 429 seen',
       `>= ${o.retryAfterMs}`,
     ],
     [`  attempts sent within ${o.retryAfterMs} ms of it`, (x) => String(x.pause.sentWithin), ''],
     ['  429s after it', (x) => String(x.pause.rateLimitedAfter), ''],
-    ['  resumed after it', (x) => `${x.pause.processesResumed}/${o.processes} processes, ${x.pause.tenantsResumed}/${names.length} tenants`, 'all'],
+    [
+      '  resumed after it',
+      (x) => `${x.pause.processesResumed}/${o.processes} processes, ${x.pause.tenantsResumed}/${names.length} tenants`,
+      'all',
+    ],
   ];
-  const t = new Table({ head: ['provider storm', ...r.rows.map((x) => x.contender), 'target'], style: { head: [], border: [] } });
+  const t = new Table({
+    head: ['provider storm', ...r.rows.map((x) => x.contender), 'target'],
+    style: { head: [], border: [] },
+  });
   for (const [label, cell, target] of rows) t.push([label, ...r.rows.map(cell), target]);
   console.log(
     `\nProvider storm: ${o.processes} processes × ${names.length} tenants × ${o.loops} loops, provider limit ${o.limit} requests/s, pool policy ${2 * o.limit}/s, SDK retries at default; steady window ${o.warmupMs}–${o.warmupMs + o.steadyMs} ms after the first attempt; took ${r.seconds.toFixed(1)} s`,
