@@ -112,6 +112,8 @@ async function task(run: AgentRun, s: TenantStats): Promise<void> {
   ];
   const definitions = run.tools.map((t) => t.definition);
   for (let turn = 0; turn < MAX_TURNS; turn++) {
+    // Past the deadline, a task makes no more model calls: the run ends with what is in flight.
+    if (turn > 0 && performance.now() >= run.deadline) return;
     s.modelWaiting++;
     const res = await run.client.chat.completions.create(
       { model: run.model, messages, tools: definitions, max_completion_tokens: 200 },

@@ -135,7 +135,7 @@ async function runDemo(args: DemoArgs, setup: Setup): Promise<void> {
       `Model calls go to ${setup.where}.\n` +
       `Tool-call quotas: ${tiers}.\n` +
       (setup.offline !== undefined
-        ? `The provider allows the org ${PROVIDER_LIMIT.requests} requests/s for ${model} (bursts of ${PROVIDER_LIMIT.requests}); the tenants' own quotas add up to ${demand}/s.\n`
+        ? `The provider allows the org ${PROVIDER_LIMIT.requests} requests/s for ${model} (bursts of ${PROVIDER_LIMIT.requests}); the tenants' ${stats.length * agentsPerTenant} agents want more${args.shared ? '' : `, and their own request quotas add up to ${demand}/s`}.\n`
         : '') +
       (args.shared
         ? `Shared pool: ${model}'s requests divided by weight (enterprise ${WEIGHTS.enterprise}, pro ${WEIGHTS.pro}, free ${WEIGHTS.free}), set to ${GUESSED_POLICY.rate}/s — 2× too high, as a user who guessed wrong: the provider's x-ratelimit headers correct it.\n\n`
@@ -151,7 +151,8 @@ async function runDemo(args: DemoArgs, setup: Setup): Promise<void> {
       },
       () => {},
     );
-  const status = () => (performance.now() < deadline ? `new tasks until ${args.seconds} s` : 'no new tasks, finishing the queued');
+  const status = () =>
+    performance.now() < deadline ? `new tasks until ${args.seconds} s` : 'time is up, finishing the calls already made';
   const render = () => {
     const now = performance.now();
     view.update({ stats, elapsedMs: now - start, status: status(), warm: now >= warmupEnd, footer });

@@ -30,14 +30,14 @@ export interface OrgReport {
 const ms = (v: number) => Math.round(v).toString();
 const sec = (v: number) => (v / 1000).toFixed(1);
 
-/** orgTable: per tenant, requests answered, share while backlogged, waits, 429s and errors. */
+/** orgTable: per tenant, requests answered (OK), share while backlogged (fair share), waits, 429s and errors. */
 export function orgTable(r: OrgReport): string {
   const ok = r.log.okPerTenant(r.warmupEnd, r.deadline);
   const total = [...ok.values()].reduce((a, b) => a + b, 0);
   const weights = r.stats.reduce((n, s) => n + s.weight, 0);
   const window = `${sec(r.warmupEnd - r.start)}–${sec(r.deadline - r.start)} s`;
   const t = new Table({
-    head: ['Tenant', 'Tier', 'Requests\nok', `Share ${window}\n(fair)`, 'Wait ms\navg / max', '429s\n(>1 s)', 'Errors\nseen'],
+    head: ['Tenant', 'Tier', 'OK', `Share\n${window}`, 'Wait ms\navg/max', '429s\nall/>1s', 'Errors\nseen'],
     style: r.plain ? { head: [], border: [], compact: true } : { head: ['cyan'], border: ['grey'], compact: true },
   });
   for (const s of r.stats) {
@@ -48,9 +48,9 @@ export function orgTable(r: OrgReport): string {
       s.tenant,
       `${s.tier} ×${s.weight}`,
       s.http.ok,
-      `${pct(share)} (${pct(s.weight / weights)})`,
-      `${ms(avg)} / ${ms(s.attemptMaxWaitMs)}`,
-      `${s.http.rateLimited} (${s.httpAfterWarmup.rateLimited})`,
+      `${pct(share)} (${Math.round((100 * s.weight) / weights)}%)`,
+      `${ms(avg)}/${ms(s.attemptMaxWaitMs)}`,
+      `${s.http.rateLimited}/${s.httpAfterWarmup.rateLimited}`,
       errors,
     ]);
   }

@@ -6,6 +6,7 @@
 import Table from 'cli-table3';
 import { createLogUpdate } from 'log-update';
 import { type TenantStats, outcome } from './stats.ts';
+import { WEIGHTS } from './tiers.ts';
 
 export interface ViewOptions {
   /** Plain lines instead of redrawing in place. */
@@ -81,25 +82,31 @@ export function createView(opts: ViewOptions): View {
   const log = createLogUpdate(out);
   return {
     update(f) {
-      const t = table(['Tenant', 'Tier', 'Wait-\ning', 'Requests\nok', 'Wait ms\navg/max', 'Share of\norg (fair)', "Provider's\n429s (>1 s)", 'Tool\ncalls'], false);
+      const t = table(['Tenant', 'Tier', 'Wait-\ning', 'OK', 'Wait ms\navg/max', 'Share\n(fair)', '429s\nall/>1s'], false);
       const sh = shares(f.stats);
       let modelCalls = 0;
+      let toolCalls = 0;
       f.stats.forEach((s, i) => {
         const { share, fair } = sh[i] as { share: number; fair: number };
         modelCalls += s.modelCalls;
+        toolCalls += s.admitted;
         t.push([
           s.tenant,
-          `${s.tier} ×${s.weight}`,
+          s.tier,
           s.modelWaiting,
           s.http.ok,
           `${ms(avgAttemptWait(s))}/${ms(s.attemptMaxWaitMs)}`,
-          f.warm ? `${pct(share)} (${Math.round(100 * fair)}%)` : `- (${Math.round(100 * fair)}%)`,
-          `${s.http.rateLimited} (${s.httpAfterWarmup.rateLimited})`,
-          s.admitted,
+          `${f.warm ? pct(share) : '-'} (${Math.round(100 * fair)}%)`,
+          `${s.http.rateLimited}/${s.httpAfterWarmup.rateLimited}`,
         ]);
       });
-      const head = `${(f.elapsedMs / 1000).toFixed(1).padStart(4)} s · ${f.status} · ${modelCalls} model calls`;
-      log(`${head}\n${t.toString()}\nShare: of the org's requests answered since 1 s; fair: by the tiers' weights.\n${f.footer.join('\n')}`);
+      const head = `${(f.elapsedMs / 1000).toFixed(1).padStart(4)} s · ${f.status} · ${modelCalls} model calls, ${toolCalls} tool calls`;
+      const legend = [
+        "Waiting: model calls waiting for their turn. OK: the provider's 2xx answers.",
+        `Share: of the 2xx since 1 s; fair: by weight (${Object.entries(WEIGHTS).map(([t, w]) => `${t} ${w}`).join(', ')}).`,
+        "429s: the provider's, all and since 1 s.",
+      ];
+      log([head, t.toString(), ...legend, ...f.footer].join('\n'));
     },
     done() {
       log.done();

@@ -392,7 +392,7 @@ describe('pnpm demo', () => {
     const allowed = decisions.filter((l) => l.includes('outcome=allowed'));
     expect(allowed.length, section).toBeGreaterThan(0);
     for (const l of decisions) {
-      expect(l).toMatch(/^ {2}tollgate\.decisions\{limiter=\S+ backend=memory outcome=\w+\} \d+$/);
+      expect(l).toMatch(/^ {2}tollgate\.decisions\{limiter=\S+ backend=\S+ outcome=\w+\} \d+$/);
       // Never a user id: no tenant's name is an attribute.
       expect(l).not.toMatch(/acme|globex|initech|umbrella|hooli/);
     }
