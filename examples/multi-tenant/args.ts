@@ -15,21 +15,31 @@ export interface DemoArgs {
   seconds: number;
   /** Plain periodic lines instead of the in-place view, even on a terminal. @default !stdout.isTTY */
   plain: boolean;
+  /** Share the provider's limit through SharedLimiter pools (false: per-tenant quotas only). @default true */
+  shared: boolean;
+  /** Register an OpenTelemetry MeterProvider and print Tollgate's metrics. @default false */
+  metrics: boolean;
   help: boolean;
 }
 
 export const USAGE = `Usage: pnpm demo [options]
 
 Several tenants on the free, pro and enterprise tiers run agents at once: model calls through a
-throttled OpenAI client, tool calls through throttled tools. A live per-tenant view shows what is
-queued, in flight and admitted; a final table compares each tenant's achieved rate with its quota.
-Offline by default (a loopback OpenAI-compatible server); set OPENAI_API_KEY to use the real API.
+throttled OpenAI client, tool calls through throttled tools. Each tenant has its tier's quotas, and
+together they want more than the provider allows the organisation for the model: shared pools
+divide that limit among the tenants by their tiers' weights, steered by the provider's rate-limit
+headers. A live per-tenant view shows each tenant's share of the org's requests and the provider's
+429s; final tables check every tenant against its quota and the org against the provider's limit.
+Offline by default (a loopback OpenAI-compatible server that enforces the org's limit); set
+OPENAI_API_KEY to use the real API.
 
 Options:
   --backend <kind>     memory | redis | hybrid                      (default: memory)
   --redis-url <url>    Redis for --backend redis|hybrid   (default: $REDIS_URL or redis://127.0.0.1:6379)
   --seconds <n>        how long tenants keep starting tasks, 1-30   (default: 8)
   --plain              periodic plain lines instead of the live view (default when stdout is not a TTY)
+  --no-shared          per-tenant quotas only, no shared pools: the same load, and the 429 storm it causes
+  --metrics            register an OpenTelemetry MeterProvider and print Tollgate's metrics
   -h, --help           show this help
 `;
 
@@ -59,7 +69,15 @@ export function parseDemoArgs(argv: string[], env: NodeJS.ProcessEnv = process.e
   if (!/^rediss?:\/\//.test(redisUrl)) {
     throw new ArgsError(`--redis-url must start with redis:// or rediss:// (received ${JSON.stringify(redisUrl)})`);
   }
-  return { backend, redisUrl, seconds, plain: values.plain || !isTTY, help: values.help };
+  return {
+    backend,
+    redisUrl,
+    seconds,
+    plain: values.plain || !isTTY,
+    shared: !values['no-shared'],
+    metrics: values.metrics,
+    help: values.help,
+  };
 }
 
 function parse(argv: string[]) {
@@ -72,6 +90,9 @@ function parse(argv: string[]) {
       'redis-url': { type: 'string' },
       seconds: { type: 'string', default: '8' },
       plain: { type: 'boolean', default: false },
+      // parseArgs's allowNegative needs Node 22.4; the demo runs on 20 too.
+      'no-shared': { type: 'boolean', default: false },
+      metrics: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });

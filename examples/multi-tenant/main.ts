@@ -1,82 +1,51 @@
 /**
- * Multi-tenant agents with tiers — `pnpm demo`.
+ * Multi-tenant agents with tiers, sharing one org budget — `pnpm demo`.
  *
  * Five tenants on the free, pro and enterprise tiers each run four agents at once. Every agent
- * loops over support tasks: a model call through a throttled OpenAI client, the tool calls the
- * model asked for through throttled tools, the model again with the results. Each tier's quota is
- * a policy of @tollgate/core picked by a policy function (tenant → policy), so every tenant gets
- * its own buckets on the chosen backend. While it runs, a live view shows per tenant what is
- * queued, in flight and admitted; at the end a table compares each tenant's achieved tool-call
- * rate with its quota and the token-bucket bound capacity + rate·T.
+ * loops over support tasks: model calls through a throttled OpenAI client and the tools the model
+ * asks for through throttled tools (agents.ts). Each tier's quotas are policies of @tollgate/core
+ * picked by a policy function (tenant → policy), so every tenant has buckets of its own. Together
+ * the tenants want more requests than the provider allows the organisation for the model: a
+ * SharedLimiter pool divides that limit among them by their tiers' weights, and the provider's
+ * rate-limit headers correct the pool's policy, set 2× too high (org.ts). `--no-shared` runs the
+ * same load on the per-tenant quotas alone, and shows the provider's 429s that causes.
+ *
+ * While it runs, a live view shows per tenant its share of the org's requests against its
+ * weight's, waits and 429s; at the end, tables check each tenant's tool calls against its quota
+ * (b + r·T) and the org against the provider's limit (b + r·T, 429 rate, shares).
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { defineTool, runToolCalls, throttleOpenAI, withUser } from '@tollgate/agent';
+import { type AdmitEvent, throttleOpenAI } from '@tollgate/agent';
 import { type Backend, RateLimiter } from '@tollgate/core';
 import type OpenAI from 'openai';
-import { z } from 'zod';
 import { connectOpenAI } from '../shared/openai.ts';
+import type { AttemptRecord } from '../support/fake-openai.ts';
+import { type AgentRun, agent, supportModel, supportTools } from './agents.ts';
 import { ArgsError, type DemoArgs, USAGE, parseDemoArgs } from './args.ts';
 import { SetupError, openBackend } from './backend.ts';
-import { type TenantStats, newStats } from './stats.ts';
-import { TENANTS, TIERS, quotaOf } from './tiers.ts';
+import { type DemoMetrics, startMetrics } from './metrics.ts';
+import { orgChecks, orgTable } from './org-view.ts';
+import { GUESSED_POLICY, PROVIDER_LIMIT, WARMUP_MS, orgRequests } from './org.ts';
+import { AttemptLog } from './provider.ts';
+import { newStats } from './stats.ts';
+import { TENANTS, TIERS, WEIGHTS, quotaOf } from './tiers.ts';
 import { boundLine, createView, summaryTable } from './view.ts';
 
 /**
- * Agents each tenant runs at once: offline, enough to ask for more than every quota; on the real
- * API, one, so that five tenants stay within a small account's requests per minute.
+ * Agents each tenant runs at once: offline, enough to ask for more than the org's limit; on the
+ * real API, one, so that five tenants stay within a small account's requests per minute.
  */
-const AGENTS_OFFLINE = 4;
+const AGENTS_OFFLINE = 6;
 const AGENTS_REAL_API = 1;
-/** Model turns per task at most (the model may keep asking for tools). */
-const MAX_TURNS = 3;
 
-/** The tool calls of one model turn, so the tools can tell whose they are and since when they wait. */
-interface Turn {
-  readonly stats: TenantStats;
-  readonly submittedAt: number;
-  started: number;
-}
-const currentTurn = new AsyncLocalStorage<Turn>();
-
-/** counted wraps a tool's body: it runs once the limiter has admitted the call. */
-function counted<A>(body: (args: A) => Promise<string>): (args: A) => Promise<string> {
-  return async (args) => {
-    const turn = currentTurn.getStore();
-    if (turn !== undefined) {
-      const s = turn.stats;
-      const now = performance.now();
-      const waited = now - turn.submittedAt;
-      turn.started++;
-      s.queued--;
-      s.inFlight++;
-      s.admitted++;
-      s.waitedTotalMs += waited;
-      s.maxWaitMs = Math.max(s.maxWaitMs, waited);
-      s.lastAdmitAt = now;
-    }
-    try {
-      return await body(args);
-    } finally {
-      if (turn !== undefined) turn.stats.inFlight--;
-    }
-  };
-}
-
-/**
- * supportModel is how the loopback server answers offline: asked about an order, it calls both
- * tools at once (as a real model does with parallel tool calls); after the results it answers.
- */
-function supportModel(body: { messages?: { role?: string; content?: unknown }[]; tools?: unknown[] }) {
-  const last = body.messages?.at(-1);
-  if (!Array.isArray(body.tools) || last?.role === 'tool') return undefined;
-  const [, orderId = 'A-1', sku = 'SKU-1'] = /order (A-\d+).*(SKU-\d+)/.exec(String(last?.content)) ?? [];
-  return {
-    toolCalls: [
-      { name: 'lookup_order', arguments: { order_id: orderId } },
-      { name: 'check_stock', arguments: { sku } },
-    ],
-  };
+/** What runDemo needs besides the command line. */
+interface Setup {
+  readonly backendLabel: string;
+  readonly backend: Backend;
+  readonly openai: OpenAI;
+  readonly model: string;
+  readonly where: string;
+  readonly offline: { readonly attempts: readonly AttemptRecord[] } | undefined;
+  readonly metrics: DemoMetrics | undefined;
 }
 
 async function main(): Promise<void> {
@@ -94,124 +63,111 @@ async function main(): Promise<void> {
     return;
   }
 
+  // Registered before any limiter is made, as an application would at startup.
+  const metrics = args.metrics ? startMetrics() : undefined;
   const store = await openBackend(args);
-  const endpoint = await connectOpenAI({ fake: { latencyMs: 15, chat: supportModel } }).catch(async (e: unknown) => {
+  const model = process.env.OPENAI_MODEL ?? 'gpt-4o-mini';
+  const endpoint = await connectOpenAI({
+    fake: { latencyMs: 15, chat: supportModel, limits: { [model]: PROVIDER_LIMIT } },
+  }).catch(async (e: unknown) => {
     await store.close();
     throw e;
   });
   try {
-    const agents = endpoint.fake !== undefined ? AGENTS_OFFLINE : AGENTS_REAL_API;
-    await runDemo(args, store.label, store.backend, endpoint.openai, endpoint.model, endpoint.where, agents);
+    await runDemo(args, {
+      backendLabel: store.label,
+      backend: store.backend,
+      openai: endpoint.openai,
+      model: endpoint.model,
+      where: endpoint.where,
+      offline: endpoint.fake,
+      metrics,
+    });
   } finally {
     await endpoint.close();
     await store.close();
+    await metrics?.shutdown();
   }
 }
 
-async function runDemo(
-  args: DemoArgs,
-  backendLabel: string,
-  backend: Backend,
-  openai: OpenAI,
-  model: string,
-  where: string,
-  agentsPerTenant: number,
-): Promise<void> {
+async function runDemo(args: DemoArgs, setup: Setup): Promise<void> {
+  const { backend, model } = setup;
+  const stats = Object.keys(TENANTS).map(newStats);
+  const byTenant = new Map(stats.map((s) => [s.tenant, s]));
+  const start = performance.now();
+  const deadline = start + args.seconds * 1000;
+  const warmupEnd = start + WARMUP_MS;
+  const log = new AttemptLog(stats, warmupEnd);
+
   // One limiter per kind of budget; the policy function picks each tenant's tier.
   const requests = new RateLimiter({ backend, name: 'requests', policy: (tenant) => quotaOf(tenant).requests });
   const llmTokens = new RateLimiter({ backend, name: 'llm-tokens', policy: (tenant) => quotaOf(tenant).llmTokens });
   const toolCalls = new RateLimiter({ backend, name: 'tools', policy: (tenant) => quotaOf(tenant).tools });
 
-  const client = throttleOpenAI(openai, { requests, llmTokens, perUser: { concurrency: 2, maxQueued: 64 } });
+  const onAdmit = (e: AdmitEvent) => {
+    const s = byTenant.get(e.user);
+    if (s === undefined) return;
+    if (!e.retry) s.modelWaiting--;
+    s.attemptsAdmitted++;
+    s.attemptWaitTotalMs += e.waitedMs;
+    s.attemptMaxWaitMs = Math.max(s.attemptMaxWaitMs, e.waitedMs);
+  };
+  // With the org's pool (per model, its key the tenant, weighted by tier), a tenant's requests are
+  // its share of the pool. Its own requests bucket in front of the pool would space its calls, so
+  // the pool would never see it backlogged and would lift it to the least-served at each call.
+  const perTenant = args.shared ? { llmTokens, shared: { requests: orgRequests(backend) } } : { requests, llmTokens };
+  const openai = setup.openai.withOptions({ fetch: log.fetch() });
+  // A slot for each agent: callers wait for their share in the pool, where it can see them.
+  const perUser = { concurrency: AGENTS_OFFLINE, maxQueued: 64 };
+  const client = throttleOpenAI(openai, { ...perTenant, perUser, onAdmit });
 
-  const tools = [
-    defineTool({
-      name: 'lookup_order',
-      description: 'Look up an order by its id: status and carrier.',
-      parameters: z.object({ order_id: z.string().describe('The order id, e.g. A-1042') }),
-      limiter: toolCalls,
-      execute: counted(async ({ order_id }: { order_id: string }) => {
-        await sleep(150);
-        return JSON.stringify({ order_id, status: 'shipped', carrier: 'DHL' });
-      }),
-    }),
-    defineTool({
-      name: 'check_stock',
-      description: 'How many units of a product are in stock.',
-      parameters: z.object({ sku: z.string().describe('The product SKU') }),
-      limiter: toolCalls,
-      execute: counted(async ({ sku }: { sku: string }) => {
-        await sleep(90);
-        return JSON.stringify({ sku, in_stock: 7 });
-      }),
-    }),
-  ];
-  const definitions = tools.map((t) => t.definition);
-
-  const stats = Object.keys(TENANTS).map(newStats);
-  const start = performance.now();
-  const deadline = start + args.seconds * 1000;
-  let taskNo = 0;
-
-  async function task(s: TenantStats): Promise<void> {
-    const n = ++taskNo;
-    const messages: OpenAI.ChatCompletionMessageParam[] = [
-      { role: 'system', content: 'You are a support agent. Use the tools, then answer in one sentence.' },
-      { role: 'user', content: `Customer asks about order A-${1000 + n}: where is it, and is SKU-${n % 50} in stock?` },
-    ];
-    for (let turn = 0; turn < MAX_TURNS; turn++) {
-      const res = await client.chat.completions.create({
-        model,
-        messages,
-        tools: definitions,
-        max_completion_tokens: 200,
-      });
-      s.modelCalls++;
-      s.llmTokens += res.usage?.total_tokens ?? 0;
-      const message = res.choices[0]?.message;
-      if (message === undefined) return;
-      messages.push(message);
-      const calls = message.tool_calls ?? [];
-      if (calls.length === 0) return;
-      const t: Turn = { stats: s, submittedAt: performance.now(), started: 0 };
-      s.firstSubmitAt ??= t.submittedAt;
-      s.queued += calls.length;
-      const results = await currentTurn.run(t, () => runToolCalls(calls, tools));
-      // Calls that never ran (bad arguments, an unknown tool) leave the queue too.
-      s.queued -= calls.length - t.started;
-      s.toolErrors += calls.length - t.started;
-      messages.push(...results);
-    }
-  }
-
-  // An agent whose task fails (the real API refusing, say) stops; the others go on.
-  const failures: string[] = [];
-  async function agent(s: TenantStats): Promise<void> {
-    try {
-      while (performance.now() < deadline) await withUser(s.tenant, () => task(s));
-    } catch (e) {
-      failures.push(`${s.tenant}: ${e instanceof Error ? e.message : String(e)}`);
-    }
-  }
+  const agentsPerTenant = setup.offline !== undefined ? AGENTS_OFFLINE : AGENTS_REAL_API;
+  const run: AgentRun = { client, model, tools: supportTools(toolCalls), deadline, failures: [] };
 
   const tiers = (['free', 'pro', 'enterprise'] as const)
     .map((tier, i) => `${tier} ${TIERS[tier].tools.rate}/s (${i === 0 ? 'burst ' : ''}${TIERS[tier].tools.capacity})`)
     .join(', ');
+  const demand = stats.reduce((n, s) => n + (quotaOf(s.tenant).requests as { rate: number }).rate, 0);
   process.stdout.write(
-    `Tollgate demo: ${stats.length} tenants × ${agentsPerTenant} agents, backend ${backendLabel}\n` +
-      `Model calls go to ${where}.\n` +
-      `Tool-call quotas: ${tiers}.\n\n`,
+    `Tollgate demo: ${stats.length} tenants × ${agentsPerTenant} agents, backend ${setup.backendLabel}\n` +
+      `Model calls go to ${setup.where}.\n` +
+      `Tool-call quotas: ${tiers}.\n` +
+      (setup.offline !== undefined
+        ? `The provider allows the org ${PROVIDER_LIMIT.requests} requests/s for ${model} (bursts of ${PROVIDER_LIMIT.requests}); the tenants' ${stats.length * agentsPerTenant} agents want more${args.shared ? '' : `, and their own request quotas add up to ${demand}/s`}.\n`
+        : '') +
+      (args.shared
+        ? `Shared pool: ${model}'s requests divided by weight (enterprise ${WEIGHTS.enterprise}, pro ${WEIGHTS.pro}, free ${WEIGHTS.free}), set to ${GUESSED_POLICY.rate}/s — 2× too high, as a user who guessed wrong: the provider's x-ratelimit headers correct it.\n\n`
+        : `No shared pool (--no-shared): each tenant has its own quotas only (requests, LLM tokens, tools), and the SDK retries 429s (2 retries).\n\n`),
   );
+
   const view = createView({ plain: args.plain });
+  let footer: string[] = [];
+  const refreshMetrics = () =>
+    setup.metrics?.summary().then(
+      (line) => {
+        footer = [line];
+      },
+      () => {},
+    );
   const status = () =>
-    performance.now() < deadline ? `new tasks until ${args.seconds} s` : 'no new tasks, finishing the queued';
-  const render = () => view.update(stats, performance.now() - start, status());
+    performance.now() < deadline ? `new tasks until ${args.seconds} s` : 'time is up, finishing the calls already made';
+  const render = () => {
+    const now = performance.now();
+    view.update({ stats, elapsedMs: now - start, status: status(), warm: now >= warmupEnd, footer });
+  };
   render();
-  const timer = setInterval(render, args.plain ? 250 : 100);
+  let ticks = 0;
+  const timer = setInterval(() => {
+    const now = performance.now();
+    if (now >= warmupEnd && now < deadline) log.sample();
+    if (++ticks % 5 === 0) void refreshMetrics();
+    if (ticks % (args.plain ? 2 : 1) === 0) render();
+  }, 100);
   try {
-    await Promise.all(stats.flatMap((s) => Array.from({ length: agentsPerTenant }, () => agent(s))));
+    await Promise.all(stats.flatMap((s) => Array.from({ length: agentsPerTenant }, () => agent(run, s))));
   } finally {
     clearInterval(timer);
+    await refreshMetrics();
     render();
     view.done();
   }
@@ -221,8 +177,25 @@ async function runDemo(
   process.stdout.write(`${summaryTable(stats, args.plain)}\n`);
   process.stdout.write('A token bucket admits at most burst + rate × T in a window of T seconds:\n');
   for (const s of stats) process.stdout.write(`${boundLine(s)}\n`);
-  if (failures.length > 0) {
-    process.stderr.write(`${failures.length} agents stopped on an error:\n  ${[...new Set(failures)].join('\n  ')}\n`);
+
+  const report = {
+    stats,
+    log,
+    provider: setup.offline?.attempts.filter((a) => a.model === model),
+    warmupEnd,
+    deadline,
+    start,
+    plain: args.plain,
+  };
+  process.stdout.write(
+    `\nThe org's requests to ${model}, ${args.shared ? 'shared by weight' : 'not shared (--no-shared)'}:\n${orgTable(report)}\n`,
+  );
+  for (const line of orgChecks(report)) process.stdout.write(`${line}\n`);
+  if (setup.metrics !== undefined) process.stdout.write(`\n${await setup.metrics.report()}\n`);
+  if (run.failures.length > 0) {
+    process.stderr.write(
+      `${run.failures.length} agents stopped on an error:\n  ${[...new Set(run.failures)].join('\n  ')}\n`,
+    );
     process.exitCode = 1;
   }
 }

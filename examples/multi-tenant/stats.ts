@@ -3,12 +3,14 @@
  */
 import type { Policy } from '@tollgate/core';
 import { normalizePolicy } from '@tollgate/core/internal';
-import { type Tier, quotaOf, tierOf } from './tiers.ts';
+import { type Tier, quotaOf, tierOf, weightOf } from './tiers.ts';
 
 /** TenantStats is one tenant's tool calls and model calls so far. Times are performance.now() ms. */
 export interface TenantStats {
   readonly tenant: string;
   readonly tier: Tier;
+  /** The tenant's weight in the org's shared pools. */
+  readonly weight: number;
   /** The tenant's tool-call quota. */
   readonly quota: Policy;
   /** Tool calls handed to runToolCalls and not yet admitted by the limiter. */
@@ -23,6 +25,17 @@ export interface TenantStats {
   maxWaitMs: number;
   /** Model calls answered. */
   modelCalls: number;
+  /** Model calls made and not yet admitted (their first HTTP attempt still waits for tokens). */
+  modelWaiting: number;
+  /** HTTP attempts Tollgate admitted (retries included), and their waits, ms. */
+  attemptsAdmitted: number;
+  attemptWaitTotalMs: number;
+  attemptMaxWaitMs: number;
+  /** What the provider answered: attempts, 2xx and 429s; and those sent after the warm-up. */
+  http: HttpCounts;
+  httpAfterWarmup: HttpCounts;
+  /** Model calls that failed, by what the caller saw (the HTTP status, or the error's name). */
+  callerErrors: Record<string, number>;
   /** LLM tokens the model calls used (from `usage`). */
   llmTokens: number;
   /** Tool results the model saw as errors (bad arguments, a tool that threw). */
@@ -32,10 +45,18 @@ export interface TenantStats {
   lastAdmitAt: number | undefined;
 }
 
+/** HttpCounts counts HTTP attempts by what the provider answered. */
+export interface HttpCounts {
+  attempts: number;
+  ok: number;
+  rateLimited: number;
+}
+
 export function newStats(tenant: string): TenantStats {
   return {
     tenant,
     tier: tierOf(tenant),
+    weight: weightOf(tenant),
     quota: normalizePolicy(quotaOf(tenant).tools, `tools policy of ${tenant}`),
     queued: 0,
     inFlight: 0,
@@ -43,6 +64,13 @@ export function newStats(tenant: string): TenantStats {
     waitedTotalMs: 0,
     maxWaitMs: 0,
     modelCalls: 0,
+    modelWaiting: 0,
+    attemptsAdmitted: 0,
+    attemptWaitTotalMs: 0,
+    attemptMaxWaitMs: 0,
+    http: { attempts: 0, ok: 0, rateLimited: 0 },
+    httpAfterWarmup: { attempts: 0, ok: 0, rateLimited: 0 },
+    callerErrors: {},
     llmTokens: 0,
     toolErrors: 0,
     firstSubmitAt: undefined,

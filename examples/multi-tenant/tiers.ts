@@ -54,3 +54,14 @@ export function tierOf(tenant: string): Tier {
 export function quotaOf(tenant: string): TierQuota {
   return TIERS[tierOf(tenant)];
 }
+
+/**
+ * WEIGHTS: each tier's weight in the org's shared pools. When tenants contend for the provider's
+ * limit, each gets a share in proportion to its weight (enterprise 4× a free tenant).
+ */
+export const WEIGHTS: Readonly<Record<Tier, number>> = { free: 1, pro: 2, enterprise: 4 };
+
+/** weightOf returns a tenant's weight in the shared pools. */
+export function weightOf(tenant: string): number {
+  return WEIGHTS[tierOf(tenant)];
+}

@@ -182,8 +182,103 @@ const QUOTAS: Record<string, { rate: number; burst: number }> = {
   enterprise: { rate: 20, burst: 40 },
 };
 
-/** checkDemo asserts what the demo's output says about every tenant. */
-function checkDemo(r: Run, seconds: number): TenantResult[] {
+/** OrgRow is a tenant's row of the demo's org table and its share line. */
+interface OrgRow {
+  tenant: string;
+  tier: string;
+  weight: number;
+  /** Requests the provider answered 2xx. */
+  ok: number;
+  /** Share of the org's 2xx after the warm-up, and the weight's share, in %. */
+  share: number;
+  fair: number;
+  avgWaitMs: number;
+  maxWaitMs: number;
+  rateLimited: number;
+  rateLimitedAfterWarmup: number;
+  errors: number;
+  /** The share line: within ±10% of the weight's share. */
+  fairly: boolean;
+}
+
+interface Org {
+  rows: OrgRow[];
+  /** `org: N requests answered ≤ b + r/s × T s = X ✓`. */
+  answered: number;
+  burst: number;
+  ratePerS: number;
+  windowS: number;
+  withinBound: boolean;
+  /** `org: 429s after the first second: k of n attempts`. */
+  limitedAfterWarmup: number;
+  attemptsAfterWarmup: number;
+  storm: boolean;
+  /** The errors callers saw, e.g. `105 × 429`, or `none`. */
+  errorsSeen: string;
+}
+
+/** org parses the demo's org table and check lines. */
+function org(out: string): Org {
+  const after = out.slice(out.indexOf("The org's requests to"));
+  const rows = new Map<string, string[]>();
+  for (const line of after.split('\n')) {
+    const cells = line
+      .split('│')
+      .map((c) => c.trim())
+      .filter((c) => c !== '');
+    if (cells.length === 7 && /^\w+ ×\d+$/.test(cells[1] ?? '')) rows.set(cells[0] as string, cells);
+  }
+  const share = /^share (\S+) \((\w+) ×(\d+)\): (\d+) = ([\d.]+)%, fair ([\d.]+)% (✓|✗)$/;
+  const result: OrgRow[] = [];
+  for (const line of after.split('\n')) {
+    const m = share.exec(line);
+    if (m === null) continue;
+    const cells = rows.get(m[1] as string);
+    if (cells === undefined) throw new Error(`no org row for ${m[1]} in:\n${after}`);
+    const [avgWaitMs, maxWaitMs] = numbers(cells[4] as string) as [number, number];
+    const [rateLimited, rateLimitedAfterWarmup] = numbers(cells[5] as string) as [number, number];
+    result.push({
+      tenant: m[1] as string,
+      tier: m[2] as string,
+      weight: Number(m[3]),
+      ok: Number(cells[2]),
+      share: Number(m[5]),
+      fair: Number(m[6]),
+      avgWaitMs,
+      maxWaitMs,
+      rateLimited,
+      rateLimitedAfterWarmup,
+      errors: Number(cells[6]),
+      fairly: m[7] === '✓',
+    });
+  }
+  const bound = /^org: (\d+) requests answered (?:≤|>) (\d+) \+ (\d+)\/s × ([\d.]+) s = [\d.]+ (✓|✗)$/m.exec(after);
+  const storm =
+    /^org: 429s after the first second: (\d+) of (\d+) attempts \([\d.]+%\) (?:≤|>) 1\.0% (✓|✗ a 429 storm)$/m.exec(
+      after,
+    );
+  const errors = /^org: errors callers saw: (.*)$/m.exec(after);
+  if (bound === null || storm === null || errors === null) throw new Error(`no org check lines in:\n${after}`);
+  return {
+    rows: result,
+    answered: Number(bound[1]),
+    burst: Number(bound[2]),
+    ratePerS: Number(bound[3]),
+    windowS: Number(bound[4]),
+    withinBound: bound[5] === '✓',
+    limitedAfterWarmup: Number(storm[1]),
+    attemptsAfterWarmup: Number(storm[2]),
+    storm: storm[3] !== '✓',
+    errorsSeen: errors[1] as string,
+  };
+}
+
+const WEIGHTS: Record<string, number> = { free: 1, pro: 2, enterprise: 4 };
+/** The loopback provider's limit for the demo's model: 20 requests/s, bursts of 20. */
+const PROVIDER = { burst: 20, ratePerS: 20 };
+
+/** checkTools asserts each tenant's tool calls against its tier's quota: b + r·T, exactly. */
+function checkTools(r: Run, seconds: number): TenantResult[] {
   expect(r.code, explain(r)).toBe(0);
   expect(r.stderr, explain(r)).toBe('');
   const rows = results(r.stdout);
@@ -198,59 +293,130 @@ function checkDemo(r: Run, seconds: number): TenantResult[] {
     const q = QUOTAS[t.tier] as { rate: number; burst: number };
     expect([t.quotaPerS, t.burst]).toEqual([q.rate, q.burst]);
     // Tenants kept starting tasks until `seconds`, then finished what was queued.
-    expect(t.windowS, t.tenant).toBeGreaterThan(seconds * 0.9);
-    expect(t.windowS, t.tenant).toBeLessThan(seconds + 8);
+    expect(t.windowS, t.tenant).toBeGreaterThan(seconds * 0.5);
+    expect(t.windowS, t.tenant).toBeLessThan(seconds + 15);
     // A token bucket admits at most burst + rate·T in T (T is printed to 0.01 s).
     expect(t.within, t.tenant).toBe(true);
     expect(t.admitted, t.tenant).toBeLessThanOrEqual(q.burst + q.rate * (t.windowS + 0.01));
     expect(t.bound).toBeCloseTo(q.burst + q.rate * t.windowS, 0);
-    // Every tenant asks for more than its quota, so it gets most of it. How much it asks for
-    // depends on the machine (each task waits for model calls and tools that run here too): on a
-    // busy machine demand can fall below the quota, so the lower bound is wide; the upper bound
-    // above is exact, and the ratios below hold however slow the machine is.
-    expect(t.admitted, t.tenant).toBeGreaterThanOrEqual(q.burst + 0.4 * q.rate * t.windowS);
+    expect(t.admitted, t.tenant).toBeGreaterThan(0);
     expect(t.achievedPerS).toBeCloseTo(t.admitted / t.windowS, 1);
-    // Beyond the first burst, the refill rate is what a tenant gets: its quota, not more.
     expect(t.afterBurstPerS, t.tenant).toBeLessThanOrEqual(q.rate * 1.01);
-    expect(t.afterBurstPerS, t.tenant).toBeGreaterThanOrEqual(q.rate * 0.4);
   }
-  const of = (tier: string) => rows.filter((t) => t.tier === tier);
-  const most = (tier: string, f: (t: TenantResult) => number) => Math.max(...of(tier).map(f));
-  const least = (tier: string, f: (t: TenantResult) => number) => Math.min(...of(tier).map(f));
-  const avg = (t: TenantResult) => t.avgWaitMs;
-  // Same demand, smaller quota: free waits longest, enterprise least.
-  expect(least('free', avg)).toBeGreaterThan(most('pro', avg));
-  expect(least('pro', avg)).toBeGreaterThan(most('enterprise', avg));
-  expect(least('free', (t) => t.maxWaitMs)).toBeGreaterThan(most('enterprise', (t) => t.maxWaitMs));
-  // And enterprise got the most done.
-  expect(least('enterprise', (t) => t.admitted)).toBeGreaterThan(most('pro', (t) => t.admitted));
-  expect(least('pro', (t) => t.admitted)).toBeGreaterThan(most('free', (t) => t.admitted));
-  // The tiers' rates are 20, 6 and 2 per second: beyond the burst, enterprise gets at least 3×
-  // what a free tenant gets (10× on a quiet machine; 1× would mean the tiers made no difference),
-  // and every tenant of a tier gets within a factor 1.5 of its peer (nobody starved).
-  const rate = (t: TenantResult) => t.afterBurstPerS;
-  expect(least('enterprise', rate)).toBeGreaterThanOrEqual(3 * most('free', rate));
-  expect(least('pro', rate)).toBeGreaterThanOrEqual(1.5 * most('free', rate));
-  for (const tier of ['free', 'pro']) expect(most(tier, rate)).toBeLessThanOrEqual(1.5 * least(tier, rate));
   return rows;
 }
 
+/** checkOrg asserts what every run shows about the org: the provider's bound, tiers and weights. */
+function checkOrg(r: Run): Org {
+  const o = org(r.stdout);
+  expect(o.rows.map((t) => `${t.tenant}:${t.tier}:${t.weight}`).sort(), explain(r)).toEqual([
+    'acme:enterprise:4',
+    'globex:pro:2',
+    'hooli:free:1',
+    'initech:pro:2',
+    'umbrella:free:1',
+  ]);
+  for (const t of o.rows) expect(t.fair, t.tenant).toBeCloseTo((100 * (WEIGHTS[t.tier] as number)) / 10, 1);
+  // The provider admits at most b + r·T: the org's 2xx, whoever sent them (T is printed to 0.01 s).
+  expect([o.burst, o.ratePerS]).toEqual([PROVIDER.burst, PROVIDER.ratePerS]);
+  expect(o.withinBound, explain(r)).toBe(true);
+  expect(o.answered).toBeLessThanOrEqual(PROVIDER.burst + PROVIDER.ratePerS * (o.windowS + 0.01));
+  expect(o.rows.reduce((n, t) => n + t.ok, 0)).toBeLessThanOrEqual(o.answered);
+  return o;
+}
+
+/** checkShared asserts a run with the shared pool: no 429 storm, and shares by weight. */
+function checkShared(r: Run, seconds: number): Org {
+  checkTools(r, seconds);
+  const o = checkOrg(r);
+  // The tenants want far more than the limit, so the org gets most of it (wide: a busy machine).
+  expect(o.answered, explain(r)).toBeGreaterThanOrEqual(PROVIDER.ratePerS * seconds * 0.5);
+  // The pool was set 2× too high; the headers of the first responses corrected it: after the
+  // first second, at most a few % of the attempts are 429s (0 on a quiet machine), and no caller
+  // saw an error.
+  expect(o.attemptsAfterWarmup).toBeGreaterThan(0);
+  expect(o.limitedAfterWarmup, explain(r)).toBeLessThanOrEqual(0.03 * o.attemptsAfterWarmup);
+  expect(o.errorsSeen).toBe('none');
+  for (const t of o.rows) expect(t.errors, t.tenant).toBe(0);
+  // Shares follow the weights 4 : 2 : 2 : 1 : 1 (the demo checks ±10%; the test allows ±40% for a
+  // busy machine, and the order and ratios must hold).
+  const of = (tier: string) => o.rows.filter((t) => t.tier === tier);
+  for (const t of o.rows) {
+    expect(t.share, `${t.tenant}\n${explain(r)}`).toBeGreaterThanOrEqual(0.6 * t.fair);
+    expect(t.share, `${t.tenant}\n${explain(r)}`).toBeLessThanOrEqual(1.4 * t.fair);
+  }
+  const most = (tier: string, f: (t: OrgRow) => number) => Math.max(...of(tier).map(f));
+  const least = (tier: string, f: (t: OrgRow) => number) => Math.min(...of(tier).map(f));
+  const share = (t: OrgRow) => t.share;
+  expect(least('enterprise', share), explain(r)).toBeGreaterThanOrEqual(1.4 * most('pro', share));
+  expect(least('pro', share), explain(r)).toBeGreaterThanOrEqual(1.4 * most('free', share));
+  // Same demand, a smaller share: enterprise's calls wait the least.
+  const avg = (t: OrgRow) => t.avgWaitMs;
+  expect(least('pro', avg)).toBeGreaterThan(most('enterprise', avg));
+  expect(least('free', avg)).toBeGreaterThan(most('enterprise', avg));
+  return o;
+}
+
 describe('pnpm demo', () => {
-  test('without a TTY: periodic plain lines, then each tenant within its quota, free waiting more than enterprise', async () => {
+  test('without a TTY: plain lines; the org within the provider limit, no 429 storm, shares by weight, each tenant within its tool quota', async () => {
     const r = await run('pnpm', ['demo'], ROOT, 90_000);
-    checkDemo(r, 8);
+    checkShared(r, 8);
     // The live view degraded to plain lines: several reports per tenant while it ran.
-    const live = r.stdout.split('\n').filter((l) => /^\[\s*\d+\.\d+s\] umbrella\s+free\s+queued/.test(l));
+    const live = r.stdout.split('\n').filter((l) => /^\[\s*\d+\.\d+s\] umbrella\s+free\s+×1\s+waiting/.test(l));
     expect(live.length, explain(r)).toBeGreaterThanOrEqual(3);
     expect(r.stdout).toContain('backend memory');
+    expect(r.stdout).toContain('The provider allows the org 20 requests/s for gpt-4o-mini');
+    expect(r.stdout).toContain('set to 40/s — 2× too high');
     expect(r.ms).toBeLessThan(60_000);
   }, 90_000);
+
+  test('--no-shared: the same load on per-tenant quotas alone storms the provider with 429s, and callers see them', async () => {
+    const r = await example('multi-tenant/main.ts', ['--no-shared', '--seconds', '5']);
+    checkTools(r, 5);
+    const o = checkOrg(r);
+    expect(r.stdout).toContain('No shared pool (--no-shared)');
+    // Tenants' quotas add up to 3× the provider's limit: most attempts after the first second are
+    // 429s (> 20% even on a slow machine), and the SDK's retries leave callers with errors.
+    expect(o.storm, explain(r)).toBe(true);
+    expect(o.limitedAfterWarmup, explain(r)).toBeGreaterThan(0.2 * o.attemptsAfterWarmup);
+    expect(o.errorsSeen).toMatch(/^\d+ × 429/);
+    expect(o.rows.reduce((n, t) => n + t.errors, 0)).toBeGreaterThan(0);
+  }, 60_000);
+
+  test('--metrics: an OpenTelemetry MeterProvider prints what the limiters recorded', async () => {
+    const r = await example('multi-tenant/main.ts', ['--metrics', '--seconds', '2']);
+    expect(r.code, explain(r)).toBe(0);
+    const section = r.stdout.slice(r.stdout.indexOf('OpenTelemetry metrics of the "tollgate" meter:'));
+    expect(section, explain(r)).toMatch(/^OpenTelemetry metrics/);
+    const core = readdirSync(resolve(ROOT, 'packages/core/src'), { recursive: true, encoding: 'utf8' })
+      .filter((f) => f.endsWith('.ts'))
+      .map((f) => readFileSync(resolve(ROOT, 'packages/core/src', f), 'utf8'));
+    if (!core.some((src) => src.includes('new LimiterMetrics('))) {
+      // This @tollgate/core records no metrics yet: the demo says so rather than print nothing.
+      expect(section).toContain('none recorded');
+      return;
+    }
+    const decisions = section.split('\n').filter((l) => l.startsWith('  tollgate.decisions{'));
+    expect(decisions.length, section).toBeGreaterThan(0);
+    const allowed = decisions.filter((l) => l.includes('outcome=allowed'));
+    expect(allowed.length, section).toBeGreaterThan(0);
+    for (const l of decisions) {
+      expect(l).toMatch(/^ {2}tollgate\.decisions\{limiter=\S+ backend=\S+ outcome=\w+\} \d+$/);
+      // Never a user id: no tenant's name is an attribute.
+      expect(l).not.toMatch(/acme|globex|initech|umbrella|hooli/);
+    }
+    const total = allowed.reduce((n, l) => n + (numbers(l).at(-1) as number), 0);
+    expect(total).toBeGreaterThan(10);
+    expect(section).toMatch(/tollgate\.wait\.duration\{[^}]*\} count \d+/);
+  }, 60_000);
 
   test('--help prints the usage and exits 0; a bad --backend exits 2 naming the option', async () => {
     const help = await example('multi-tenant/main.ts', ['--help']);
     expect(help.code, explain(help)).toBe(0);
     expect(help.stdout).toMatch(/^Usage: pnpm demo/);
     expect(help.stdout).toContain('--backend <kind>');
+    expect(help.stdout).toContain('--no-shared');
+    expect(help.stdout).toContain('--metrics');
     const bad = await example('multi-tenant/main.ts', ['--backend', 'mongo']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('--backend must be memory, redis or hybrid (received "mongo")');
@@ -266,16 +432,16 @@ describe('pnpm demo', () => {
     });
 
     for (const backend of ['redis', 'hybrid']) {
-      test(`--backend ${backend}: the same quotas hold with the buckets in Redis`, async () => {
+      test(`--backend ${backend}: the same quotas and the org's shares hold with the buckets and the pool in Redis`, async () => {
         const r = await example('multi-tenant/main.ts', [
           '--backend',
           backend,
           '--redis-url',
           redis.url,
           '--seconds',
-          '4',
+          '5',
         ]);
-        checkDemo(r, 4);
+        checkShared(r, 5);
         expect(r.stdout).toContain(`backend ${backend} at ${redis.url}`);
       }, 60_000);
     }
@@ -358,6 +524,8 @@ describe('the demo command line', () => {
       redisUrl: 'redis://127.0.0.1:6379',
       seconds: 8,
       plain: false,
+      shared: true,
+      metrics: false,
       help: false,
     });
     expect(parseDemoArgs([], {}, false).plain).toBe(true);
@@ -376,9 +544,12 @@ describe('the demo command line', () => {
       redisUrl: 'redis://h:1',
       seconds: 2.5,
       plain: true,
+      shared: true,
+      metrics: false,
       help: false,
     });
     expect(parseDemoArgs(['-h'], {}, true).help).toBe(true);
+    expect(parseDemoArgs(['--no-shared', '--metrics'], {}, true)).toMatchObject({ shared: false, metrics: true });
   });
 
   test('a bad command line names the option and the value received', () => {
