@@ -112,10 +112,11 @@ async function runDemo(args: DemoArgs, setup: Setup): Promise<void> {
     s.attemptWaitTotalMs += e.waitedMs;
     s.attemptMaxWaitMs = Math.max(s.attemptMaxWaitMs, e.waitedMs);
   };
-  // With the org's pool (per model, its key the tenant, weighted by tier), a tenant's requests are
-  // its share of the pool. Its own requests bucket in front of the pool would space its calls, so
-  // the pool would never see it backlogged and would lift it to the least-served at each call.
-  const perTenant = args.shared ? { llmTokens, shared: { requests: orgRequests(backend) } } : { requests, llmTokens };
+  // Each call waits for its tenant's own quota first, then for the tenant's share of the org's
+  // pool (per model, its key the tenant, weighted by tier).
+  const perTenant = args.shared
+    ? { requests, llmTokens, shared: { requests: orgRequests(backend) } }
+    : { requests, llmTokens };
   const openai = setup.openai.withOptions({ fetch: log.fetch() });
   // A slot for each agent: callers wait for their share in the pool, where it can see them.
   const perUser = { concurrency: AGENTS_OFFLINE, maxQueued: 64 };

@@ -150,6 +150,38 @@ describe('work-conserving', () => {
     expect(nb / (na + nb)).toBeLessThan(0.55);
   });
 
+  test('a key whose calls come one at a time, paced above its share, gets its share, not its pace', async () => {
+    // a (weight 1) sends one call at a time, each 25 ms after the last was admitted (40/s), as a
+    // tenant behind its own 40/s bucket would; b and c (weight 4 each) are backlogged. The pool
+    // gives a 100/s × 1/9 ≈ 11/s. Were a's counter forgotten between its calls, each call would
+    // start level with the least-served key again and a would take ~40/s.
+    const weights: Record<string, number> = { a: 1, b: 4, c: 4 };
+    const l = make({ weight: (k) => weights[k] ?? 1 });
+    const t0 = performance.now();
+    const b = backlog(l, 'b', 1500);
+    const c = backlog(l, 'c', 1500);
+    const a: number[] = [];
+    let stop = false;
+    void (async () => {
+      while (!stop) {
+        await l.acquire('a');
+        a.push(performance.now());
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    })();
+    await vi.advanceTimersByTimeAsync(11_000);
+    stop = true;
+    const from = t0 + 1000;
+    const to = t0 + 11_000;
+    const n = { a: countIn(a, from, to), b: countIn(b, from, to), c: countIn(c, from, to) };
+    const total = n.a + n.b + n.c;
+    expect(total).toBeGreaterThanOrEqual(0.95 * 100 * 10);
+    expect(n.a / total).toBeGreaterThan((1 / 9) * 0.9);
+    expect(n.a / total).toBeLessThan((1 / 9) * 1.1);
+    expect(n.b / n.c).toBeGreaterThan(0.9);
+    expect(n.b / n.c).toBeLessThan(1.1);
+  });
+
   test('a light key is not queued behind a heavy backlog: its call waits about its share interval', async () => {
     const l = make();
     backlog(l, 'heavy', 500); // 5 s of work

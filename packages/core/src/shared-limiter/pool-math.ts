@@ -21,7 +21,11 @@ export interface KeyShare {
   v: number;
   /** Its weight when it last asked. */
   w: number;
-  /** Until when (ms) it counts as waiting; after that it is forgotten. */
+  /**
+   * Until when (ms) it counts as waiting. After that it is idle: its counter is kept while other
+   * keys wait (so coming back lifts it to the least-served waiting key's, never lowers it) and
+   * forgotten once the pool's virtual time passes it or no key waits.
+   */
   until: number;
   /** When (ms) the last of its heads told to come back was told to (its tickets, in order). */
   turn: number;
@@ -149,26 +153,26 @@ export function decide(
 ): PoolAnswer {
   const e = effective(s, policy, now);
   refillPool(s, e, now);
-  let mine = s.keys.get(key);
-  if (mine !== undefined && mine.until <= now) {
-    s.keys.delete(key);
-    mine = undefined;
-  }
+  const mine = s.keys.get(key);
   let least = Number.POSITIVE_INFINITY;
   if (s.keys.size !== 0) {
     for (const [k, j] of s.keys) {
       if (k === key) continue;
-      if (j.until <= now) s.keys.delete(k);
-      else if (j.v < least) least = j.v;
+      if (j.until > now) {
+        if (j.v < least) least = j.v;
+      } else if (j.v <= s.vt) s.keys.delete(k);
     }
   }
-  let v = mine !== undefined ? mine.v : least === Number.POSITIVE_INFINITY || least < s.vt ? s.vt : least;
+  // A key (re)appearing starts level with the least-served waiting key (the lift), or stays
+  // above it if it was served more before it went idle: idle time earns no credit either way.
+  const lift = least === Number.POSITIVE_INFINITY || least < s.vt ? s.vt : least;
+  let v = mine === undefined ? lift : mine.until > now || mine.v > lift ? mine.v : lift;
   let owed = 0;
   let lowerUntil = 0;
   let wsum = weight;
   if (s.keys.size !== 0) {
     for (const [k, j] of s.keys) {
-      if (k === key) continue;
+      if (k === key || j.until <= now) continue;
       wsum += j.w;
       if (j.v < v) {
         owed += j.w * (v - j.v);
@@ -194,7 +198,8 @@ export function decide(
       let until = now + ms;
       if (more) until += SHARE_GRACE_MS;
       if (mine !== undefined && mine.until > until) until = mine.until;
-      if (until > now) {
+      // Kept while waiting, and, idle, while other keys wait (its counter then matters).
+      if (until > now || least !== Number.POSITIVE_INFINITY) {
         if (mine !== undefined) {
           mine.v = v;
           mine.w = weight;
@@ -232,7 +237,7 @@ export function decide(
       status = DEFERRED;
     }
   }
-  settleVt(s);
+  settleVt(s, now);
   return {
     status,
     ms,
@@ -243,17 +248,20 @@ export function decide(
 
 /**
  * The virtual time follows the least-served waiting key up, never down while keys wait; with
- * none waiting it starts over at 0 (only differences of counters matter, and an idle pool is
- * then the same as a missing one).
+ * none waiting it starts over at 0 and every counter is forgotten (only differences of counters
+ * matter, and an idle pool is then the same as a missing one). An idle key's counter at or below
+ * the virtual time is forgotten too: coming back would lift it to at least that.
  */
-function settleVt(s: PoolState): void {
-  if (s.keys.size === 0) {
+function settleVt(s: PoolState, now: number): void {
+  let least = Number.POSITIVE_INFINITY;
+  for (const j of s.keys.values()) if (j.until > now && j.v < least) least = j.v;
+  if (least === Number.POSITIVE_INFINITY) {
+    s.keys.clear();
     s.vt = 0;
     return;
   }
-  let least = Number.POSITIVE_INFINITY;
-  for (const j of s.keys.values()) if (j.v < least) least = j.v;
   if (least > s.vt) s.vt = least;
+  for (const [k, j] of s.keys) if (j.until <= now && j.v <= s.vt) s.keys.delete(k);
 }
 
 /**
@@ -265,11 +273,11 @@ export function giveBackPool(s: PoolState, policy: Policy, now: number, key: str
   refillPool(s, e, now);
   s.tokens = Math.min(e.capacity, s.tokens + amount);
   const mine = s.keys.get(key);
-  if (mine !== undefined && mine.until > now) {
+  if (mine !== undefined) {
     const v = mine.v - amount / mine.w;
     mine.v = v < s.vt ? s.vt : v;
   }
-  settleVt(s);
+  settleVt(s, now);
 }
 
 /**
@@ -298,7 +306,7 @@ export function observePool(s: PoolState, policy: Policy, now: number, o: Observ
   if (o.retryAfterMs > 0 && now + o.retryAfterMs > s.blockedUntil) s.blockedUntil = now + o.retryAfterMs;
   if (s.limit > 0 && s.blockedUntil > now && s.blockedUntil + policy.perMs > s.limitUntil)
     s.limitUntil = s.blockedUntil + policy.perMs;
-  settleVt(s);
+  settleVt(s, now);
 }
 
 /**

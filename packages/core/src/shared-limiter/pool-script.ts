@@ -107,21 +107,29 @@ effective()
 refill()
 local status, ms = 1, 0
 if mode == 'r' or mode == 't' then
-  if mi > 0 and untils[mi] <= now then
-    drop(mi)
-    mi = 0
-  end
   local least = INF
   for i = 1, n do
     if i ~= mi and alive[i] then
-      if untils[i] <= now then drop(i) elseif vs[i] < least then least = vs[i] end
+      if untils[i] > now then
+        if vs[i] < least then least = vs[i] end
+      elseif vs[i] <= vt then
+        drop(i)
+      end
     end
   end
+  local lift
+  if least == INF or least < vt then lift = vt else lift = least end
   local v
-  if mi > 0 then v = vs[mi] elseif least == INF or least < vt then v = vt else v = least end
+  if mi == 0 then
+    v = lift
+  elseif untils[mi] > now or vs[mi] > lift then
+    v = vs[mi]
+  else
+    v = lift
+  end
   local owed, lowerUntil, wsum = 0, 0, weight
   for i = 1, n do
-    if i ~= mi and alive[i] then
+    if i ~= mi and alive[i] and untils[i] > now then
       wsum = wsum + ws[i]
       if vs[i] < v then
         owed = owed + ws[i] * (v - vs[i])
@@ -147,7 +155,7 @@ if mode == 'r' or mode == 't' then
       local untilT = now + ms
       if more then untilT = untilT + grace end
       if mi > 0 and untils[mi] > untilT then untilT = untils[mi] end
-      if untilT > now then
+      if untilT > now or least ~= INF then
         if mi > 0 then
           vs[mi], ws[mi], untils[mi] = v, weight, untilT
         else
@@ -192,7 +200,7 @@ if mode == 'r' or mode == 't' then
   end
 elseif mode == 'f' then
   tokens = min(ecap, tokens + cost)
-  if mi > 0 and untils[mi] > now then
+  if mi > 0 then
     local v = vs[mi] - cost / ws[mi]
     if v < vt then v = vt end
     vs[mi] = v
@@ -217,14 +225,21 @@ else
 end
 
 -- settleVt(), then keepFor()
-local any, least = false, INF
+local least = INF
 for i = 1, n do
-  if alive[i] then
-    any = true
-    if vs[i] < least then least = vs[i] end
+  if alive[i] and untils[i] > now and vs[i] < least then least = vs[i] end
+end
+if least == INF then
+  for i = 1, n do
+    if alive[i] then drop(i) end
+  end
+  vt = 0
+else
+  if least > vt then vt = least end
+  for i = 1, n do
+    if alive[i] and untils[i] <= now and vs[i] <= vt then drop(i) end
   end
 end
-if not any then vt = 0 elseif least > vt then vt = least end
 local reset = ceil((ecap - tokens) / erpm)
 if reset < 0 then reset = 0 end
 reset = aheadMs() + reset
