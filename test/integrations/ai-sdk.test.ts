@@ -3,9 +3,6 @@
  * OpenAI-compatible server: nothing mocked but the network's far end. `ai` 7 needs Node >= 22,
  * so on older Node every test here is skipped (the describe's name says why).
  */
-import { spawn } from 'node:child_process';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { createOpenAI } from '@ai-sdk/openai';
 import { QueueFullError, throttleTool, tollgateMiddleware, withUser } from '@tollgate/agent';
 import type { TollgateMiddlewareOptions } from '@tollgate/agent';
@@ -388,56 +385,3 @@ async function poolLeft(limiter: SharedLimiter, pool: string): Promise<number> {
   await limiter.refund('probe', 1, { pool });
   return d.remaining + 1;
 }
-
-const EXAMPLES = resolve(dirname(fileURLToPath(import.meta.url)), '../../examples');
-
-/** runExample runs examples/<file> as a user would, offline (no OPENAI_API_KEY), on this Node. */
-function runExample(file: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const env: NodeJS.ProcessEnv = { ...process.env, CI: 'true', NO_COLOR: '1' };
-  delete env.OPENAI_API_KEY;
-  return new Promise((done, fail) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=tollgate-source', file], {
-      cwd: EXAMPLES,
-      env,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('error', fail);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      done({ code, stdout, stderr });
-    });
-  });
-}
-
-describe.skipIf(NODE_MAJOR < 22)(
-  `examples/ai-sdk (skipped below Node 22: ai 7 needs it; this is Node ${NODE_MAJOR})`,
-  () => {
-    test("runs offline: alice's burst is spaced to 3 calls/s, bob is not delayed, the stream settles, the tool is throttled", async () => {
-      const r = await runExample('ai-sdk/main.ts');
-      const explain = `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
-      expect(r.code, explain).toBe(0);
-      const line = (prefix: string) => r.stdout.split('\n').find((l) => l.startsWith(prefix)) ?? '';
-      const numbers = (text: string) => [...text.matchAll(/\d+/g)].map((m) => Number(m[0]));
-      const alice = numbers(line('alice:').split('answered at')[1] ?? '')
-        .slice(0, 6)
-        .sort((a, b) => a - b);
-      expect(alice, explain).toHaveLength(6);
-      // Bursts of 3, then one every 333 ms: the 6th needs 1000 ms of refill after the start.
-      expect(alice[5]).toBeGreaterThanOrEqual(995);
-      expect(alice[5]).toBeLessThan(6000);
-      const [bob] = numbers(line('bob:').split('answered at')[1] ?? '');
-      expect(bob, explain).toBeDefined();
-      expect(bob).toBeLessThan(alice[5] ?? 0);
-      expect(line('stream:'), explain).toMatch(/carol reserved \d+ LLM tokens, settled to its usage of \d+/);
-      expect(line('tools:'), explain).toBe("tools: 2 model calls, 1 tool call(s); dave's weather tokens left: 1 of 2");
-    });
-  },
-);
