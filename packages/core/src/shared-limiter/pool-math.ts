@@ -242,6 +242,15 @@ export function decide(
 }
 
 /**
+ * pauseLeft is a held grant's confirmation at `now`: 0 when it may start, else the ms (whole)
+ * until the provider's pause (`blockedUntil`) ends, when it confirms again. It takes nothing (the
+ * grant's tokens were taken when it was granted) and changes nothing.
+ */
+export function pauseLeft(s: PoolState, now: number): number {
+  return s.blockedUntil > now ? Math.ceil(s.blockedUntil - now) : 0;
+}
+
+/**
  * The virtual time follows the least-served waiting key up, never down while keys wait; with
  * none waiting it starts over at 0 (only differences of counters matter, and an idle pool is
  * then the same as a missing one).
