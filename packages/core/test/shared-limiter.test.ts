@@ -259,6 +259,23 @@ describe('observe: the provider steers the pool', () => {
     expect(Math.min(...p, ...q)).toBeGreaterThanOrEqual(t0 + 2000);
   });
 
+  test('a grant another limiter holds on the pool confirms at its start and waits out the pause, to the ms', async () => {
+    // Two limiters on one backend share its pools, as processes share Redis; only `b` observes.
+    const backend = new MemoryBackend();
+    const policy = { rate: 2, per: '1s', capacity: 1 };
+    const a = new SharedLimiter({ backend, policy });
+    const b = new SharedLimiter({ backend, policy });
+    const t0 = performance.now();
+    await a.acquire('t1');
+    const held = backlog(a, 't1', 1); // granted now, to start at t0 + 500 ms
+    await vi.advanceTimersByTimeAsync(100);
+    await b.observe('default', { retryAfterMs: 1500 }); // the pool is paused until t0 + 1600 ms
+    await vi.advanceTimersByTimeAsync(1499);
+    expect(held).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(held).toEqual([t0 + 1600]);
+  });
+
   test('a lower remaining empties the pool down to it; a lower limit replaces the rate', async () => {
     const l = make();
     await l.observe('default', { remaining: 2 });
