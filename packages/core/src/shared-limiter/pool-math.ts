@@ -242,12 +242,26 @@ export function decide(
 }
 
 /**
- * pauseLeft is a held grant's confirmation at `now`: 0 when it may start, else the ms (whole)
- * until the provider's pause (`blockedUntil`) ends, when it confirms again. It takes nothing (the
- * grant's tokens were taken when it was granted) and changes nothing.
+ * confirmGrant is a held grant's confirmation at `now`, its start: 0 when it may start, else the
+ * ms (whole) until the provider's pause (`blockedUntil`) ends, when it confirms again. It takes
+ * nothing more (the grant's `cost` was taken when it was granted), but a grant held to the
+ * pause's end is charged against the level the bucket has then, as decide charges the grants
+ * pushed there: the bucket is advanced to that instant, and a level refilled to capacity keeps
+ * room for this grant (min(capacity, tokens + cost) − cost). So the grants held and those granted
+ * during the pause start with at most capacity + r·T between them.
  */
-export function pauseLeft(s: PoolState, now: number): number {
-  return s.blockedUntil > now ? Math.ceil(s.blockedUntil - now) : 0;
+export function confirmGrant(s: PoolState, policy: Policy, now: number, cost: number): number {
+  if (s.blockedUntil <= now) return 0;
+  const ms = Math.ceil(s.blockedUntil - now);
+  const e = effective(s, policy, now);
+  refillPool(s, e, now);
+  if (now + ms > s.updatedAt) {
+    s.tokens = Math.min(e.capacity, s.tokens + (now + ms - s.updatedAt) * e.ratePerMs);
+    s.updatedAt = now + ms;
+  }
+  s.tokens = Math.min(e.capacity, s.tokens + cost) - cost;
+  settleVt(s);
+  return ms;
 }
 
 /**

@@ -27,8 +27,9 @@ import { createHash } from 'node:crypto';
  * ARGV[14-17] 'o': limit, remaining, resetAfterMs, retryAfterMs (negative: not said)
  *
  * Returns { status (1 granted, 0 refused, 2 too long, 3 ask again; -1 past the deadline),
- * ms, remaining, ms until full, now (the server's ms, %.17g) }. 'c' (pool-math's pauseLeft)
- * reads the pool and writes nothing: { 1, ms until the pause ends (0: start now), 0, 0, now }.
+ * ms, remaining, ms until full, now (the server's ms, %.17g) }. 'c' (pool-math's confirmGrant,
+ * ARGV[7] the grant's cost) answers { 1, ms until the pause ends (0: start now), ... }, and
+ * reads only the pool's '.' field when no pause holds.
  */
 export const POOL_SCRIPT = `
 local pack, unpack, ceil, floor, min = struct.pack, struct.unpack, math.ceil, math.floor, math.min
@@ -48,12 +49,10 @@ end
 local nowText = string.format('%.17g', now)
 if ARGV[12] ~= '' and now > tonumber(ARGV[12]) then return { -1, 0, 0, 0, nowText } end
 if mode == 'c' then
-  local st, left = redis.call('HGET', pkey, '.'), 0
-  if st then
-    local _, _, _, b = unpack('<dddddd', st)
-    if b > now then left = ceil(b - now) end
-  end
-  return { 1, left, 0, 0, nowText }
+  local st = redis.call('HGET', pkey, '.')
+  if not st then return { 1, 0, 0, 0, nowText } end
+  local _, _, _, b = unpack('<dddddd', st)
+  if b <= now then return { 1, 0, 0, 0, nowText } end
 end
 
 local flat = redis.call('HGETALL', pkey)
@@ -199,6 +198,13 @@ if mode == 'r' or mode == 't' then
       status = 3
     end
   end
+elseif mode == 'c' then
+  ms = ceil(blockedUntil - now)
+  if now + ms > upd then
+    tokens = min(ecap, tokens + (now + ms - upd) * erpm)
+    upd = now + ms
+  end
+  tokens = min(ecap, tokens + cost) - cost
 elseif mode == 'f' then
   tokens = min(ecap, tokens + cost)
   if mi > 0 and untils[mi] > now then
