@@ -176,9 +176,7 @@ export class FairQueues {
 
   /**
    * holdUntil keeps every granted head of `pool` in this process from starting before `at`
-   * (performance.now ms): the provider's retry-after reaches reservations already granted. Each
-   * confirms at once (the pause sent to the pool before), so that the pool charges it at the
-   * pause's end, and again at its end.
+   * (performance.now ms): the provider's retry-after reaches reservations already granted.
    */
   holdUntil(pool: string, at: number): void {
     for (const q of this.#queues.values()) {
@@ -192,7 +190,7 @@ export class FairQueues {
       clearTimeout(h.timer);
       h.admitAt = at;
       h.confirm = true;
-      this.#confirm(q, h);
+      arm(h, Math.ceil(at - now()), () => this.#admit(q, h));
     }
   }
 

@@ -130,14 +130,14 @@ export class GuardedPools {
    * provider's pause ends. Never rejects: when the backend fails or its breaker is open the
    * answer is 0 (the grant was made and its tokens taken; it starts, as it would unconfirmed).
    */
-  confirm(on: Pools, pool: string, policy: Policy, cost: number): MaybePromise<number> {
-    if (on !== this.primary || this.sync) return on.confirm(this.#name, pool, policy, cost);
+  confirm(on: Pools, pool: string, policy: Policy): MaybePromise<number> {
+    if (on !== this.primary || this.sync) return on.confirm(this.#name, pool, policy);
     const breaker = this.#breakerOf(pool);
     if (!breaker.allow()) return 0;
     const epoch = breaker.epoch;
     let r: MaybePromise<number>;
     try {
-      r = on.confirm(this.#name, pool, policy, cost);
+      r = on.confirm(this.#name, pool, policy);
     } catch (e) {
       this.#failed(breaker, e, epoch);
       return 0;

@@ -8,7 +8,7 @@ import {
   keepFor,
   newPool,
   observePool,
-  confirmGrant,
+  pauseLeft,
 } from './pool-math.js';
 import type { Pools } from './pools.js';
 
@@ -105,13 +105,9 @@ export class MemoryPools implements Pools {
     this.#store(id, p, policy, now);
   }
 
-  confirm(name: string, pool: string, policy: Policy, cost: number): number {
+  confirm(name: string, pool: string, _policy: Policy): number {
     const now = this.#clock();
-    const id = this.#id(name, pool);
-    const p = this.#pools.get(id);
-    if (p === undefined || p.expiresAt <= now) return 0; // a missing pool has no pause
-    const ms = confirmGrant(p.state, policy, now, cost);
-    if (ms > 0) this.#store(id, p, policy, now);
-    return ms;
+    const p = this.#pools.get(this.#id(name, pool));
+    return p === undefined || p.expiresAt <= now ? 0 : pauseLeft(p.state, now);
   }
 }

@@ -27,9 +27,8 @@ import { createHash } from 'node:crypto';
  * ARGV[14-17] 'o': limit, remaining, resetAfterMs, retryAfterMs (negative: not said)
  *
  * Returns { status (1 granted, 0 refused, 2 too long, 3 ask again; -1 past the deadline),
- * ms, remaining, ms until full, now (the server's ms, %.17g) }. 'c' (pool-math's confirmGrant,
- * ARGV[7] the grant's cost) answers { 1, ms until the pause ends (0: start now), ... }, and
- * reads only the pool's '.' field when no pause holds.
+ * ms, remaining, ms until full, now (the server's ms, %.17g) }. 'c' (pool-math's pauseLeft)
+ * reads the pool and writes nothing: { 1, ms until the pause ends (0: start now), 0, 0, now }.
  */
 export const POOL_SCRIPT = `
 local pack, unpack, ceil, floor, min = struct.pack, struct.unpack, math.ceil, math.floor, math.min
@@ -49,10 +48,12 @@ end
 local nowText = string.format('%.17g', now)
 if ARGV[12] ~= '' and now > tonumber(ARGV[12]) then return { -1, 0, 0, 0, nowText } end
 if mode == 'c' then
-  local st = redis.call('HGET', pkey, '.')
-  if not st then return { 1, 0, 0, 0, nowText } end
-  local _, _, _, b = unpack('<dddddd', st)
-  if b <= now then return { 1, 0, 0, 0, nowText } end
+  local st, left = redis.call('HGET', pkey, '.'), 0
+  if st then
+    local _, _, _, b = unpack('<dddddd', st)
+    if b > now then left = ceil(b - now) end
+  end
+  return { 1, left, 0, 0, nowText }
 end
 
 local flat = redis.call('HGETALL', pkey)
@@ -198,13 +199,6 @@ if mode == 'r' or mode == 't' then
       status = 3
     end
   end
-elseif mode == 'c' then
-  ms = ceil(blockedUntil - now)
-  if now + ms > upd then
-    tokens = min(ecap, tokens + (now + ms - upd) * erpm)
-    upd = now + ms
-  end
-  tokens = min(ecap, tokens + cost) - cost
 elseif mode == 'f' then
   tokens = min(ecap, tokens + cost)
   if mi > 0 and untils[mi] > now then
@@ -228,6 +222,12 @@ else
   end
   if oRemaining >= 0 and oRemaining < tokens then tokens = oRemaining end
   if oRetry > 0 and now + oRetry > blockedUntil then blockedUntil = now + oRetry end
+  if blockedUntil > upd then
+    local debt = 0
+    if tokens < 0 then debt = -tokens end
+    tokens = min(ecap, tokens + debt + (blockedUntil - upd) * erpm) - debt
+    upd = blockedUntil
+  end
   if limit > 0 and blockedUntil > now and blockedUntil + per > limitUntil then limitUntil = blockedUntil + per end
 end
 

@@ -128,7 +128,7 @@ export class RedisPools implements Pools {
     ).then(() => undefined);
   }
 
-  confirm(name: string, pool: string, policy: Policy, cost: number): Promise<number> {
+  confirm(name: string, pool: string, policy: Policy): Promise<number> {
     return this.#run(this.#key(name, pool), [
       'c',
       String(policy.ratePerMs),
@@ -136,7 +136,7 @@ export class RedisPools implements Pools {
       String(policy.rate),
       String(policy.perMs),
       '',
-      String(cost),
+      '0',
       '1',
       '-1',
       '0',

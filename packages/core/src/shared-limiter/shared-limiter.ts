@@ -103,7 +103,7 @@ export class SharedLimiter {
       {
         ask: (w, maxWait, more) => pools.ask(w.pool, w.key, w.policy, w.cost, w.weight, 'r', maxWait, more),
         giveBack: (on, w) => pools.giveBack(on, w.pool, w.key, w.policy, w.cost),
-        confirm: (on, w) => pools.confirm(on, w.pool, w.policy, w.cost),
+        confirm: (on, w) => pools.confirm(on, w.pool, w.policy),
         degraded: (on) => on !== pools.primary,
       },
       this.#metrics,
@@ -366,10 +366,8 @@ export class SharedLimiter {
         retryAfterMs: num(said.retryAfterMs),
       };
       if (o.limit < 0 && o.remaining < 0 && o.retryAfterMs < 0) return Promise.resolve();
-      // The pool first: the confirmations holdUntil sends then find the pause there.
-      const r = this.#pools.observe(pool, policy, o);
       if (o.retryAfterMs > 0) this.#queues.holdUntil(pool, performance.now() + o.retryAfterMs);
-      return r;
+      return this.#pools.observe(pool, policy, o);
     } catch (e) {
       this.#pools.report(e);
       return Promise.resolve();
