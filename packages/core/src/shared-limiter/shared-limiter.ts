@@ -65,7 +65,8 @@ const NOT_SAID = -1;
  *
  * `observe` steers a pool in every process: `retryAfterMs` starts nothing before it (grants
  * already held wait too: this process's at once, other processes' when they confirm at their
- * start; a confirmation that fails admits, as the grant was made), a lower `remaining` empties
+ * start; a confirmation that fails admits, as the grant was made; they and the grants made
+ * during the pause start at its end within the capacity), a lower `remaining` empties
  * the bucket down to it, a lower `limit` replaces the rate (capacity scaled alike) for
  * max(per, resetAfterMs).
  *
