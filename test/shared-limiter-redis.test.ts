@@ -12,6 +12,7 @@ import {
   keepFor,
   newPool,
   observePool,
+  pauseLeft,
 } from '../packages/core/src/shared-limiter/pool-math.ts';
 import { RedisPools } from '../packages/core/src/shared-limiter/redis-pools.ts';
 import { rng } from './support/random.ts';
@@ -75,6 +76,8 @@ test.each([
       observePool(state, policy, now, o);
       await pools.observe('n', 'p', policy, o);
     }
+    // A held grant's confirmation: what is left of a pause, read alike, nothing changed.
+    expect(await pools.confirm('n', 'p', policy), `step ${i}: confirm at ${now}`).toBe(pauseLeft(state, now));
     const keep = keepFor(state, policy, now);
     expiresAt = keep === 0 ? Number.NEGATIVE_INFINITY : now + keep;
   }
@@ -134,6 +137,52 @@ test('the script is sent again when Redis lost it (NOSCRIPT), and idle pools lea
   await fast.acquire('c', { pool: 'o3', cost: 3 });
   await new Promise((r) => setTimeout(r, 150));
   expect(await client.keys('ns:*')).toEqual([]);
+});
+
+describe("a 429's pause reaches grants other processes hold", () => {
+  const policy = { rate: 2, per: '1s', capacity: 1 };
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  /** Two processes' limiters on one pool; `a` holds a grant to start ~500 ms ahead (the bucket in debt). */
+  async function held(prefix: string) {
+    const clientA = srv.client();
+    const a = new SharedLimiter({ backend: new RedisBackend({ client: clientA, prefix }), policy });
+    const b = new SharedLimiter({ backend: new RedisBackend({ client: srv.client(), prefix }), policy });
+    await a.acquire('t1', { pool: 'gpt-4o' });
+    const grantedAt = performance.now();
+    let startedAt = 0;
+    const started = a.acquire('t1', { pool: 'gpt-4o' }).then(() => {
+      startedAt = performance.now();
+    });
+    // Granted once the pool's bucket is in debt (its first field, a little-endian double).
+    const admin = srv.client();
+    for (;;) {
+      const f = await admin.hgetBuffer(`${prefix}pool{gpt-4o}:shared`, '.');
+      if (f !== null && f.readDoubleLE(0) < 0) break;
+      await sleep(5);
+    }
+    return { clientA, b, grantedAt, started, startedAt: () => startedAt };
+  }
+
+  test('a grant held in one process does not start before the retry-after another process observed, then starts', async () => {
+    const h = await held('pause1:');
+    const observedAt = performance.now();
+    await h.b.observe('gpt-4o', { retryAfterMs: 1500 });
+    expect(h.startedAt()).toBe(0);
+    await h.started;
+    // Unconfirmed it would start ~500 ms after its grant; the pause is read from Redis's clock.
+    expect(h.startedAt() - observedAt).toBeGreaterThanOrEqual(1490);
+    expect(h.startedAt() - observedAt).toBeLessThan(1500 + 3000);
+  });
+
+  test('a held grant whose confirmation fails starts at its time: the grant was made', async () => {
+    const h = await held('pause2:');
+    const observedAt = performance.now();
+    await h.b.observe('gpt-4o', { retryAfterMs: 3000 });
+    h.clientA.disconnect();
+    await h.started;
+    expect(h.startedAt() - h.grantedAt).toBeGreaterThanOrEqual(400);
+    expect(h.startedAt() - observedAt).toBeLessThan(2500);
+  });
 });
 
 describe('when Redis fails', () => {

@@ -63,13 +63,14 @@ test("two processes stay under the provider's limit from its headers, and a 429'
   expect(forced).toBeDefined();
   const T = (forced as (typeof all)[number]).date;
 
-  // The pause: from 700 ms after the 429 was read (in the process that got it) until 1.5 s after
-  // it was sent, neither process sends this model anything. (The margin: heads the other process
-  // was granted just before, to start a few hundred ms later, still start.)
+  // The pause: from 100 ms after the 429 was read (in the process that got it) until 1.5 s after
+  // it was sent, neither process sends this model anything: heads the other process was granted
+  // before, to start later, confirm with the pool at their start and wait. (The margin: the
+  // observation's round trip to Redis, and a confirmation already in flight, on a busy machine.)
   const heard = Math.min(...outs.flatMap((o) => o.heardAt.filter((t) => t >= T)));
   expect(heard - T).toBeGreaterThanOrEqual(0);
   expect(heard - T).toBeLessThan(800);
-  expect(all.filter((r) => r.date > heard + 700 && r.date < T + 1480).map((r) => r.date - T)).toEqual([]);
+  expect(all.filter((r) => r.date > heard + 100 && r.date < T + 1480).map((r) => r.date - T)).toEqual([]);
   // Then both resume.
   const after = all.filter((r) => r.date >= T + 1480 && r.date < stopAt);
   expect(after.filter((r) => String(r.body?.user).startsWith('globex')).length).toBeGreaterThan(0);

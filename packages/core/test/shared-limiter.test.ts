@@ -291,6 +291,40 @@ describe('observe: the provider steers the pool', () => {
     expect(Math.min(...p, ...q)).toBeGreaterThanOrEqual(t0 + 2000);
   });
 
+  test('a grant another limiter holds on the pool confirms at its start and waits out the pause, to the ms', async () => {
+    // Two limiters on one backend share its pools, as processes share Redis; only `b` observes.
+    const backend = new MemoryBackend();
+    const policy = { rate: 2, per: '1s', capacity: 1 };
+    const a = new SharedLimiter({ backend, policy });
+    const b = new SharedLimiter({ backend, policy });
+    const t0 = performance.now();
+    await a.acquire('t1');
+    const held = backlog(a, 't1', 1); // granted now, to start at t0 + 500 ms
+    await vi.advanceTimersByTimeAsync(100);
+    await b.observe('default', { retryAfterMs: 1500 }); // the pool is paused until t0 + 1600 ms
+    await vi.advanceTimersByTimeAsync(1499);
+    expect(held).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(held).toEqual([t0 + 1600]);
+  });
+
+  test('grants held over a pause and those granted during it start at its end with at most the capacity between them', async () => {
+    const backend = new MemoryBackend();
+    const policy = { rate: 10, per: '1s', capacity: 10 };
+    const a = new SharedLimiter({ backend, policy });
+    const b = new SharedLimiter({ backend, policy });
+    const each = [a, b].flatMap((l) => ['k1', 'k2', 'k3'].map((k) => backlog(l, k, 40)));
+    await vi.advanceTimersByTimeAsync(2000); // the bucket is in debt: each of the 6 heads holds a grant
+    const t = performance.now();
+    await b.observe('default', { retryAfterMs: 1500 });
+    await vi.advanceTimersByTimeAsync(2000);
+    const at = each.flat();
+    expect(countIn(at, t + 1, t + 1500)).toBe(0);
+    // The grants the 6 heads held and those granted during the pause: 10 in all, not the held on top of 10.
+    expect(countIn(at, t + 1500, t + 1501)).toBe(10);
+    expect(countIn(at, t + 1501, t + 2000)).toBeLessThanOrEqual(5);
+  });
+
   test('a lower remaining empties the pool down to it; a lower limit replaces the rate', async () => {
     const l = make();
     await l.observe('default', { remaining: 2 });

@@ -25,6 +25,11 @@ export interface QueueHost {
   /** One turn for `w`; throws (or rejects) with the error its caller must see. */
   ask(w: Waiter, maxWaitMs: number, more: boolean): MaybePromise<Answered>;
   giveBack(on: Pools, w: Waiter): void;
+  /**
+   * Confirms `w`'s grant on `on` at its start: 0 to start now, else ms until the provider's
+   * pause ends. Never rejects (a failure answers 0).
+   */
+  confirm(on: Pools, w: Waiter): MaybePromise<number>;
   /** Whether `on` is the failure policy's (a grant there counts as `fallback`). */
   degraded(on: Pools | undefined): boolean;
 }
@@ -42,11 +47,16 @@ export interface Waiter {
   readonly resolve: (g: SharedGrant) => void;
   readonly reject: (e: unknown) => void;
   readonly signal: AbortSignal | undefined;
-  /** queued; asking (a turn in flight); deferred (to ask again); holding (granted, waiting to start). */
-  state: 'queued' | 'asking' | 'deferred' | 'holding' | 'done';
+  /**
+   * queued; asking (a turn in flight); deferred (to ask again); holding (granted, waiting to
+   * start); confirming (its start reached, asking the pool whether a pause holds it).
+   */
+  state: 'queued' | 'asking' | 'deferred' | 'holding' | 'confirming' | 'done';
   heldOn: Pools | undefined;
   remaining: number;
   admitAt: number;
+  /** Whether it confirms with the pool at its start (it waited CONFIRM_MIN_MS or more, or a pause held it). */
+  confirm: boolean;
   timer: ReturnType<typeof setTimeout> | undefined;
   onAbort: (() => void) | undefined;
 }
@@ -64,6 +74,14 @@ interface KeyQueue {
 }
 
 const now = (): number => performance.now();
+
+/**
+ * CONFIRM_MIN_MS: a grant that waits at least this long (ms) for its start confirms with the pool
+ * at that start (one more round trip). A shorter wait starts unconfirmed: only a pause observed
+ * within it could be missed, and confirming it would add a round trip to most grants of a busy
+ * pool (whose grants wait a few ms each).
+ */
+export const CONFIRM_MIN_MS = 20;
 
 /** queueId is the map key of (pool, key). */
 export function queueId(pool: string, key: string): string {
@@ -112,7 +130,8 @@ export class FairQueues {
     const q = this.#queues.get(id);
     if (q === undefined) return 0;
     const h = q.head;
-    const headMs = h !== undefined && h.state === 'holding' ? Math.max(0, h.admitAt - now()) : 0;
+    const headMs =
+      h !== undefined && (h.state === 'holding' || h.state === 'confirming') ? Math.max(0, h.admitAt - now()) : 0;
     return Math.ceil(headMs + (cost + q.queuedCost) / policy.ratePerMs);
   }
 
@@ -162,9 +181,15 @@ export class FairQueues {
   holdUntil(pool: string, at: number): void {
     for (const q of this.#queues.values()) {
       const h = q.head;
+      if (q.pool === pool && h !== undefined && h.state === 'confirming') {
+        // #confirmed arms the wait when the pool answers.
+        if (h.admitAt < at) h.admitAt = at;
+        continue;
+      }
       if (q.pool !== pool || h === undefined || h.state !== 'holding' || h.admitAt >= at) continue;
       clearTimeout(h.timer);
       h.admitAt = at;
+      h.confirm = true;
       arm(h, Math.ceil(at - now()), () => this.#admit(q, h));
     }
   }
@@ -239,6 +264,7 @@ export class FairQueues {
       }
       w.state = 'holding';
       w.admitAt = now() + a.ms;
+      w.confirm = a.ms >= CONFIRM_MIN_MS;
       arm(w, a.ms, () => this.#admit(q, w));
       return;
     }
@@ -267,12 +293,54 @@ export class FairQueues {
 
   #admit(q: KeyQueue, w: Waiter): void {
     if (w.state === 'done') return;
-    // Timers may fire up to ~1 ms early by performance.now(): never start before the grant.
-    const early = w.state === 'holding' ? w.admitAt - now() : 0;
-    if (early > 0) {
-      arm(w, Math.ceil(early), () => this.#admit(q, w));
+    if (w.state === 'holding') {
+      // Timers may fire up to ~1 ms early by performance.now(): never start before the grant.
+      const early = w.admitAt - now();
+      if (early > 0) {
+        arm(w, Math.ceil(early), () => this.#admit(q, w));
+        return;
+      }
+      // It waited for its start: another process may have paused the pool since it was granted.
+      if (w.confirm) {
+        this.#confirm(q, w);
+        return;
+      }
+    }
+    this.#start(q, w);
+  }
+
+  #confirm(q: KeyQueue, w: Waiter): void {
+    w.state = 'confirming';
+    w.timer = undefined;
+    let r: MaybePromise<number>;
+    try {
+      r = this.#host.confirm(w.heldOn as Pools, w);
+    } catch {
+      r = 0;
+    }
+    if (r instanceof Promise)
+      r.then(
+        (ms) => this.#confirmed(q, w, ms),
+        () => this.#confirmed(q, w, 0),
+      );
+    else this.#confirmed(q, w, r);
+  }
+
+  /** The pool's answer to `w`'s confirmation: start, or wait out the pause and confirm again. */
+  #confirmed(q: KeyQueue, w: Waiter, ms: number): void {
+    if (w.state !== 'confirming') return; // aborted meanwhile: its tokens went back then
+    const t = now();
+    if (ms > 0 && t + ms > w.admitAt) w.admitAt = t + ms;
+    if (w.admitAt > t) {
+      w.state = 'holding';
+      arm(w, Math.ceil(w.admitAt - t), () => this.#admit(q, w));
       return;
     }
+    this.#start(q, w);
+  }
+
+  /** `w` starts: it leaves the queue, resolves, and the next caller of its key becomes the head. */
+  #start(q: KeyQueue, w: Waiter): void {
     const waitedMs = now() - w.start;
     this.#finish(q, w);
     this.#metrics.queue(-1);
@@ -293,7 +361,7 @@ export class FairQueues {
       w.reject(new AbortedError(w.key, reason));
       return;
     }
-    if (state === 'holding' && w.heldOn !== undefined) this.#host.giveBack(w.heldOn, w);
+    if ((state === 'holding' || state === 'confirming') && w.heldOn !== undefined) this.#host.giveBack(w.heldOn, w);
     this.#finish(q, w);
     this.#settled('aborted');
     w.reject(new AbortedError(w.key, reason));

@@ -15,7 +15,13 @@ import type { SharedBackendErrorPolicy } from './options.js';
 
 /** A grant by `fail-open`: nothing taken, nothing to give back. */
 const OPEN: PoolAnswer = Object.freeze({ status: GRANTED, ms: 0, remaining: 0, resetAfterMs: 0 });
-const OPEN_POOLS: Pools = { kind: 'fail-open', decide: () => OPEN, refund: () => undefined, observe: () => undefined };
+const OPEN_POOLS: Pools = {
+  kind: 'fail-open',
+  decide: () => OPEN,
+  refund: () => undefined,
+  observe: () => undefined,
+  confirm: () => 0,
+};
 
 export class GuardedPools {
   /** The backend's pools (an {@link Answered} from elsewhere was decided by the failure policy). */
@@ -117,6 +123,36 @@ export class GuardedPools {
     if (r instanceof Promise)
       return r.then(undefined, (e: unknown) => this.#refundFailed(breaker, e, epoch, pool, key, policy, amount));
     return undefined;
+  }
+
+  /**
+   * Confirms a grant of `on` that waited for a future start: 0 to start now, else ms until the
+   * provider's pause ends. Never rejects: when the backend fails or its breaker is open the
+   * answer is 0 (the grant was made and its tokens taken; it starts, as it would unconfirmed).
+   */
+  confirm(on: Pools, pool: string, policy: Policy): MaybePromise<number> {
+    if (on !== this.primary || this.sync) return on.confirm(this.#name, pool, policy);
+    const breaker = this.#breakerOf(pool);
+    if (!breaker.allow()) return 0;
+    const epoch = breaker.epoch;
+    let r: MaybePromise<number>;
+    try {
+      r = on.confirm(this.#name, pool, policy);
+    } catch (e) {
+      this.#failed(breaker, e, epoch);
+      return 0;
+    }
+    if (!(r instanceof Promise)) return r;
+    return r.then(
+      (ms) => {
+        breaker.up();
+        return ms;
+      },
+      (e: unknown) => {
+        this.#failed(breaker, e, epoch);
+        return 0;
+      },
+    );
   }
 
   /** Applies what the provider said to `pool`, here and on the backend. Never rejects. */

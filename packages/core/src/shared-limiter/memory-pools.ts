@@ -8,6 +8,7 @@ import {
   keepFor,
   newPool,
   observePool,
+  pauseLeft,
 } from './pool-math.js';
 import type { Pools } from './pools.js';
 
@@ -102,5 +103,11 @@ export class MemoryPools implements Pools {
     const p = this.#load(id, policy, now);
     observePool(p.state, policy, now, o);
     this.#store(id, p, policy, now);
+  }
+
+  confirm(name: string, pool: string, _policy: Policy): number {
+    const now = this.#clock();
+    const p = this.#pools.get(this.#id(name, pool));
+    return p === undefined || p.expiresAt <= now ? 0 : pauseLeft(p.state, now);
   }
 }

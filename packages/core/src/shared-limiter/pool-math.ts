@@ -247,6 +247,15 @@ export function decide(
 }
 
 /**
+ * pauseLeft is a held grant's confirmation at `now`: 0 when it may start, else the ms (whole)
+ * until the provider's pause (`blockedUntil`) ends, when it confirms again. It takes nothing (the
+ * grant's tokens were taken when it was granted) and changes nothing.
+ */
+export function pauseLeft(s: PoolState, now: number): number {
+  return s.blockedUntil > now ? Math.ceil(s.blockedUntil - now) : 0;
+}
+
+/**
  * The virtual time follows the least-served waiting key up, never down while keys wait; with
  * none waiting it starts over at 0 and every counter is forgotten (only differences of counters
  * matter, and an idle pool is then the same as a missing one). An idle key's counter at or below
@@ -287,6 +296,12 @@ export function giveBackPool(s: PoolState, policy: Policy, now: number, key: str
  * higher rate); one at or above it lifts an earlier one; a lower `remaining` empties the bucket
  * down to it (during a pause: the level the bucket will have at its end, conservatively);
  * `retryAfterMs` starts nothing before now + retryAfterMs. Negative or NaN fields are ignored.
+ *
+ * A pause moves the bucket to its end at once: the grants held to start later (the bucket's
+ * debt) will start there, and wait out the pause as they confirm, so they are charged against
+ * the bucket's level at its end, refilled from no debt (capped), not against the refill of the
+ * pause: a bucket in debt by D ends the pause at min(capacity, r·T) − D, not min(capacity, r·T − D),
+ * and the held grants and those granted during the pause start with at most capacity between them.
  */
 export function observePool(s: PoolState, policy: Policy, now: number, o: Observation): void {
   let e = effective(s, policy, now);
@@ -304,6 +319,11 @@ export function observePool(s: PoolState, policy: Policy, now: number, o: Observ
   }
   if (o.remaining >= 0 && o.remaining < s.tokens) s.tokens = o.remaining;
   if (o.retryAfterMs > 0 && now + o.retryAfterMs > s.blockedUntil) s.blockedUntil = now + o.retryAfterMs;
+  if (s.blockedUntil > s.updatedAt) {
+    const debt = s.tokens < 0 ? -s.tokens : 0;
+    s.tokens = Math.min(e.capacity, s.tokens + debt + (s.blockedUntil - s.updatedAt) * e.ratePerMs) - debt;
+    s.updatedAt = s.blockedUntil;
+  }
   if (s.limit > 0 && s.blockedUntil > now && s.blockedUntil + policy.perMs > s.limitUntil)
     s.limitUntil = s.blockedUntil + policy.perMs;
   settleVt(s, now);

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
  * would be full and idle again (or deletes it when it already is).
  *
  * KEYS[1]   the pool's hash
- * ARGV[1]   mode: 'r' reserve, 't' try, 'f' refund, 'o' observe
+ * ARGV[1]   mode: 'r' reserve, 't' try, 'f' refund, 'o' observe, 'c' confirm a held grant
  * ARGV[2-5] the policy: tokens per ms, capacity, rate, per (ms)
  * ARGV[6]   the key (any bytes)
  * ARGV[7]   cost ('f': the amount given back)
@@ -27,7 +27,8 @@ import { createHash } from 'node:crypto';
  * ARGV[14-17] 'o': limit, remaining, resetAfterMs, retryAfterMs (negative: not said)
  *
  * Returns { status (1 granted, 0 refused, 2 too long, 3 ask again; -1 past the deadline),
- * ms, remaining, ms until full, now (the server's ms, %.17g) }.
+ * ms, remaining, ms until full, now (the server's ms, %.17g) }. 'c' (pool-math's pauseLeft)
+ * reads the pool and writes nothing: { 1, ms until the pause ends (0: start now), 0, 0, now }.
  */
 export const POOL_SCRIPT = `
 local pack, unpack, ceil, floor, min = struct.pack, struct.unpack, math.ceil, math.floor, math.min
@@ -46,6 +47,14 @@ else
 end
 local nowText = string.format('%.17g', now)
 if ARGV[12] ~= '' and now > tonumber(ARGV[12]) then return { -1, 0, 0, 0, nowText } end
+if mode == 'c' then
+  local st, left = redis.call('HGET', pkey, '.'), 0
+  if st then
+    local _, _, _, b = unpack('<dddddd', st)
+    if b > now then left = ceil(b - now) end
+  end
+  return { 1, left, 0, 0, nowText }
+end
 
 local flat = redis.call('HGETALL', pkey)
 local tokens, upd, vt, blockedUntil, limit, limitUntil
@@ -221,6 +230,12 @@ else
   end
   if oRemaining >= 0 and oRemaining < tokens then tokens = oRemaining end
   if oRetry > 0 and now + oRetry > blockedUntil then blockedUntil = now + oRetry end
+  if blockedUntil > upd then
+    local debt = 0
+    if tokens < 0 then debt = -tokens end
+    tokens = min(ecap, tokens + debt + (blockedUntil - upd) * erpm) - debt
+    upd = blockedUntil
+  end
   if limit > 0 and blockedUntil > now and blockedUntil + per > limitUntil then limitUntil = blockedUntil + per end
 end
 

@@ -31,6 +31,11 @@ export interface Pools {
   /** Apply what the provider said. */
   observe(name: string, pool: string, policy: Policy, o: Observation): MaybePromise<void>;
   /**
+   * Confirm a grant that waited for a future start, at that start: 0 to start now, else ms until
+   * the provider's pause ends (see pool-math's `pauseLeft`). Takes nothing.
+   */
+  confirm(name: string, pool: string, policy: Policy): MaybePromise<number>;
+  /**
    * The shard (a Redis Cluster master, as 'host:port') that holds pool (`name`, `pool`), or
    * undefined when there is one shard. Cheap, never throws (as {@link Backend.shardOf}).
    */

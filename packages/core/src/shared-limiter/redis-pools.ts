@@ -128,6 +128,21 @@ export class RedisPools implements Pools {
     ).then(() => undefined);
   }
 
+  confirm(name: string, pool: string, policy: Policy): Promise<number> {
+    return this.#run(this.#key(name, pool), [
+      'c',
+      String(policy.ratePerMs),
+      String(policy.capacity),
+      String(policy.rate),
+      String(policy.perMs),
+      '',
+      '0',
+      '1',
+      '-1',
+      '0',
+    ]).then((r) => Number(r[1]));
+  }
+
   #run(redisKey: string, args: string[], observed?: string[]): Promise<Reply> {
     const status = (this.client as { status?: string }).status;
     if (status === 'reconnecting' || status === 'close' || status === 'end') {

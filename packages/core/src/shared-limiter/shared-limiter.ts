@@ -47,7 +47,9 @@ const NOT_SAID = -1;
  * counter (idle time earns no credit, and no key starts behind), then computes what the waiting
  * keys with lower counters are owed to come level: Σ weight_j × (counter_k − counter_j). Owing
  * nothing (or the bucket holds it all and this cost too), the head is granted: its cost is taken
- * from the bucket, into debt if need be, and it starts when the debt is repaid (one round trip).
+ * from the bucket, into debt if need be, and it starts when the debt is repaid (one round trip;
+ * a grant that waited CONFIRM_MIN_MS or more asks the pool once more at its start whether a
+ * pause holds it, taking nothing: a second round trip).
  * Else it is told when to ask again: when the bucket will have refilled what is owed, or when
  * the last of those keys stops waiting, whichever is first (nothing taken; a second round trip).
  * A key leaves the waiting set SHARE_GRACE_MS after its last grant when its head said more
@@ -62,8 +64,11 @@ const NOT_SAID = -1;
  * at most max cost ÷ weight of each, plus what one grant per process may hold in flight.
  *
  * `observe` steers a pool in every process: `retryAfterMs` starts nothing before it (grants
- * already held in this process wait too), a lower `remaining` empties the bucket down to it, a
- * lower `limit` replaces the rate (capacity scaled alike) for max(per, resetAfterMs).
+ * already held wait too: this process's at once, other processes' when they confirm at their
+ * start; a confirmation that fails admits, as the grant was made; they and the grants made
+ * during the pause start at its end within the capacity), a lower `remaining` empties
+ * the bucket down to it, a lower `limit` replaces the rate (capacity scaled alike) for
+ * max(per, resetAfterMs).
  *
  * Safe for concurrent use; share one limiter per budget.
  *
@@ -99,6 +104,7 @@ export class SharedLimiter {
       {
         ask: (w, maxWait, more) => pools.ask(w.pool, w.key, w.policy, w.cost, w.weight, 'r', maxWait, more),
         giveBack: (on, w) => pools.giveBack(on, w.pool, w.key, w.policy, w.cost),
+        confirm: (on, w) => pools.confirm(on, w.pool, w.policy),
         degraded: (on) => on !== pools.primary,
       },
       this.#metrics,
@@ -220,6 +226,7 @@ export class SharedLimiter {
         heldOn: undefined,
         remaining: 0,
         admitAt: 0,
+        confirm: false,
         timer: undefined,
         onAbort: undefined,
       };
