@@ -63,7 +63,12 @@ export function refill(state: BucketState, policy: Policy, now: number): void {
   let elapsed = now - state.updatedAt;
   if (elapsed > 0) state.updatedAt = now;
   else elapsed = 0;
-  state.tokens = Math.min(policy.capacity, state.tokens + elapsed * policy.ratePerMs);
+  state.tokens = refilled(state.tokens, elapsed, policy);
+}
+
+/** refilled returns `tokens` plus what `elapsed` ms (>= 0) earn, capped at capacity. */
+export function refilled(tokens: number, elapsed: number, policy: Policy): number {
+  return Math.min(policy.capacity, tokens + elapsed * policy.ratePerMs);
 }
 
 /** waitFor returns the ms until `tokens` reach `cost` (0 when they already do). */

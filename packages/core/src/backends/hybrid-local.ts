@@ -3,7 +3,7 @@
  * what Redis last said about the key (when its bucket would be full again), in one slot. What it
  * rejects never reaches Redis.
  */
-import { type Decision, giveBack, reserve, take, tryTake } from '../bucket.js';
+import { type Decision, giveBack, reserve, tryTake } from '../bucket.js';
 import type { Policy } from '../policy.js';
 import { Rejections, type Slots, SlotStore } from './slot-store.js';
 
@@ -48,8 +48,7 @@ export class LocalPrecheck {
     // back faster than the policy's rate, so Redis cannot hold `cost` before this.
     const redisWait = Math.ceil(fullAt - 1 - (policy.capacity - cost) / policy.ratePerMs - now);
     if (redisWait > 0) return this.#rejections.of(st, slot, 0, redisWait, resetAfterRedis(policy, fullAt, now));
-    const wait = take(slots.load(st, slot), local, now, cost);
-    slots.save(st, slot, local);
+    const wait = slots.take(st, slot, local, now, cost);
     // The local bucket is looser than Redis's, so its "no" is certain.
     return wait === 0 ? undefined : this.#rejections.of(st, slot, 0, wait, resetAfterRedis(policy, fullAt, now));
   }

@@ -1,14 +1,5 @@
 import type { Backend } from '../backend.js';
-import {
-  type Decision,
-  type Reservation,
-  giveBack,
-  reserve,
-  resetAfter,
-  take,
-  tryTake,
-  wholeTokens,
-} from '../bucket.js';
+import { type Decision, type Reservation, giveBack, reserve, resetAfter, tryTake, wholeTokens } from '../bucket.js';
 import { InvalidOptionsError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { describe } from '../policy.js';
@@ -55,15 +46,10 @@ export class MemoryBackend implements Backend {
     const slots = this.#slots;
     const slot = slots.locate(name, key);
     const st = slots.found as Slots;
-    if (slot === undefined) {
-      const d = tryTake(slots.lendFull(policy, now), policy, now, cost);
-      slots.keep(st, key, policy, false, now);
-      return d;
-    }
-    const b = slots.load(st, slot);
-    const wait = take(b, policy, now, cost);
-    slots.save(st, slot, policy);
-    const tokens = b.tokens;
+    // Out of line: the steady path stays small enough to be inlined into RateLimiter.tryAcquire.
+    if (slot === undefined) return this.#tryNew(st, key, policy, now, cost);
+    const wait = slots.take(st, slot, policy, now, cost);
+    const tokens = slots.tokens;
     if (wait === 0)
       return {
         allowed: true,
@@ -72,6 +58,14 @@ export class MemoryBackend implements Backend {
         resetAfterMs: resetAfter(tokens, policy),
       };
     return this.#rejections.of(st, slot, wholeTokens(tokens), wait, resetAfter(tokens, policy));
+  }
+
+  /** tryTake on a key with no bucket (a full one), kept if the decision took from it. */
+  #tryNew(st: Slots, key: string, policy: Policy, now: number, cost: number): Decision {
+    const slots = this.#slots;
+    const d = tryTake(slots.lendFull(policy, now), policy, now, cost);
+    slots.keep(st, key, policy, false, now);
+    return d;
   }
 
   reserve(name: string, key: string, policy: Policy, cost: number, maxWaitMs: number): Reservation {

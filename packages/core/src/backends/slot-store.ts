@@ -9,7 +9,7 @@
  * a full one, so this changes no decision and keeps memory bounded with millions of keys. Sweeps
  * run when the store has doubled since the last one (amortised O(1) a call), or on {@link prune}.
  */
-import type { BucketState, Decision } from '../bucket.js';
+import { type BucketState, type Decision, refilled, waitFor } from '../bucket.js';
 import type { Policy } from '../policy.js';
 
 /** The buckets of one name. */
@@ -48,6 +48,8 @@ export class SlotStore {
   found: Slots | undefined;
   /** One bucket lent to the math of bucket.ts: {@link load}ed from a slot, {@link save}d back. */
   readonly bucket: BucketState = { tokens: 0, updatedAt: 0 };
+  /** The tokens left in the slot the last {@link take} decided on. */
+  tokens = 0;
 
   /** The number of buckets held (full ones not yet swept included). */
   get size(): number {
@@ -111,6 +113,26 @@ export class SlotStore {
     st.data[slot * 2] = b.tokens;
     st.data[slot * 2 + 1] = b.updatedAt;
     if (st.policies[slot] !== policy) st.policies[slot] = policy;
+  }
+
+  /**
+   * take is bucket.ts's take on slot `slot` in place (the hot path copies nothing into
+   * {@link bucket}): refill, then take `cost` if it is there. Returns the wait in ms (0: taken);
+   * the tokens after are left in {@link tokens}.
+   */
+  take(st: Slots, slot: number, policy: Policy, now: number, cost: number): number {
+    const data = st.data;
+    const i = slot * 2;
+    let elapsed = now - (data[i + 1] as number);
+    if (elapsed > 0) data[i + 1] = now;
+    else elapsed = 0;
+    const tokens = refilled(data[i] as number, elapsed, policy);
+    const wait = waitFor(tokens, cost, policy);
+    const after = wait === 0 ? tokens - cost : tokens;
+    data[i] = after;
+    this.tokens = after;
+    if (st.policies[slot] !== policy) st.policies[slot] = policy;
+    return wait;
   }
 
   /** Sets {@link bucket} to a full bucket of `policy` at `now` (a key with no slot). */
