@@ -278,7 +278,7 @@ const WEIGHTS: Record<string, number> = { free: 1, pro: 2, enterprise: 4 };
 const PROVIDER = { burst: 20, ratePerS: 20 };
 
 /** checkTools asserts each tenant's tool calls against its tier's quota: b + r·T, exactly. */
-function checkTools(r: Run, seconds: number): TenantResult[] {
+function checkTools(r: Run, seconds: number, storm = false): TenantResult[] {
   expect(r.code, explain(r)).toBe(0);
   expect(r.stderr, explain(r)).toBe('');
   const rows = results(r.stdout);
@@ -292,8 +292,9 @@ function checkTools(r: Run, seconds: number): TenantResult[] {
   for (const t of rows) {
     const q = QUOTAS[t.tier] as { rate: number; burst: number };
     expect([t.quotaPerS, t.burst]).toEqual([q.rate, q.burst]);
-    // Tenants kept starting tasks until `seconds`, then finished what was queued.
-    expect(t.windowS, t.tenant).toBeGreaterThan(seconds * 0.5);
+    // Tenants kept starting tasks until `seconds`, then finished what was queued. In a 429 storm a
+    // tenant can be starved of model answers and make its last tool call early.
+    if (!storm) expect(t.windowS, t.tenant).toBeGreaterThan(seconds * 0.5);
     expect(t.windowS, t.tenant).toBeLessThan(seconds + 15);
     // A token bucket admits at most burst + rate·T in T (T is printed to 0.01 s).
     expect(t.within, t.tenant).toBe(true);
@@ -372,7 +373,7 @@ describe('pnpm demo', () => {
 
   test('--no-shared: the same load on per-tenant quotas alone storms the provider with 429s, and callers see them', async () => {
     const r = await example('multi-tenant/main.ts', ['--no-shared', '--seconds', '5']);
-    checkTools(r, 5);
+    checkTools(r, 5, true);
     const o = checkOrg(r);
     expect(r.stdout).toContain('No shared pool (--no-shared)');
     // Tenants' quotas add up to 3× the provider's limit: most attempts after the first second are
