@@ -84,6 +84,26 @@ export interface Grant {
   remaining: number;
 }
 
+/** The options every limiter takes for its backend's failures (RateLimiter and SharedLimiter). */
+export const FAILURE_OPTIONS = {
+  onBackendError: z
+    .enum(['fail-open', 'fail-closed', 'fallback'], {
+      error: (i) => `must be 'fail-open', 'fail-closed' or 'fallback' (received ${describe(i.input)})`,
+    })
+    .optional(),
+  probeIntervalMs: z
+    .number({ error: (i) => `must be a number of ms (received ${describe(i.input)})` })
+    .refine((v) => Number.isFinite(v) && v > 0, {
+      error: (i) => `must be a finite number of ms > 0 (received ${describe(i.input)})`,
+    })
+    .optional(),
+  onError: z
+    .custom<(e: unknown) => void>((v) => typeof v === 'function', {
+      error: (i) => `must be a function (received ${describe(i.input)})`,
+    })
+    .optional(),
+};
+
 const optionsSchema = z
   .object({
     backend: z.custom<Backend>(
@@ -97,22 +117,7 @@ const optionsSchema = z
     ),
     policy: z.unknown(),
     name: z.string({ error: (i) => `must be a string (received ${describe(i.input)})` }).optional(),
-    onBackendError: z
-      .enum(['fail-open', 'fail-closed', 'fallback'], {
-        error: (i) => `must be 'fail-open', 'fail-closed' or 'fallback' (received ${describe(i.input)})`,
-      })
-      .optional(),
-    probeIntervalMs: z
-      .number({ error: (i) => `must be a number of ms (received ${describe(i.input)})` })
-      .refine((v) => Number.isFinite(v) && v > 0, {
-        error: (i) => `must be a finite number of ms > 0 (received ${describe(i.input)})`,
-      })
-      .optional(),
-    onError: z
-      .custom<(e: unknown) => void>((v) => typeof v === 'function', {
-        error: (i) => `must be a function (received ${describe(i.input)})`,
-      })
-      .optional(),
+    ...FAILURE_OPTIONS,
   })
   .strict();
 

@@ -5,6 +5,7 @@ import { HybridBackend } from '../backends/hybrid.js';
 import { MemoryBackend } from '../backends/memory.js';
 import { RedisBackend } from '../backends/redis/backend.js';
 import { InvalidOptionsError } from '../errors.js';
+import { FAILURE_OPTIONS } from '../options.js';
 import { type PolicyInput, describe, toOptionsError } from '../policy.js';
 
 /** What a SharedLimiter does when its backend fails or times out (as RateLimiter's). */
@@ -105,22 +106,7 @@ const optionsSchema = z
         error: (i) => `must be a function key → number (received ${describe(i.input)})`,
       })
       .optional(),
-    onBackendError: z
-      .enum(['fail-open', 'fail-closed', 'fallback'], {
-        error: (i) => `must be 'fail-open', 'fail-closed' or 'fallback' (received ${describe(i.input)})`,
-      })
-      .optional(),
-    probeIntervalMs: z
-      .number({ error: (i) => `must be a number of ms (received ${describe(i.input)})` })
-      .refine((v) => Number.isFinite(v) && v > 0, {
-        error: (i) => `must be a finite number of ms > 0 (received ${describe(i.input)})`,
-      })
-      .optional(),
-    onError: z
-      .custom<(e: unknown) => void>((v) => typeof v === 'function', {
-        error: (i) => `must be a function (received ${describe(i.input)})`,
-      })
-      .optional(),
+    ...FAILURE_OPTIONS,
   })
   .strict();
 
