@@ -4,57 +4,12 @@
  * through ANTHROPIC_BASE_URL: no network). It must exit 0 on its own and print numbers that show
  * the throttling happened.
  */
-import { spawn } from 'node:child_process';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type FakeAnthropic, startFakeAnthropic } from '../../examples/support/fake-anthropic.ts';
+import { explain, lineStarting, numbers, runExample } from '../support/examples.ts';
 
-const EXAMPLES = resolve(dirname(fileURLToPath(import.meta.url)), '../../examples');
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** example runs anthropic-client/main.ts on the test runner's own Node, without a TTY or an ANTHROPIC_* variable but `env`. */
-function example(env: NodeJS.ProcessEnv = {}): Promise<Run> {
-  const base: NodeJS.ProcessEnv = { ...process.env, CI: 'true', NO_COLOR: '1' };
-  for (const name of Object.keys(base)) if (name.startsWith('ANTHROPIC_')) delete base[name];
-  const args = ['--import', 'tsx', '--conditions=tollgate-source', 'anthropic-client/main.ts'];
-  return new Promise((done, fail) => {
-    const child = spawn(process.execPath, args, {
-      cwd: EXAMPLES,
-      env: { ...base, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('error', fail);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      done({ code, stdout, stderr });
-    });
-  });
-}
-
-const explain = (r: Run) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
-
-const numbers = (line: string): number[] => [...line.matchAll(/-?\d+(?:\.\d+)?/g)].map((m) => Number(m[0]));
-
-function lineStarting(out: string, prefix: string): string {
-  const line = out.split('\n').find((l) => l.startsWith(prefix));
-  if (line === undefined) throw new Error(`no line starting with ${JSON.stringify(prefix)} in:\n${out}`);
-  return line;
-}
+/** example runs anthropic-client/main.ts offline, or with the ANTHROPIC_* variables of `env`. */
+const example = (env: NodeJS.ProcessEnv = {}) => runExample('anthropic-client/main.ts', [], env);
 
 describe('anthropic-client example', () => {
   test("offline: a user's burst is spaced to 3 requests/s, another user is not delayed, a stream settles, countTokens spends no LLM tokens, a 429 is retried", async () => {

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parseDemoArgs } from '../../examples/multi-tenant/args.ts';
 import { type FakeOpenAI, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
+import { explain, lineStarting, numbers } from '../support/examples.ts';
 import { type RedisServer, startRedis } from '../support/redis.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -57,18 +58,6 @@ function run(
 /** example runs an example's main.ts on the test runner's own Node (the Node 24 leg too). */
 const example = (file: string, args: string[] = [], env: NodeJS.ProcessEnv = {}) =>
   run(process.execPath, ['--import', 'tsx', '--conditions=tollgate-source', file, ...args], EXAMPLES, 60_000, env);
-
-const explain = (r: Run) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
-
-function numbers(line: string): number[] {
-  return [...line.matchAll(/-?\d+(?:\.\d+)?/g)].map((m) => Number(m[0]));
-}
-
-function lineStarting(out: string, prefix: string): string {
-  const line = out.split('\n').find((l) => l.startsWith(prefix));
-  if (line === undefined) throw new Error(`no line starting with ${JSON.stringify(prefix)} in:\n${out}`);
-  return line;
-}
 
 describe('openai-client example', () => {
   test("a user's burst is spaced to 3 requests/s, another user is not delayed, a stream and a retried 429 work", async () => {

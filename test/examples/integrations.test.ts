@@ -3,67 +3,16 @@
  * numbers they print checked. Both SDKs need Node >= 22: on older Node these are skipped, and the
  * describe's name says why.
  */
-import { execFile, spawn } from 'node:child_process';
-import { dirname, resolve } from 'node:path';
+import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, test } from 'vitest';
+import { expectWithinBucket } from '../support/bounds.ts';
+import { runExample } from '../support/examples.ts';
 
 const NODE_MAJOR = Number(process.versions.node.split('.')[0]);
 const SKIP = NODE_MAJOR < 22;
 const execFileAsync = promisify(execFile);
-
-/**
- * expectWithinBucket checks the bound a bucket promises a burst that starts at `t0` on a full
- * bucket: by any time t, at most capacity + rate × (t - t0) calls are admitted (+ `slackMs` of
- * clock granularity, a tiny fraction of a token). Windows start at t0: an admission whose timer
- * fired late on a busy machine moves later, never earlier, so this bound is exact, while the gap
- * between two admissions may look shorter than 1 / rate.
- */
-function expectWithinBucket(
-  times: readonly number[],
-  t0: number,
-  capacity: number,
-  perSecond: number,
-  slackMs = 5,
-): void {
-  const t = [...times].sort((a, b) => a - b);
-  t.forEach((at, k) => {
-    const allowed = capacity + (perSecond * (at - t0 + slackMs)) / 1000;
-    expect(
-      k + 1,
-      `${k + 1} admitted by ${(at - t0).toFixed(1)} ms (at most ${allowed.toFixed(2)})`,
-    ).toBeLessThanOrEqual(allowed);
-  });
-}
-
-const EXAMPLES = resolve(dirname(fileURLToPath(import.meta.url)), '../../examples');
-
-/** runExample runs examples/<file> as a user would, offline (no OPENAI_API_KEY), on this Node. */
-function runExample(file: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const env: NodeJS.ProcessEnv = { ...process.env, CI: 'true', NO_COLOR: '1' };
-  delete env.OPENAI_API_KEY;
-  return new Promise((done, fail) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=tollgate-source', file], {
-      cwd: EXAMPLES,
-      env,
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('error', fail);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      done({ code, stdout, stderr });
-    });
-  });
-}
 
 describe.skipIf(NODE_MAJOR < 22)(
   `examples/ai-sdk (skipped below Node 22: ai 7 needs it; this is Node ${NODE_MAJOR})`,

@@ -14,6 +14,7 @@ import { type AdmitEvent, currentUser, throttleOpenAI, throttleTool, withUser } 
 import { type AcquireOptions, type Grant, MemoryBackend, RateLimiter } from '@tollgate/core';
 import type OpenAI7 from 'openai7';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
+import { expectWithinBucket } from '../support/bounds.ts';
 import { z } from 'zod';
 import { type FakeOpenAI, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
 
@@ -32,30 +33,6 @@ interface ToolRun {
   user: string | undefined;
   contextUser: string | undefined;
   at: number;
-}
-
-/**
- * expectWithinBucket checks the bound a bucket promises a burst that starts at `t0` on a full
- * bucket: by any time t, at most capacity + rate × (t - t0) calls are admitted (+ `slackMs` of
- * clock granularity, a tiny fraction of a token). Windows start at t0: an admission whose timer
- * fired late on a busy machine moves later, never earlier, so this bound is exact, while the gap
- * between two admissions may look shorter than 1 / rate.
- */
-function expectWithinBucket(
-  times: readonly number[],
-  t0: number,
-  capacity: number,
-  perSecond: number,
-  slackMs = 5,
-): void {
-  const t = [...times].sort((a, b) => a - b);
-  t.forEach((at, k) => {
-    const allowed = capacity + (perSecond * (at - t0 + slackMs)) / 1000;
-    expect(
-      k + 1,
-      `${k + 1} admitted by ${(at - t0).toFixed(1)} ms (at most ${allowed.toFixed(2)})`,
-    ).toBeLessThanOrEqual(allowed);
-  });
 }
 
 /** A RateLimiter that records the key of every acquire: which user each tool call was counted against. */
