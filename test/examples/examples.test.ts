@@ -3,61 +3,16 @@
  * stdout not a TTY. Each must exit 0 on its own (no stray handles) and print numbers that show
  * the throttling happened: spacing per user, tools that did not run, tenants within their quota.
  */
-import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parseDemoArgs } from '../../examples/multi-tenant/args.ts';
 import { type FakeOpenAI, startFakeOpenAI } from '../../examples/support/fake-openai.ts';
-import { explain, lineStarting, numbers } from '../support/examples.ts';
+import { EXAMPLES, type Run, explain, lineStarting, numbers, run, runExample } from '../support/examples.ts';
+import { ROOT } from '../support/spawn.ts';
 import { type RedisServer, startRedis } from '../support/redis.ts';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const EXAMPLES = resolve(ROOT, 'examples');
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
-
-/** run starts `command args` in `cwd` without a TTY and without OPENAI_API_KEY (offline). */
-function run(
-  command: string,
-  args: string[],
-  cwd: string,
-  timeoutMs = 60_000,
-  extraEnv: NodeJS.ProcessEnv = {},
-): Promise<Run> {
-  const env: NodeJS.ProcessEnv = { ...process.env, CI: 'true', NO_COLOR: '1' };
-  delete env.OPENAI_API_KEY;
-  delete env.OPENAI_BASE_URL;
-  Object.assign(env, extraEnv);
-  const start = performance.now();
-  return new Promise((done, fail) => {
-    const child = spawn(command, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      stderr += d.toString();
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('error', fail);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      done({ code, stdout, stderr, ms: performance.now() - start });
-    });
-  });
-}
-
-/** example runs an example's main.ts on the test runner's own Node (the Node 24 leg too). */
-const example = (file: string, args: string[] = [], env: NodeJS.ProcessEnv = {}) =>
-  run(process.execPath, ['--import', 'tsx', '--conditions=tollgate-source', file, ...args], EXAMPLES, 60_000, env);
+const example = runExample;
 
 describe('openai-client example', () => {
   test("a user's burst is spaced to 3 requests/s, another user is not delayed, a stream and a retried 429 work", async () => {

@@ -17,23 +17,23 @@ export interface Run {
   ms: number;
 }
 
-/** runExample runs examples/<file> (TypeScript, through tsx) with `args` and the extra `env`. */
-export function runExample(
-  file: string,
-  args: string[] = [],
-  env: NodeJS.ProcessEnv = {},
+/**
+ * run starts `command args` in `cwd` without a TTY and offline: no OPENAI_* or ANTHROPIC_*
+ * variable but those of `env`.
+ */
+export function run(
+  command: string,
+  args: string[],
+  cwd: string,
   timeoutMs = 60_000,
+  env: NodeJS.ProcessEnv = {},
 ): Promise<Run> {
   const base: NodeJS.ProcessEnv = { ...process.env, CI: 'true', NO_COLOR: '1' };
   for (const name of Object.keys(base))
     if (name.startsWith('OPENAI_') || name.startsWith('ANTHROPIC_')) delete base[name];
   const start = performance.now();
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=tollgate-source', file, ...args], {
-      cwd: EXAMPLES,
-      env: { ...base, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(command, args, { cwd, env: { ...base, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => {
@@ -50,6 +50,10 @@ export function runExample(
     });
   });
 }
+
+/** runExample runs examples/<file> (TypeScript, through tsx) on this Node with `args` and the extra `env`. */
+export const runExample = (file: string, args: string[] = [], env: NodeJS.ProcessEnv = {}) =>
+  run(process.execPath, ['--import', 'tsx', '--conditions=tollgate-source', file, ...args], EXAMPLES, 60_000, env);
 
 /** explain is a run's exit code and output, for an assertion's message. */
 export const explain = (r: Omit<Run, 'ms'>) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;

@@ -12,6 +12,7 @@ import { AbortedError, MaxWaitExceededError } from './errors.js';
 import type { LimiterMetrics, Outcome } from './metrics.js';
 import type { Grant } from './options.js';
 import type { Policy } from './policy.js';
+import { shift } from './fifo.js';
 import { arm } from './timer.js';
 
 /** A caller of `acquire` waiting its turn on one key. */
@@ -220,16 +221,10 @@ export class KeyQueues {
     q.pumping = true;
     try {
       while (q.head === undefined) {
-        const w = q.waiters[q.next];
+        const w = shift(q);
         if (w === undefined) {
           if (this.#queues.get(q.key) === q) this.#queues.delete(q.key);
           return;
-        }
-        q.waiters[q.next] = undefined as unknown as Waiter;
-        q.next++;
-        if (q.next > 1024 && q.next * 2 > q.waiters.length) {
-          q.waiters.splice(0, q.next);
-          q.next = 0;
         }
         if (w.state !== 'queued') continue;
         // Its signal fired, its own listener not run yet (callers sharing one signal: the first

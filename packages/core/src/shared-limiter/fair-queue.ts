@@ -2,6 +2,7 @@ import type { MaybePromise } from '../backend.js';
 import { AbortedError, MaxWaitExceededError } from '../errors.js';
 import type { LimiterMetrics, Outcome } from '../metrics.js';
 import type { Policy } from '../policy.js';
+import { shift } from '../fifo.js';
 import { arm } from '../timer.js';
 import { DEFERRED, GRANTED, type PoolAnswer } from './pool-math.js';
 import type { Pools } from './pools.js';
@@ -199,16 +200,10 @@ export class FairQueues {
     q.pumping = true;
     try {
       while (q.head === undefined) {
-        const w = q.waiters[q.next];
+        const w = shift(q);
         if (w === undefined) {
           if (this.#queues.get(q.id) === q) this.#queues.delete(q.id);
           return;
-        }
-        q.waiters[q.next] = undefined as unknown as Waiter;
-        q.next++;
-        if (q.next > 1024 && q.next * 2 > q.waiters.length) {
-          q.waiters.splice(0, q.next);
-          q.next = 0;
         }
         if (w.state !== 'queued') continue;
         if (--q.queuedCount === 0) q.queuedCost = 0;

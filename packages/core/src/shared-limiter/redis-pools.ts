@@ -1,5 +1,5 @@
 import type { Cluster, Redis } from 'ioredis';
-import { encodeKey, keySlot } from '../backends/redis/keys.js';
+import { encodeKey, masterOf } from '../backends/redis/keys.js';
 import { BackendTimeoutError, BackendUnavailableError } from '../errors.js';
 import type { Policy } from '../policy.js';
 import { type Observation, type PoolAnswer, type PoolStatus, SHARE_GRACE_MS } from './pool-math.js';
@@ -64,9 +64,7 @@ export class RedisPools implements Pools {
    * knows it now; undefined for a standalone client (one shard) or a slot not yet known.
    */
   shardOf(name: string, pool: string): string | undefined {
-    const c = this.client as { isCluster?: boolean; slots?: string[][] };
-    if (c.isCluster !== true || c.slots === undefined) return undefined;
-    return c.slots[keySlot(this.#key(name, pool))]?.[0];
+    return masterOf(this.client, this.#key(name, pool));
   }
 
   decide(

@@ -8,7 +8,7 @@ import type { Policy } from '../../policy.js';
 import { describe, toOptionsError } from '../../policy.js';
 import { type BatchCall, type DecisionSpec, ScriptBatcher } from './batcher.js';
 import { ServerClock } from './clock.js';
-import { LONE_SURROGATE, keySlot, redisKey } from './keys.js';
+import { LONE_SURROGATE, masterOf, redisKey } from './keys.js';
 
 /** RedisBackendOptions configures a {@link RedisBackend}. */
 export interface RedisBackendOptions {
@@ -191,9 +191,7 @@ export class RedisBackend implements Backend {
    * limiter keeps a circuit breaker per shard, so one failing master fails only its own keys.
    */
   shardOf(name: string, key: string): string | undefined {
-    const c = this.client as { isCluster?: boolean; slots?: string[][] };
-    if (c.isCluster !== true || c.slots === undefined) return undefined;
-    return c.slots[keySlot(redisKey(this.prefix, key, name))]?.[0];
+    return masterOf(this.client, redisKey(this.prefix, key, name));
   }
 }
 

@@ -66,3 +66,14 @@ const CRC16_TABLE = (() => {
   }
   return t;
 })();
+
+/**
+ * masterOf is the 'host:port' of the Cluster master that owns `redisKey`'s slot, as `client` knows
+ * it now; undefined for a standalone client (one shard) or a slot not yet known. Limiters keep a
+ * circuit breaker per master, so one failing master fails only its own keys.
+ */
+export function masterOf(client: object, redisKey: string): string | undefined {
+  const c = client as { isCluster?: boolean; slots?: string[][] };
+  if (c.isCluster !== true || c.slots === undefined) return undefined;
+  return c.slots[keySlot(redisKey)]?.[0];
+}
