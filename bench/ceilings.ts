@@ -2,7 +2,11 @@
  * Ceilings: the least work a limiter can do, written inline with nothing around it. They bound
  * what any library can reach on this machine and are what Tollgate's targets are measured against.
  */
+import { type Evaluator, deadlineArg, decisionArgs } from '@tollgate/core/internal';
 import type { Redis } from 'ioredis';
+
+/** -1000: no deadline yet, remember the call 1 s (as RedisBackend before it knows the clock). */
+const NO_DEADLINE = deadlineArg(-1000);
 
 interface Slot {
   t: number;
@@ -73,8 +77,15 @@ export class RawEvalsha {
    * One decision of cost 1, no max wait, remembered 1 s under a fresh call id, as RedisBackend
    * sends it before it knows the server's clock.
    */
-  call(key: string, mode: string, ratePerMs: string, capacity: string): Promise<unknown> {
+  call(key: string, mode: 't' | 'r', ratePerMs: number, capacity: number): Promise<unknown> {
     const id = `rawcall0${(this.#seq++ % 1e8).toString(36).padStart(8, '0')}`;
-    return this.client.evalsha(this.#sha, 1, key, mode, ratePerMs, capacity, '1', '-1', '-1000', id);
+    let spec = this.#specs.get(`${mode} ${ratePerMs} ${capacity}`);
+    if (spec === undefined) {
+      spec = decisionArgs(mode, { ratePerMs, capacity }, 1, -1);
+      this.#specs.set(`${mode} ${ratePerMs} ${capacity}`, spec);
+    }
+    return (this.client as unknown as Evaluator).evalshaBuffer(this.#sha, 1, key, spec, NO_DEADLINE, id);
   }
+
+  readonly #specs = new Map<string, Buffer>();
 }

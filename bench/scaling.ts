@@ -66,8 +66,7 @@ async function redisKeys(ctx: RedisCtx, n: number): Promise<Scenario> {
       {
         name: 'raw EVALSHA (same script)',
         role: 'ceiling',
-        run: (ops) =>
-          inFlight(ops, 256, (i) => raw.call(rawKeys[i % n] as string, 't', String(1000 / 3_600_000), '1000000000')),
+        run: (ops) => inFlight(ops, 256, (i) => raw.call(rawKeys[i % n] as string, 't', 1000 / 3_600_000, 1e9)),
       },
     ],
   };

@@ -236,8 +236,8 @@ function redisContenders(ctx: RedisCtx, keys: string[], concurrency: number, raw
   });
   const rlf = new RateLimiterRedis({ storeClient: ctx.client(), points: 1e9, duration: 3600, keyPrefix: 'rlf' });
   const ping = ctx.client();
-  const rate = String(1000 / 3_600_000);
-  const cap = String(1e9);
+  const rate = 1000 / 3_600_000;
+  const cap = 1e9;
   const rawKeys = keys.map((k) => `raw:{${k}}:b`);
   const seq = (op: (k: number) => Promise<unknown>) => async (n: number) => {
     for (let i = 0, k = 0; i < n; i++) {
@@ -351,8 +351,8 @@ function seedRedis(ctx: RedisCtx, raw: RawEvalsha, bottleneck: Bottleneck): Cont
     name: 'b',
   });
   const rlf = new RateLimiterRedis({ storeClient: ctx.client(), points: 1e9, duration: 3600, keyPrefix: 'seedrlf' });
-  const rate = String(1000 / 3_600_000);
-  const cap = String(1e9);
+  const rate = 1000 / 3_600_000;
+  const cap = 1e9;
   const noop = (): Promise<void> => Promise.resolve();
   return [
     {

@@ -5,14 +5,18 @@
 import { RedisBackend } from '@tollgate/core';
 import {
   BUCKET_SCRIPT,
+  BUCKET_SHA,
   type BucketState,
   ScriptAt,
+  decisionArgs,
   decodeBucket,
+  decodeReply,
   giveBack,
   newBucket,
   normalizePolicy,
   redisKey,
   reserve,
+  runScript,
   tokensAt,
   tryTake,
 } from '@tollgate/core/internal';
@@ -87,8 +91,13 @@ test('every write sets PX to ceil(ms until full), an integer ≥ 1, and keeps a 
   expect(tiny.allowed).toBe(true);
   expect(await client.pttl('ttl:{tiny}:b')).toBeLessThanOrEqual(50 + 20); // + the clock estimate's error
   // Without a call id (the script alone), PX 1: PX 0 would be an error and fail the call.
-  const bare = await client.eval(BUCKET_SCRIPT, 1, 'ttl:{bare}:b', 't', String(1000), '1', '1e-6', '-1', '', '');
-  expect((bare as number[])[0]).toBe(1);
+  const bare = await runScript(client, BUCKET_SCRIPT, BUCKET_SHA, 1, [
+    'ttl:{bare}:b',
+    decisionArgs('t', { ratePerMs: 1000, capacity: 1 }, 1e-6, -1),
+    '',
+    '',
+  ]);
+  expect(decodeReply(bare)[0]).toBe(1);
   expect(await client.pttl('ttl:{bare}:b')).toBeLessThanOrEqual(1);
 });
 

@@ -4,13 +4,7 @@
  */
 import { type BatchCall, type DecisionSpec, type ScriptBatcher, decisionArgs } from '@tollgate/core/internal';
 
-export type Reply = [
-  allowed: number,
-  remaining: number | string,
-  waitMs: number | string,
-  resetMs: number | string,
-  nowUs: number,
-];
+export type Reply = [allowed: number, remaining: number, waitMs: number, resetMs: number, nowUs: number];
 
 let seq = 0;
 
@@ -20,7 +14,7 @@ export function decide(
   key: string,
   spec: DecisionSpec,
   timeoutMs: number,
-  serverDeadline = '',
+  serverDeadline: Buffer | '' = '',
 ): Promise<Reply> {
   return new Promise<Reply>((resolve, reject) => {
     let done = false;
@@ -35,11 +29,11 @@ export function decide(
         if (done) return;
         done = true;
         resolve([
-          reply[at] as number,
-          reply[at + 1] as number,
-          reply[at + 2] as number,
-          reply[at + 3] as number,
-          reply[reply.length - 1] as number,
+          reply.readDoubleLE(at),
+          reply.readDoubleLE(at + 8),
+          reply.readDoubleLE(at + 16),
+          reply.readDoubleLE(at + 24),
+          reply.readDoubleLE(reply.length - 8),
         ]);
       },
       fail(e) {
@@ -51,7 +45,7 @@ export function decide(
   });
 }
 
-/** spec is a decision's five script arguments (mode, rate, capacity, cost, max wait). */
+/** spec is a decision's spec (mode, rate, capacity, cost, max wait), as the scripts take it. */
 export function spec(
   mode: 't' | 'r' | 'f',
   ratePerMs: number,
@@ -59,5 +53,5 @@ export function spec(
   cost: number,
   maxWaitMs = -1,
 ): DecisionSpec {
-  return decisionArgs(mode, { ratePerMs, capacity }, cost, maxWaitMs) as unknown as DecisionSpec;
+  return decisionArgs(mode, { ratePerMs, capacity }, cost, maxWaitMs);
 }

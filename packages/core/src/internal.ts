@@ -28,12 +28,14 @@ export {
   BATCH_SHA,
   BUCKET_SCRIPT,
   BUCKET_SHA,
+  DECISION_BYTES,
   ENTRY_BYTES,
+  SPEC_BYTES,
   decodeBucket,
 } from './backends/redis/scripts.js';
-export { MAX_BATCH, MAX_IN_FLIGHT, ScriptBatcher } from './backends/redis/batcher.js';
-export type { BatchCall, DecisionSpec } from './backends/redis/batcher.js';
-export { ScriptAt, decisionArgs, runBatch, runScript } from './backends/redis/fixed-clock.js';
+export { MAX_BATCH, MAX_IN_FLIGHT, ScriptBatcher, specOf } from './backends/redis/batcher.js';
+export type { BatchCall, DecisionSpec, Evaluator } from './backends/redis/batcher.js';
+export { ScriptAt, deadlineArg, decisionArgs, decodeReply, runBatch, runScript } from './backends/redis/fixed-clock.js';
 export type { BatchStep } from './backends/redis/fixed-clock.js';
 
 // The zod that validates Tollgate's own options: @tollgate/agent uses it too, so its option

@@ -6,7 +6,7 @@ import type { Decision, Reservation } from '../../bucket.js';
 import { BackendTimeoutError, BackendUnavailableError, InvalidOptionsError } from '../../errors.js';
 import type { Policy } from '../../policy.js';
 import { describe, toOptionsError } from '../../policy.js';
-import { type BatchCall, type DecisionSpec, ScriptBatcher } from './batcher.js';
+import { type BatchCall, type DecisionSpec, ScriptBatcher, specOf } from './batcher.js';
 import { ServerClock } from './clock.js';
 import { LONE_SURROGATE, masterOf, redisKey } from './keys.js';
 
@@ -105,7 +105,7 @@ export class RedisBackend implements Backend {
   }
 
   tryTake(name: string, key: string, policy: Policy, cost: number): Promise<Decision> {
-    return this.#run(TRY, redisKey(this.prefix, key, name), this.#spec('t', policy, cost, -1)) as Promise<Decision>;
+    return this.#run(TRY, redisKey(this.prefix, key, name), this.#spec(0, policy, cost, -1)) as Promise<Decision>;
   }
 
   reserve(name: string, key: string, policy: Policy, cost: number, maxWaitMs: number): Promise<Reservation> {
@@ -113,31 +113,30 @@ export class RedisBackend implements Backend {
     return this.#run(
       RESERVE,
       redisKey(this.prefix, key, name),
-      this.#spec('r', policy, cost, maxw),
+      this.#spec(1, policy, cost, maxw),
     ) as Promise<Reservation>;
   }
 
   refund(name: string, key: string, policy: Policy, amount: number): Promise<void> {
-    return this.#run(REFUND, redisKey(this.prefix, key, name), this.#spec('f', policy, amount, -1)) as Promise<void>;
+    return this.#run(REFUND, redisKey(this.prefix, key, name), this.#spec(2, policy, amount, -1)) as Promise<void>;
   }
 
-  // The last spec built: one limiter sends the same one call after call, and formatting its
-  // numbers costs more than the rest of building the command. The batcher also merges
-  // consecutive calls that share the very same spec array into one run.
+  // The last spec built: one limiter sends the same one call after call. The batcher also merges
+  // consecutive calls that share the very same spec into one run.
   #specPolicy: Policy | undefined;
-  #specMode = '';
+  #specMode = -1;
   #specCost = 0;
   #specMaxWait = 0;
-  #specArgs: DecisionSpec = ['', '', '', '', ''];
+  #specArgs: DecisionSpec = specOf(0, 1, 1, 1, -1);
 
-  #spec(mode: 't' | 'r' | 'f', policy: Policy, cost: number, maxWaitMs: number): DecisionSpec {
+  #spec(mode: 0 | 1 | 2, policy: Policy, cost: number, maxWaitMs: number): DecisionSpec {
     if (
       policy !== this.#specPolicy ||
       mode !== this.#specMode ||
       cost !== this.#specCost ||
       maxWaitMs !== this.#specMaxWait
     ) {
-      this.#specArgs = [mode, String(policy.ratePerMs), String(policy.capacity), String(cost), String(maxWaitMs)];
+      this.#specArgs = specOf(mode, policy.ratePerMs, policy.capacity, cost, maxWaitMs);
       this.#specPolicy = policy;
       this.#specMode = mode;
       this.#specCost = cost;
@@ -204,22 +203,22 @@ const RESERVE = 1;
 const REFUND = 2;
 type Kind = typeof TRY | typeof RESERVE | typeof REFUND;
 
-/** The answer to a call of `kind` from the decision at `reply[at]`. */
-function result(kind: Kind, reply: ReadonlyArray<number | string>, at: number): Decision | Reservation | undefined {
+/** The answer to a call of `kind` from the decision at byte `at` of `reply`. */
+function result(kind: Kind, reply: Buffer, at: number): Decision | Reservation | undefined {
   if (kind === TRY) {
     return {
-      allowed: reply[at] === 1,
-      remaining: Number(reply[at + 1]),
-      retryAfterMs: Number(reply[at + 2]),
-      resetAfterMs: Number(reply[at + 3]),
+      allowed: reply.readDoubleLE(at) === 1,
+      remaining: reply.readDoubleLE(at + 8),
+      retryAfterMs: reply.readDoubleLE(at + 16),
+      resetAfterMs: reply.readDoubleLE(at + 24),
     };
   }
   if (kind === RESERVE) {
     return {
-      ok: reply[at] === 1,
-      waitMs: Number(reply[at + 2]),
-      remaining: Number(reply[at + 1]),
-      resetAfterMs: Number(reply[at + 3]),
+      ok: reply.readDoubleLE(at) === 1,
+      waitMs: reply.readDoubleLE(at + 16),
+      remaining: reply.readDoubleLE(at + 8),
+      resetAfterMs: reply.readDoubleLE(at + 24),
     };
   }
   return undefined;
@@ -229,7 +228,7 @@ function result(kind: Kind, reply: ReadonlyArray<number | string>, at: number): 
 class Call implements BatchCall {
   readonly key: string;
   readonly spec: DecisionSpec;
-  serverDeadline: string;
+  serverDeadline: Buffer | string;
   id: string;
   expiresAt = 0;
   timeoutMs = 0;
@@ -248,7 +247,7 @@ class Call implements BatchCall {
     kind: Kind,
     key: string,
     spec: DecisionSpec,
-    deadline: string,
+    deadline: Buffer,
     id: string,
     sentAt: number,
     total: number,
@@ -270,12 +269,12 @@ class Call implements BatchCall {
     this.#reject = reject;
   }
 
-  answer(reply: ReadonlyArray<number | string>, at: number): void {
+  answer(reply: Buffer, at: number): void {
     // A reply that comes after the caller's timeout changes nothing (and teaches nothing).
     if (this.#settled) return;
     const receivedAt = Date.now();
-    this.#clock.sample(reply[reply.length - 1] as number, this.#sentAt, receivedAt);
-    if (reply[at] === -1) {
+    this.#clock.sample(reply.readDoubleLE(reply.length - 8), this.#sentAt, receivedAt);
+    if (reply.readDoubleLE(at) === -1) {
       // Redis judged us past the deadline while we still wait: the clock estimate was off. It
       // is corrected now (from this reply); try once more, as a new call, in the time left.
       const left = this.timeoutMs - (receivedAt - this.#sentAt);

@@ -7,12 +7,16 @@
 import type { Cluster, Redis } from 'ioredis';
 import { BackendTimeoutError, BackendUnavailableError } from '../../errors.js';
 import { keySlot } from './keys.js';
-import { BATCH_SCRIPT, BATCH_SHA, BUCKET_SCRIPT, BUCKET_SHA } from './scripts.js';
+import { BATCH_SCRIPT, BATCH_SHA, BUCKET_SCRIPT, BUCKET_SHA, DECISION_BYTES, SPEC_BYTES } from './scripts.js';
 
-/** The two ioredis methods the scripts are sent with (on a Redis or a Cluster). */
-interface Evaluator {
-  evalsha(sha: string, numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
-  eval(lua: string, numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
+/**
+ * The two ioredis methods the scripts are sent with (on a Redis or a Cluster): the scripts answer
+ * binary strings, which the `…Buffer` variants hand over as they came. (ioredis makes a `…Buffer`
+ * variant of every command; its typings list them for some only.)
+ */
+export interface Evaluator {
+  evalshaBuffer(sha: string, numKeys: number, ...keysAndArgs: Array<string | Buffer>): Promise<unknown>;
+  evalBuffer(lua: string, numKeys: number, ...keysAndArgs: Array<string | Buffer>): Promise<unknown>;
 }
 
 /**
@@ -24,10 +28,27 @@ export function isNoScript(e: unknown): boolean {
 }
 
 /**
- * A decision's arguments after its key, as the single script takes them: mode, rate per ms,
- * capacity, cost, max wait ms (see BUCKET_SCRIPT's ARGV[1..5]).
+ * A decision's spec as the scripts take it (BUCKET_SCRIPT's ARGV[1]): mode, rate per ms,
+ * capacity, cost, max wait ms, as binary doubles. Never changed once made: calls in flight hold it.
  */
-export type DecisionSpec = readonly [mode: string, rate: string, capacity: string, cost: string, maxWait: string];
+export type DecisionSpec = Buffer;
+
+/** specOf encodes a decision's spec (mode 0 try, 1 reserve, 2 refund; max wait < 0: no limit). */
+export function specOf(
+  mode: 0 | 1 | 2,
+  ratePerMs: number,
+  capacity: number,
+  cost: number,
+  maxWaitMs: number,
+): DecisionSpec {
+  const b = Buffer.allocUnsafe(SPEC_BYTES);
+  b.writeDoubleLE(mode, 0);
+  b.writeDoubleLE(ratePerMs, 8);
+  b.writeDoubleLE(capacity, 16);
+  b.writeDoubleLE(cost, 24);
+  b.writeDoubleLE(maxWaitMs, 32);
+  return b;
+}
 
 /**
  * One call handed to {@link ScriptBatcher.submit}: what to decide, and how to answer it (a
@@ -36,19 +57,20 @@ export type DecisionSpec = readonly [mode: string, rate: string, capacity: strin
 export interface BatchCall {
   readonly key: string;
   readonly spec: DecisionSpec;
-  /** The caller's deadline on the server's clock, ms as text ('': none). */
-  serverDeadline: string;
+  /** The caller's deadline on the server's clock, ms as one binary double ('': none). */
+  serverDeadline: Buffer | string;
   /** The call's id (16 bytes, the first 8 naming the client): how a re-sent command is recognised. */
   readonly id: string;
   /** Set by the batcher: when the caller stops waiting (performance.now ms), and its timeout. */
   expiresAt: number;
   timeoutMs: number;
   /**
-   * The script answered: this call's decision is `reply[at]` (allowed) to `reply[at + 3]`
-   * (ms until full); the server's now (µs) is the reply's last element. May come after
-   * {@link fail} (a reply later than the call's timeout): the call must ignore it then.
+   * The script answered: this call's decision is the four doubles at byte `at` of `reply`
+   * (allowed, remaining, wait ms, ms until full); the server's now (µs) is the reply's last
+   * double. May come after {@link fail} (a reply later than the call's timeout): the call must
+   * ignore it then.
    */
-  answer(reply: ReadonlyArray<number | string>, at: number): void;
+  answer(reply: Buffer, at: number): void;
   /** The script call failed, or no reply came by `expiresAt` ({@link BackendTimeoutError}). */
   fail(e: unknown): void;
 }
@@ -229,21 +251,13 @@ export class ScriptBatcher {
     if (first < this.#timerAt) this.#arm(first);
     if (items.length === 1) {
       const it = items[0] as BatchCall;
-      const s = it.spec;
-      this.#run(
-        BUCKET_SCRIPT,
-        BUCKET_SHA,
-        1,
-        [it.key, s[0], s[1], s[2], s[3], s[4], it.serverDeadline, it.id],
-        batch,
-        items,
-      );
+      this.#run(BUCKET_SCRIPT, BUCKET_SHA, 1, [it.key, it.spec, it.serverDeadline, it.id], batch, items);
       return;
     }
     const n = items.length;
-    const argv: string[] = new Array(n + 1);
+    const argv: Array<string | Buffer> = new Array(n + 1);
     let spec: DecisionSpec | undefined;
-    let dl = '';
+    let dl: Buffer | string = '';
     let count = 0;
     for (let i = 0; i < n; i++) {
       const it = items[i] as BatchCall;
@@ -252,30 +266,38 @@ export class ScriptBatcher {
         count++;
         continue;
       }
-      if (spec !== undefined) argv.push(spec[0], spec[1], spec[2], spec[3], spec[4], dl, '', String(count));
+      if (spec !== undefined) argv.push(spec, dl, '', String(count));
       spec = it.spec;
       dl = it.serverDeadline;
       count = 1;
     }
-    const s = spec as DecisionSpec;
-    argv.push(s[0], s[1], s[2], s[3], s[4], dl, '', String(count));
+    argv.push(spec as DecisionSpec, dl, '', String(count));
     // Unique to this script call, in the slot of its first key: where its reply is remembered.
     argv[n] = `${(items[0] as BatchCall).key}{r}${this.#clientId}${(this.#batchSeq++).toString(36)}`;
     this.#run(BATCH_SCRIPT, BATCH_SHA, n + 1, argv, batch, items);
   }
 
   /** Sends one script call, by EVALSHA or EVAL, and again by EVAL if Redis lacks the script. */
-  #run(lua: string, sha: string, numKeys: number, args: string[], batch: Batch, items: BatchCall[]): void {
+  #run(
+    lua: string,
+    sha: string,
+    numKeys: number,
+    args: Array<string | Buffer>,
+    batch: Batch,
+    items: BatchCall[],
+  ): void {
     const release = batch.release;
     const viaEval = this.#byEval;
-    const sent = viaEval ? this.#client.eval(lua, numKeys, ...args) : this.#client.evalsha(sha, numKeys, ...args);
+    const sent = viaEval
+      ? this.#client.evalBuffer(lua, numKeys, ...args)
+      : this.#client.evalshaBuffer(sha, numKeys, ...args);
     // Anonymous functions: a named const closure costs a defineProperty per call under
     // esbuild's keepNames (tsx, the bench).
     sent.then(
       (r) => {
         if (viaEval) this.#byEval = false;
         release();
-        settle(items, r as Array<number | string>);
+        settle(items, r);
       },
       (e: unknown) => {
         if (viaEval || !isNoScript(e)) {
@@ -284,11 +306,11 @@ export class ScriptBatcher {
           return;
         }
         this.#byEval = true;
-        this.#client.eval(lua, numKeys, ...args).then(
+        this.#client.evalBuffer(lua, numKeys, ...args).then(
           (r) => {
             this.#byEval = false;
             release();
-            settle(items, r as Array<number | string>);
+            settle(items, r);
           },
           (e2: unknown) => {
             release();
@@ -324,12 +346,13 @@ function watchDrops(client: Redis | Cluster, batcher: ScriptBatcher): void {
   }
 }
 
-function settle(items: BatchCall[], reply: Array<number | string>): void {
+function settle(items: BatchCall[], reply: unknown): void {
   const n = items.length;
-  if (reply.length !== 4 * n + 1) {
-    const e = new Error(`tollgate script answered ${(reply.length - 1) / 4} decisions for ${n} calls`);
+  if (!Buffer.isBuffer(reply) || reply.length !== DECISION_BYTES * n + 8) {
+    const got = Buffer.isBuffer(reply) ? `${(reply.length - 8) / DECISION_BYTES} decisions` : typeof reply;
+    const e = new Error(`tollgate script answered ${got} for ${n} calls`);
     for (const it of items) it.fail(e);
     return;
   }
-  for (let i = 0; i < n; i++) (items[i] as BatchCall).answer(reply, 4 * i);
+  for (let i = 0; i < n; i++) (items[i] as BatchCall).answer(reply, DECISION_BYTES * i);
 }

@@ -5,38 +5,54 @@
 import type { Cluster, Redis } from 'ioredis';
 import type { Decision, Reservation } from '../../bucket.js';
 import type { Policy } from '../../policy.js';
-import { isNoScript } from './batcher.js';
+import { type DecisionSpec, type Evaluator, isNoScript, specOf } from './batcher.js';
 import { BATCH_SCRIPT, BATCH_SHA, BUCKET_SCRIPT, BUCKET_SHA } from './scripts.js';
 
-interface Evaluator {
-  evalsha(sha: string, numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
-  eval(lua: string, numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
-}
-
-/** runScript sends a script by EVALSHA, and again by EVAL if Redis answers NOSCRIPT. */
+/**
+ * runScript sends a script by EVALSHA, and again by EVAL if Redis answers NOSCRIPT; a script's
+ * binary reply comes back as a Buffer (see {@link decodeReply}).
+ */
 export function runScript(
   client: Redis | Cluster,
   lua: string,
   sha: string,
   numKeys: number,
-  keysAndArgs: string[],
+  keysAndArgs: Array<string | Buffer>,
 ): Promise<unknown> {
   const c = client as unknown as Evaluator;
-  return c.evalsha(sha, numKeys, ...keysAndArgs).catch((e: unknown) => {
+  return c.evalshaBuffer(sha, numKeys, ...keysAndArgs).catch((e: unknown) => {
     if (!isNoScript(e)) throw e;
-    return c.eval(lua, numKeys, ...keysAndArgs);
+    return c.evalBuffer(lua, numKeys, ...keysAndArgs);
   });
 }
 
-/** The single script's arguments for one decision, as RedisBackend sends them. */
+const MODES = { t: 0, r: 1, f: 2 } as const;
+
+/** A decision's spec (the scripts' binary ARGV), as RedisBackend sends it. */
 export function decisionArgs(
   mode: 't' | 'r' | 'f',
   policy: Pick<Policy, 'ratePerMs' | 'capacity'>,
   cost: number,
   maxWaitMs: number,
-): string[] {
+): DecisionSpec {
   const maxw = maxWaitMs === Number.POSITIVE_INFINITY ? -1 : maxWaitMs;
-  return [mode, String(policy.ratePerMs), String(policy.capacity), String(cost), String(maxw)];
+  return specOf(MODES[mode], policy.ratePerMs, policy.capacity, cost, maxw);
+}
+
+/** A deadline argument: '' (none), or ms on the server's clock (negative: none, remember that long). */
+export function deadlineArg(ms: number | ''): Buffer | '' {
+  if (ms === '') return '';
+  const b = Buffer.alloc(8);
+  b.writeDoubleLE(ms, 0);
+  return b;
+}
+
+/** decodeReply reads a script's reply: its doubles, in order (four a decision, then now in µs). */
+export function decodeReply(reply: unknown): number[] {
+  if (!Buffer.isBuffer(reply) || reply.length % 8 !== 0) throw new Error(`not a script reply: ${String(reply)}`);
+  const out: number[] = [];
+  for (let at = 0; at < reply.length; at += 8) out.push(reply.readDoubleLE(at));
+  return out;
 }
 
 /**
@@ -50,14 +66,16 @@ export class ScriptAt {
     readonly now: () => number,
   ) {}
 
-  async #reply(name: string, key: string, args: string[]): Promise<Array<number | string>> {
-    return (await runScript(this.client, BUCKET_SCRIPT, BUCKET_SHA, 1, [
-      this.prefixKey(key, name),
-      ...args,
-      '',
-      '',
-      String(this.now()),
-    ])) as Array<number | string>;
+  async #reply(name: string, key: string, spec: DecisionSpec): Promise<number[]> {
+    return decodeReply(
+      await runScript(this.client, BUCKET_SCRIPT, BUCKET_SHA, 1, [
+        this.prefixKey(key, name),
+        spec,
+        '',
+        '',
+        String(this.now()),
+      ]),
+    );
   }
 
   async tryTake(name: string, key: string, policy: Policy, cost: number): Promise<Decision> {
@@ -75,10 +93,10 @@ export class ScriptAt {
   }
 }
 
-/** One decision of a batch: its bucket's key, its five spec arguments, deadline and fixed now. */
+/** One decision of a batch: its bucket's key, its spec, deadline (ms, text; '': none) and fixed now. */
 export interface BatchStep {
   key: string;
-  spec: readonly string[];
+  spec: DecisionSpec;
   deadline: string;
   now: string;
 }
@@ -91,24 +109,17 @@ export async function runBatch(
   client: Redis | Cluster,
   steps: readonly BatchStep[],
   replyKey: string,
-): Promise<Array<number | string>> {
+): Promise<number[]> {
   const keys = steps.map((s) => s.key);
-  const argv: string[] = [];
-  let last = -1;
+  const argv: Array<string | Buffer> = [];
+  let last: BatchStep | undefined;
   for (const s of steps) {
-    if (
-      last >= 0 &&
-      s.spec.every((x, i) => argv[last + i] === x) &&
-      argv[last + 5] === s.deadline &&
-      argv[last + 6] === s.now
-    ) {
-      argv[last + 7] = String(Number(argv[last + 7]) + 1);
+    if (last !== undefined && s.spec.equals(last.spec) && s.deadline === last.deadline && s.now === last.now) {
+      argv[argv.length - 1] = String(Number(argv[argv.length - 1]) + 1);
       continue;
     }
-    last = argv.length;
-    argv.push(...s.spec, s.deadline, s.now, '1');
+    last = s;
+    argv.push(s.spec, deadlineArg(s.deadline === '' ? '' : Number(s.deadline)), s.now, '1');
   }
-  return (await runScript(client, BATCH_SCRIPT, BATCH_SHA, keys.length + 1, [...keys, replyKey, ...argv])) as Array<
-    number | string
-  >;
+  return decodeReply(await runScript(client, BATCH_SCRIPT, BATCH_SHA, keys.length + 1, [...keys, replyKey, ...argv]));
 }

@@ -25,14 +25,24 @@ export const ENTRY_BYTES = 56;
 /** Most decisions a bucket remembers (one per client: a newer one replaces the client's older). */
 export const MAX_REMEMBERED = 8;
 
+/** Bytes of a decision's spec (BUCKET_SCRIPT's ARGV[1]): `struct.pack('<ddddd')` of mode, rate, capacity, cost, max wait. */
+export const SPEC_BYTES = 40;
+/** Bytes of one decision in a reply: `struct.pack('<dddd')` of allowed, remaining, wait, ms until full. */
+export const DECISION_BYTES = 32;
+
 /**
  * DECIDE_LUA defines `decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)`, shared by
- * both scripts (one copy of the arithmetic in Lua). Returns allowed (1|0), remaining, wait ms,
- * ms until full (numbers), and true when `id` was decided before (then nothing changed). `id`
- * nil: the decision is not remembered (the batch script remembers its whole reply instead).
+ * both scripts (one copy of the arithmetic in Lua). Mode: 0 try (take now or change nothing), 1
+ * reserve (take into debt within the max wait), 2 refund (give `cost` back). Returns allowed
+ * (1|0), remaining, wait ms, ms until full (numbers), and true when `id` was decided before (then
+ * nothing changed). `id` nil: the decision is not remembered (the batch script remembers its
+ * whole reply instead).
+ *
+ * Every Lua function call and every number read from text costs Redis CPU on every decision, so
+ * the numbers arrive as binary doubles and the library functions are locals.
  */
 export const DECIDE_LUA = `
-local pack, unpack, floor, ceil, min, sub, find = struct.pack, struct.unpack, math.floor, math.ceil, math.min, string.sub, string.find
+local pack, unpack, floor, ceil, sub, find = struct.pack, struct.unpack, math.floor, math.ceil, string.sub, string.find
 local function decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)
   local tokens, upd
   local tail, keepUntil = '', 0
@@ -83,18 +93,21 @@ local function decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)
   else
     elapsed = 0
   end
-  tokens = min(cap, tokens + elapsed * rate)
+  -- math.min(cap, x) as bucket.ts has it: x when x <= cap (the two differ only on NaN).
+  tokens = tokens + elapsed * rate
+  if tokens > cap then tokens = cap end
   local wait = 0
   local allowed = 0
-  if mode == 'f' then
-    tokens = min(cap, tokens + cost)
+  if mode == 2 then
+    tokens = tokens + cost
+    if tokens > cap then tokens = cap end
     allowed = 1
   else
     local deficit = cost - tokens
     if deficit > cost * 1e-9 then
       wait = ceil(deficit / rate)
     end
-    if mode == 't' then
+    if mode == 0 then
       if wait == 0 then allowed = 1 end
     elseif maxw < 0 or wait <= maxw then
       allowed = 1
@@ -123,41 +136,35 @@ local function decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)
   end
   return allowed, remaining, wait, reset, false
 end
--- Beyond 2^53 (only deep in debt), as text: Redis truncates a Lua number reply to 64 bits and
--- JavaScript reads 53. remaining is at most capacity (<= 1e15).
-local function big(x)
-  if x > 9007199254740991 then return string.format('%.17g', x) end
-  return x
-end
 `;
 
 /**
  * BUCKET_SCRIPT decides one call.
  *
  * KEYS[1]  the bucket's key, `<prefix>{<encoded key>}:<name>`
- * ARGV[1]  mode: 't' try (take now or change nothing), 'r' reserve (take into debt within the max
- *          wait), 'f' refund (give `cost` back)
- * ARGV[2]  tokens added per ms; ARGV[3] capacity; ARGV[4] cost (JavaScript's shortest round-trip
- *          text, which Lua's tonumber reads back to the same double)
- * ARGV[5]  max wait ms for 'r' (negative: no limit)
- * ARGV[6]  the caller's deadline, ms on the server's clock ('': none). A command that runs after
- *          it (held in an offline queue, re-sent after a reconnect, stuck behind DEBUG SLEEP or
- *          CLIENT PAUSE) changes nothing and returns allowed = -1: its caller has stopped
- *          waiting, so charging the bucket would only take a phantom token. A negative value -t:
- *          no deadline (the client does not know the server's clock yet), remember the call t ms.
- * ARGV[7]  the call's id, 16 bytes, the first 8 naming the client ('': not remembered). A charged
+ * ARGV[1]  the decision's spec, {@link SPEC_BYTES} bytes: `struct.pack('<ddddd')` of the mode (0
+ *          try, 1 reserve, 2 refund: see DECIDE_LUA), tokens added per ms, capacity, cost, and
+ *          the max wait ms for a reserve (negative: no limit). Binary doubles: exact to the last
+ *          bit, and no text for Redis to parse.
+ * ARGV[2]  the caller's deadline, ms on the server's clock, one binary double ('': none). A command
+ *          that runs after it (held in an offline queue, re-sent after a reconnect, stuck behind
+ *          DEBUG SLEEP or CLIENT PAUSE) changes nothing and answers allowed = -1: its caller has
+ *          stopped waiting, so charging the bucket would only take a phantom token. A negative
+ *          value -t: no deadline (the client does not know the server's clock yet), remember the
+ *          call t ms.
+ * ARGV[3]  the call's id, 16 bytes, the first 8 naming the client ('': not remembered). A charged
  *          decision is remembered in the bucket until the deadline, so the same command re-sent
  *          after a lost reply gets the first reply and is not charged again.
- * ARGV[8]  absent in production: a fixed `now` in ms instead of the server's TIME (tests).
+ * ARGV[4]  absent in production: a fixed `now` in ms (text) instead of the server's TIME (tests).
  *
- * Returns { allowed (1|0, -1: past the deadline), remaining (whole tokens left, floored, never
- * negative), wait ms, ms until full, now (the server's clock in µs, an integer) }; the middle
- * three are integers, or %.17g text beyond 2^53.
+ * Answers one string, `struct.pack('<ddddd')` of allowed (1|0, -1: past the deadline), remaining
+ * (whole tokens left, floored, never negative), wait ms, ms until full, and the server's clock in
+ * µs: one bulk reply costs Redis less than an array of five numbers.
  */
 export const BUCKET_SCRIPT = `${DECIDE_LUA}
 local now, nowus
-if ARGV[8] then
-  now = tonumber(ARGV[8])
+if ARGV[4] then
+  now = tonumber(ARGV[4])
   nowus = floor(now * 1000)
 else
   local t = redis.call('TIME')
@@ -165,21 +172,22 @@ else
   now = sec * 1000 + us / 1000
   nowus = sec * 1000000 + us
 end
-local deadline = tonumber(ARGV[6])
 local forgetAt = now
-if deadline then
+if ARGV[2] ~= '' then
+  local deadline = unpack('<d', ARGV[2])
   if deadline < 0 then
     forgetAt = now - deadline
   elseif now > deadline then
-    return { -1, 0, 0, 0, nowus }
+    return pack('<ddddd', -1, 0, 0, 0, nowus)
   else
     forgetAt = deadline
   end
 end
-local id = ARGV[7]
+local id = ARGV[3]
 if id == '' then id = nil end
-local a, r, w, s = decide(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), now, id, forgetAt)
-return { a, r, big(w), big(s), nowus }
+local mode, rate, cap, cost, maxw = unpack('<ddddd', ARGV[1])
+local a, r, w, s = decide(KEYS[1], mode, rate, cap, cost, maxw, now, id, forgetAt)
+return pack('<ddddd', a, r, w, s, nowus)
 `;
 
 /**
@@ -189,28 +197,28 @@ return { a, r, big(w), big(s), nowus }
  * KEYS[1..n]  the bucket of decision i (all in one Cluster slot)
  * KEYS[n+1]   where this script call's reply is remembered (a key of the same slot, unique to the
  *             call): run again after a lost reply, the call answers that and changes nothing
- * ARGV        runs of consecutive decisions that share their arguments, eight entries a run:
- *             mode, rate, capacity, cost, max wait (as BUCKET_SCRIPT's ARGV[1..5]), deadline (as
- *             BUCKET_SCRIPT's ARGV[6]), now ('': the server's TIME; a fixed ms in tests only), and how many
- *             decisions (KEYS, in order) the run covers
+ * ARGV        runs of consecutive decisions that share their arguments, four entries a run: the
+ *             spec and the deadline (as BUCKET_SCRIPT's ARGV[1] and ARGV[2]), now ('': the
+ *             server's TIME; a fixed ms in tests only), and how many decisions (KEYS, in order)
+ *             the run covers
  *
- * Returns a flat array: for each decision, in order, allowed (1|0, -1: past its deadline),
- * remaining, wait ms, ms until full as BUCKET_SCRIPT returns them; then the server's now in µs.
+ * Answers one string: for each decision, in order, {@link DECISION_BYTES} bytes
+ * (`struct.pack('<dddd')` of allowed (1|0, -1: past its deadline), remaining, wait ms, ms until
+ * full, as BUCKET_SCRIPT answers them); then the server's now in µs, one double.
  */
 export const BATCH_SCRIPT = `${DECIDE_LUA}
 local replyKey = KEYS[#KEYS]
 local seen = redis.call('GET', replyKey)
-if seen then return cmsgpack.unpack(seen) end
+if seen then return seen end
 local out = {}
-local i, j = 0, 0
+local i = 0
 local charged = false
 local forgetAt = 0
 local servernow, now
-for r = 1, #ARGV, 8 do
-  local mode, rate, cap, cost, maxw = ARGV[r], tonumber(ARGV[r + 1]), tonumber(ARGV[r + 2]), tonumber(ARGV[r + 3]), tonumber(ARGV[r + 4])
-  local deadline = tonumber(ARGV[r + 5])
-  if ARGV[r + 6] ~= '' then
-    now = tonumber(ARGV[r + 6])
+for r = 1, #ARGV, 4 do
+  local mode, rate, cap, cost, maxw = unpack('<ddddd', ARGV[r])
+  if ARGV[r + 2] ~= '' then
+    now = tonumber(ARGV[r + 2])
   else
     if servernow == nil then
       local t = redis.call('TIME')
@@ -219,27 +227,28 @@ for r = 1, #ARGV, 8 do
     now = servernow
   end
   local late, f = false, now
-  if deadline then
+  if ARGV[r + 1] ~= '' then
+    local deadline = unpack('<d', ARGV[r + 1])
     if deadline < 0 then f = now - deadline else late, f = now > deadline, deadline end
   end
-  for _ = 1, tonumber(ARGV[r + 7]) do
+  for _ = 1, tonumber(ARGV[r + 3]) do
     i = i + 1
     if late then
-      out[j + 1], out[j + 2], out[j + 3], out[j + 4] = -1, 0, 0, 0
+      out[i] = pack('<dddd', -1, 0, 0, 0)
     else
       local a, rem, w, s = decide(KEYS[i], mode, rate, cap, cost, maxw, now, nil, 0)
-      out[j + 1], out[j + 2], out[j + 3], out[j + 4] = a, rem, big(w), big(s)
+      out[i] = pack('<dddd', a, rem, w, s)
       if a == 1 then
         charged = true
         if f > forgetAt then forgetAt = f end
       end
     end
-    j = j + 4
   end
 end
-out[j + 1] = floor((now or 0) * 1000)
-if charged then redis.call('SET', replyKey, cmsgpack.pack(out), 'PX', math.max(1, ceil(forgetAt - now))) end
-return out
+out[i + 1] = pack('<d', floor((now or 0) * 1000))
+local reply = table.concat(out)
+if charged then redis.call('SET', replyKey, reply, 'PX', math.max(1, ceil(forgetAt - now))) end
+return reply
 `;
 
 const sha1 = (text: string): string => createHash('sha1').update(text).digest('hex');
