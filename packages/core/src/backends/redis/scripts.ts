@@ -31,119 +31,121 @@ export const SPEC_BYTES = 40;
 export const DECISION_BYTES = 32;
 
 /**
- * DECIDE_LUA defines `decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)`, shared by
- * both scripts (one copy of the arithmetic in Lua). Mode: 0 try (take now or change nothing), 1
- * reserve (take into debt within the max wait), 2 refund (give `cost` back). Returns allowed
- * (1|0), remaining, wait ms, ms until full (numbers), and true when `id` was decided before (then
- * nothing changed). `id` nil: the decision is not remembered (the batch script remembers its
- * whole reply instead).
+ * decideLua is the one copy of the decision in Lua: given `key, mode, rate, cap, cost, maxw, now,
+ * id, forgetAt` (locals or parameters), it decides and ends with `done('allowed, remaining, wait,
+ * reset')`: a return statement made by the caller. Mode: 0 try (take now or change nothing), 1
+ * reserve (take into debt within the max wait), 2 refund (give `cost` back). A call whose `id` was
+ * decided before gets that decision again and changes nothing. `id` nil: the decision is not
+ * remembered (the batch script remembers its whole reply instead).
  *
- * Every Lua function call and every number read from text costs Redis CPU on every decision, so
- * the numbers arrive as binary doubles and the library functions are locals.
+ * The single script runs it inline and the batch script as a function: each Lua function call,
+ * closure and string Redis makes on every decision costs CPU (a closure with its upvalues is a
+ * handful of allocations), as does every number read from text, so the numbers arrive as binary
+ * doubles and the library functions are locals.
  */
-export const DECIDE_LUA = `
-local pack, unpack, floor, ceil, sub, find = struct.pack, struct.unpack, math.floor, math.ceil, string.sub, string.find
-local function decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)
-  local tokens, upd
-  local tail, keepUntil = '', 0
-  local v = redis.pcall('GET', key)
-  if type(v) == 'string' then
-    local n = #v
-    if n >= 16 then
-      tokens, upd = unpack('<dd', v)
-      if n > 16 then
-        -- Decided before: answer as then, change nothing.
-        local at = id and find(v, id, 17, true)
-        while at and (at - 17) % ${ENTRY_BYTES} ~= 0 do at = find(v, id, at + 1, true) end
-        if at then
-          local _, a, r, w, s = unpack('<ddddd', v, at + 16)
-          return a, r, w, s, true
-        end
-        -- One remembered decision per client: this client's older one is replaced below; the
-        -- usual value holds that one alone.
-        local client = id and sub(id, 1, 8)
-        if n ~= ${16 + ENTRY_BYTES} or sub(v, 17, 24) ~= client then
-          local k = 0
-          for o = 17, n - ${ENTRY_BYTES - 1}, ${ENTRY_BYTES} do
-            if k < ${MAX_REMEMBERED - 1} and sub(v, o, o + 7) ~= client then
-              local forget = unpack('<d', v, o + 16)
-              if forget >= now then
-                k = k + 1
-                tail = tail .. sub(v, o, o + ${ENTRY_BYTES - 1})
-                if forget > keepUntil then keepUntil = forget end
-              end
+export const LUA_LOCALS =
+  'local pack, unpack, floor, ceil, sub, find = struct.pack, struct.unpack, math.floor, math.ceil, string.sub, string.find';
+
+function decideLua(done: (values: string) => string): string {
+  return `local tokens, upd
+local tail, keepUntil = '', 0
+local v = redis.pcall('GET', key)
+if type(v) == 'string' then
+  local n = #v
+  if n >= 16 then
+    tokens, upd = unpack('<dd', v)
+    if n > 16 then
+      -- Decided before: answer as then, change nothing.
+      local at = id and find(v, id, 17, true)
+      while at and (at - 17) % ${ENTRY_BYTES} ~= 0 do at = find(v, id, at + 1, true) end
+      if at then
+        local _, a, r, w, s = unpack('<ddddd', v, at + 16)
+        ${done('a, r, w, s')}
+      end
+      -- One remembered decision per client: this client's older one is replaced below; the
+      -- usual value holds that one alone.
+      local client = id and sub(id, 1, 8)
+      if n ~= ${16 + ENTRY_BYTES} or sub(v, 17, 24) ~= client then
+        local k = 0
+        for o = 17, n - ${ENTRY_BYTES - 1}, ${ENTRY_BYTES} do
+          if k < ${MAX_REMEMBERED - 1} and sub(v, o, o + 7) ~= client then
+            local forget = unpack('<d', v, o + 16)
+            if forget >= now then
+              k = k + 1
+              tail = tail .. sub(v, o, o + ${ENTRY_BYTES - 1})
+              if forget > keepUntil then keepUntil = forget end
             end
           end
         end
       end
     end
-  elseif type(v) == 'table' and v.err ~= nil then
-    -- WRONGTYPE: a bucket written by an older Tollgate, as a hash {t, u}.
-    local s = redis.call('HMGET', key, 't', 'u')
-    tokens = tonumber(s[1])
-    upd = tonumber(s[2])
   end
-  if tokens == nil or upd == nil then
-    tokens = cap
-    upd = now
-  end
-  local elapsed = now - upd
-  if elapsed > 0 then
-    upd = now
-  else
-    elapsed = 0
-  end
-  -- math.min(cap, x) as bucket.ts has it: x when x <= cap (the two differ only on NaN).
-  tokens = tokens + elapsed * rate
-  if tokens > cap then tokens = cap end
-  local wait = 0
-  local allowed = 0
-  if mode == 2 then
-    tokens = tokens + cost
-    if tokens > cap then tokens = cap end
-    allowed = 1
-  else
-    local deficit = cost - tokens
-    if deficit > cost * 1e-9 then
-      wait = ceil(deficit / rate)
-    end
-    if mode == 0 then
-      if wait == 0 then allowed = 1 end
-    elseif maxw < 0 or wait <= maxw then
-      allowed = 1
-    end
-    if allowed == 1 then tokens = tokens - cost end
-  end
-  local reset = ceil((cap - tokens) / rate)
-  if reset < 0 then reset = 0 end
-  local remaining = 0
-  if tokens > 0 then remaining = floor(tokens + 1e-9) end
-  if allowed == 1 then
-    local value
-    if id then
-      value = pack('<ddc16ddddd', tokens, upd, id, forgetAt, 1, remaining, wait, reset)
-      if forgetAt > keepUntil then keepUntil = forgetAt end
-    else
-      value = pack('<dd', tokens, upd)
-    end
-    if tail ~= '' then value = value .. tail end
-    local ttl = reset
-    if keepUntil - now > ttl then ttl = ceil(keepUntil - now) end
-    if ttl < 1 then ttl = 1 end
-    if ttl > 1e13 then ttl = 1e13 end
-    -- An integer below 1e14 goes to Redis as its integer text.
-    redis.call('SET', key, value, 'PX', ttl)
-  end
-  return allowed, remaining, wait, reset, false
+elseif type(v) == 'table' and v.err ~= nil then
+  -- WRONGTYPE: a bucket written by an older Tollgate, as a hash {t, u}.
+  local s = redis.call('HMGET', key, 't', 'u')
+  tokens = tonumber(s[1])
+  upd = tonumber(s[2])
 end
-`;
+if tokens == nil or upd == nil then
+  tokens = cap
+  upd = now
+end
+local elapsed = now - upd
+if elapsed > 0 then
+  upd = now
+else
+  elapsed = 0
+end
+-- math.min(cap, x) as bucket.ts has it: x when x <= cap (the two differ only on NaN).
+tokens = tokens + elapsed * rate
+if tokens > cap then tokens = cap end
+local wait = 0
+local allowed = 0
+if mode == 2 then
+  tokens = tokens + cost
+  if tokens > cap then tokens = cap end
+  allowed = 1
+else
+  local deficit = cost - tokens
+  if deficit > cost * 1e-9 then
+    wait = ceil(deficit / rate)
+  end
+  if mode == 0 then
+    if wait == 0 then allowed = 1 end
+  elseif maxw < 0 or wait <= maxw then
+    allowed = 1
+  end
+  if allowed == 1 then tokens = tokens - cost end
+end
+local reset = ceil((cap - tokens) / rate)
+if reset < 0 then reset = 0 end
+local remaining = 0
+if tokens > 0 then remaining = floor(tokens + 1e-9) end
+if allowed == 1 then
+  local value
+  if id then
+    value = pack('<ddc16ddddd', tokens, upd, id, forgetAt, 1, remaining, wait, reset)
+    if forgetAt > keepUntil then keepUntil = forgetAt end
+  else
+    value = pack('<dd', tokens, upd)
+  end
+  if tail ~= '' then value = value .. tail end
+  local ttl = reset
+  if keepUntil - now > ttl then ttl = ceil(keepUntil - now) end
+  if ttl < 1 then ttl = 1 end
+  if ttl > 1e13 then ttl = 1e13 end
+  -- An integer below 1e14 goes to Redis as its integer text.
+  redis.call('SET', key, value, 'PX', ttl)
+end
+${done('allowed, remaining, wait, reset')}`;
+}
 
 /**
  * BUCKET_SCRIPT decides one call.
  *
  * KEYS[1]  the bucket's key, `<prefix>{<encoded key>}:<name>`
  * ARGV[1]  the decision's spec, {@link SPEC_BYTES} bytes: `struct.pack('<ddddd')` of the mode (0
- *          try, 1 reserve, 2 refund: see DECIDE_LUA), tokens added per ms, capacity, cost, and
+ *          try, 1 reserve, 2 refund: see decideLua), tokens added per ms, capacity, cost, and
  *          the max wait ms for a reserve (negative: no limit). Binary doubles: exact to the last
  *          bit, and no text for Redis to parse.
  * ARGV[2]  the caller's deadline, ms on the server's clock, one binary double ('': none). A command
@@ -161,7 +163,7 @@ end
  * (whole tokens left, floored, never negative), wait ms, ms until full, and the server's clock in
  * µs: one bulk reply costs Redis less than an array of five numbers.
  */
-export const BUCKET_SCRIPT = `${DECIDE_LUA}
+export const BUCKET_SCRIPT = `${LUA_LOCALS}
 local now, nowus
 if ARGV[4] then
   now = tonumber(ARGV[4])
@@ -183,11 +185,10 @@ if ARGV[2] ~= '' then
     forgetAt = deadline
   end
 end
-local id = ARGV[3]
+local key, id = KEYS[1], ARGV[3]
 if id == '' then id = nil end
 local mode, rate, cap, cost, maxw = unpack('<ddddd', ARGV[1])
-local a, r, w, s = decide(KEYS[1], mode, rate, cap, cost, maxw, now, id, forgetAt)
-return pack('<ddddd', a, r, w, s, nowus)
+${decideLua((values) => `return pack('<ddddd', ${values}, nowus)`)}
 `;
 
 /**
@@ -206,12 +207,16 @@ return pack('<ddddd', a, r, w, s, nowus)
  * (`struct.pack('<dddd')` of allowed (1|0, -1: past its deadline), remaining, wait ms, ms until
  * full, as BUCKET_SCRIPT answers them); then the server's now in µs, one double.
  */
-export const BATCH_SCRIPT = `${DECIDE_LUA}
+export const BATCH_SCRIPT = `local tunpack = unpack
+${LUA_LOCALS}
+local function decide(key, mode, rate, cap, cost, maxw, now, id, forgetAt)
+${decideLua((values) => `return ${values}`)}
+end
 local replyKey = KEYS[#KEYS]
 local seen = redis.call('GET', replyKey)
 if seen then return seen end
 local out = {}
-local i = 0
+local i, j = 0, 0
 local charged = false
 local forgetAt = 0
 local servernow, now
@@ -234,19 +239,21 @@ for r = 1, #ARGV, 4 do
   for _ = 1, tonumber(ARGV[r + 3]) do
     i = i + 1
     if late then
-      out[i] = pack('<dddd', -1, 0, 0, 0)
+      out[j + 1], out[j + 2], out[j + 3], out[j + 4] = -1, 0, 0, 0
     else
       local a, rem, w, s = decide(KEYS[i], mode, rate, cap, cost, maxw, now, nil, 0)
-      out[i] = pack('<dddd', a, rem, w, s)
+      out[j + 1], out[j + 2], out[j + 3], out[j + 4] = a, rem, w, s
       if a == 1 then
         charged = true
         if f > forgetAt then forgetAt = f end
       end
     end
+    j = j + 4
   end
 end
-out[i + 1] = pack('<d', floor((now or 0) * 1000))
-local reply = table.concat(out)
+out[j + 1] = floor((now or 0) * 1000)
+-- One pack of every number: a string per decision would cost Redis more than the decision.
+local reply = pack('<' .. string.rep('d', j + 1), tunpack(out))
 if charged then redis.call('SET', replyKey, reply, 'PX', math.max(1, ceil(forgetAt - now))) end
 return reply
 `;
