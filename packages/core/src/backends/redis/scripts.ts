@@ -68,7 +68,7 @@ if type(v) == 'string' then
       if n ~= ${16 + ENTRY_BYTES} or sub(v, 17, 24) ~= client then
         local k = 0
         for o = 17, n - ${ENTRY_BYTES - 1}, ${ENTRY_BYTES} do
-          if k < ${MAX_REMEMBERED - 1} and sub(v, o, o + 7) ~= client then
+          if k < ${MAX_REMEMBERED - 1} and (client == nil or sub(v, o, o + 7) ~= client) then
             local forget = unpack('<d', v, o + 16)
             if forget >= now then
               k = k + 1
