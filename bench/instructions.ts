@@ -12,59 +12,15 @@
  *
  *   pnpm bench:instructions            (needs valgrind: apt-get install valgrind)
  */
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import { RateLimiter, RedisBackend } from '@tollgate/core';
 import { type Evaluator, deadlineArg, decisionArgs } from '@tollgate/core/internal';
 import Table from 'cli-table3';
-import { Redis } from 'ioredis';
 import { RateLimiterRedis } from 'rate-limiter-flexible';
+import { hasCallgrind, startCountedRedis } from '../test/support/callgrind.ts';
 import { inFlight } from './harness.js';
 
 const DECISIONS = Number(process.env.DECISIONS ?? 3000);
 const WARMUP = 2000;
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function listening(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}
-
-function has(cmd: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** The instructions of callgrind dump `n` (each dump counts from the one before). */
-function dumpTotal(dir: string, pid: number, n: number): number | undefined {
-  const file = path.join(dir, `cg.${pid}.out.${n}`);
-  if (!existsSync(file)) return undefined;
-  const m = /^summary: (\d+)/m.exec(readFileSync(file, 'utf8'));
-  return m ? Number(m[1]) : undefined;
-}
 
 const STUB_TIME_GET_SET = `local t = redis.call('TIME')
 local v = redis.call('GET', KEYS[1])
@@ -73,52 +29,13 @@ return '${'x'.repeat(40)}'`;
 const STUB_EMPTY = `return '${'x'.repeat(40)}'`;
 
 async function main(): Promise<void> {
-  for (const cmd of ['valgrind', 'callgrind_control', 'redis-server']) {
-    if (!has(cmd)) {
-      console.error(`bench:instructions needs ${cmd} (apt-get install valgrind redis-server)`);
-      process.exit(1);
-    }
+  if (!hasCallgrind()) {
+    console.error('bench:instructions needs valgrind and redis-server (apt-get install valgrind redis-server)');
+    process.exit(1);
   }
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'tollgate-cg-'));
-  const port = await freePort();
-  const server = spawn(
-    'valgrind',
-    [
-      '--tool=callgrind',
-      `--callgrind-out-file=${dir}/cg.%p.out`,
-      'redis-server',
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-    ],
-    { stdio: 'ignore' },
-  );
-  const pid = server.pid as number;
-  // valgrind takes a few seconds to start the server.
-  for (let i = 0; !(await listening(port)); i++) {
-    if (i > 150) throw new Error(`redis-server under valgrind did not listen on ${port}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  const client = new Redis({ port });
-  const version = /redis_version:(\S+)/.exec(await client.info('server'))?.[1] ?? '?';
-  let dumps = 0;
-  /** Asks for a dump and waits for it: valgrind acts on it when the server next runs. */
-  const dump = async (): Promise<number> => {
-    dumps++;
-    execFileSync('callgrind_control', ['-d', String(pid)], { stdio: 'ignore' });
-    for (;;) {
-      await client.ping();
-      const total = dumpTotal(dir, pid, dumps);
-      if (total !== undefined) return total;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
-
+  const redis = await startCountedRedis();
+  const client = redis.client();
+  const version = await redis.version();
   const keys = Array.from({ length: 1000 }, (_, i) => `user-${i}`);
   // One limiter per contender, on keys of its own: each measures its own path alone.
   const limiter = (prefix: string) =>
@@ -157,13 +74,9 @@ async function main(): Promise<void> {
   for (const c of contenders) {
     console.error(`  ${c.name} …`);
     await c.run(WARMUP);
-    await dump();
-    await c.run(DECISIONS);
-    rows.push([c.name, (await dump()) / DECISIONS]);
+    rows.push([c.name, (await redis.instructions(() => c.run(DECISIONS))) / DECISIONS]);
   }
-  client.disconnect();
-  server.kill('SIGKILL');
-  rmSync(dir, { recursive: true, force: true });
+  await redis.stop();
 
   const rlfSeq = rows[2]?.[1] as number;
   const t = new Table({ head: ['Redis instructions per decision (callgrind)', 'instructions', '÷ rlf sequential'] });

@@ -54,7 +54,8 @@ export interface RedisServer {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitForPing(port: number, timeoutMs = 10_000): Promise<void> {
+/** waitForPing resolves when a redis-server on `port` answers PING. */
+export async function waitForPing(port: number, timeoutMs = 10_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const ok = await new Promise<boolean>((resolve) => {
