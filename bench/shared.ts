@@ -3,6 +3,7 @@
  * probe of Redis round trips per admitted call (uncontended and contended) and Redis CPU per
  * decision (INFO commandstats, usec per EVALSHA).
  */
+import { setMaxListeners } from 'node:events';
 import { MemoryBackend, RateLimiter, RedisBackend, SharedLimiter } from '@tollgate/core';
 import type { Redis } from 'ioredis';
 import type { Scenario } from './harness.js';
@@ -109,6 +110,8 @@ export async function sharedProbe(ctx: RedisCtx, admin: Redis, ms: number): Prom
     weight: (k) => weights[k] ?? 1,
   });
   const ac = new AbortController();
+  // Thousands of waiters share this one signal, as they may in an app: no MaxListeners warning.
+  setMaxListeners(0, ac.signal);
   const admitted: Record<string, number> = { a: 0, b: 0, c: 0 };
   for (const k of Object.keys(weights)) {
     for (let i = 0; i < (rate * ms) / 1000; i++) {
