@@ -94,6 +94,7 @@ export class RedisBackend implements Backend {
   /** The first 8 bytes of every call id: names this backend among Redis's clients. */
   readonly #clientId = randomBytes(6).toString('base64url');
   #seq = 0;
+  readonly #cluster: boolean;
 
   constructor(options: RedisBackendOptions) {
     const o = parseRedisOptions('RedisBackend', options);
@@ -101,6 +102,7 @@ export class RedisBackend implements Backend {
     this.prefix = o.prefix;
     this.timeoutMs = o.timeoutMs;
     this.#batcher = new ScriptBatcher(o.client, this.#clientId);
+    this.#cluster = (o.client as { isCluster?: boolean }).isCluster === true;
     watchErrors(o.client);
   }
 
@@ -190,6 +192,9 @@ export class RedisBackend implements Backend {
    * limiter keeps a circuit breaker per shard, so one failing master fails only its own keys.
    */
   shardOf(name: string, key: string): string | undefined {
+    // Asked on every call (the hybrid's local rejections included): a standalone client has one
+    // shard, and encoding the key for it would be wasted.
+    if (!this.#cluster) return undefined;
     return masterOf(this.client, redisKey(this.prefix, key, name));
   }
 }
