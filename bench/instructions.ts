@@ -13,20 +13,13 @@
  *   pnpm bench:instructions            (needs valgrind: apt-get install valgrind)
  */
 import { RateLimiter, RedisBackend } from '@tollgate/core';
-import { type Evaluator, deadlineArg, decisionArgs } from '@tollgate/core/internal';
 import Table from 'cli-table3';
 import { RateLimiterRedis } from 'rate-limiter-flexible';
-import { hasCallgrind, startCountedRedis } from '../test/support/callgrind.ts';
+import { EMPTY_SCRIPT, FLOOR_SCRIPT, hasCallgrind, standIn, startCountedRedis } from '../test/support/callgrind.ts';
 import { inFlight } from './harness.js';
 
 const DECISIONS = Number(process.env.DECISIONS ?? 3000);
 const WARMUP = 2000;
-
-const STUB_TIME_GET_SET = `local t = redis.call('TIME')
-local v = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], '${'x'.repeat(72)}', 'PX', 3600000)
-return '${'x'.repeat(40)}'`;
-const STUB_EMPTY = `return '${'x'.repeat(40)}'`;
 
 async function main(): Promise<void> {
   if (!hasCallgrind()) {
@@ -47,16 +40,8 @@ async function main(): Promise<void> {
   const single = limiter('cg1:');
   const batched = limiter('cg2:');
   const rlf = new RateLimiterRedis({ storeClient: client, points: 1e9, duration: 3600, keyPrefix: 'cgrlf' });
-  const ev = client as unknown as Evaluator;
-  const spec = decisionArgs('t', { ratePerMs: 1000 / 3_600_000, capacity: 1e9 }, 1, -1);
-  const deadline = deadlineArg(-60_000);
-  const stub = async (lua: string) => {
-    const sha = (await client.script('LOAD', lua)) as string;
-    let seq = 0;
-    return (k: string) => ev.evalshaBuffer(sha, 1, `stub:{${k}}:b`, spec, deadline, `stubcall${(seq++).toString(36)}`);
-  };
-  const floor = await stub(STUB_TIME_GET_SET);
-  const empty = await stub(STUB_EMPTY);
+  const floor = await standIn(client, FLOOR_SCRIPT);
+  const empty = await standIn(client, EMPTY_SCRIPT);
   const seq = (op: (k: string) => Promise<unknown>) => async (n: number) => {
     for (let i = 0; i < n; i++) await op(keys[i % 1000] as string);
   };

@@ -8,14 +8,8 @@
  * Skipped where valgrind is not installed (.ci/run installs it).
  */
 import { RateLimiter, RedisBackend } from '@tollgate/core';
-import { type Evaluator, deadlineArg, decisionArgs } from '@tollgate/core/internal';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { type CountedRedis, hasCallgrind, startCountedRedis } from './support/callgrind.ts';
-
-const FLOOR_SCRIPT = `local t = redis.call('TIME')
-local v = redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], '${'x'.repeat(72)}', 'PX', 3600000)
-return '${'x'.repeat(40)}'`;
+import { type CountedRedis, FLOOR_SCRIPT, hasCallgrind, standIn, startCountedRedis } from './support/callgrind.ts';
 
 const KEYS = Array.from({ length: 500 }, (_, i) => `user-${i}`);
 const DECISIONS = 1500;
@@ -38,13 +32,7 @@ test.skipIf(!hasCallgrind())(
       });
     const single = limiter('one:');
     const batched = limiter('many:');
-    const ev = client as unknown as Evaluator;
-    const sha = (await client.script('LOAD', FLOOR_SCRIPT)) as string;
-    const spec = decisionArgs('t', { ratePerMs: 1000 / 3_600_000, capacity: 1e9 }, 1, -1);
-    const deadline = deadlineArg(-60_000);
-    let seq = 0;
-    const floorCall = (k: string) =>
-      ev.evalshaBuffer(sha, 1, `floor:{${k}}:b`, spec, deadline, `floorcal${(seq++).toString(36).padStart(8, '0')}`);
+    const floorCall = await standIn(client, FLOOR_SCRIPT);
     const sequential = (op: (k: string) => Promise<unknown>) => async () => {
       for (let i = 0; i < DECISIONS; i++) await op(KEYS[i % KEYS.length] as string);
     };

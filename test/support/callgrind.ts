@@ -9,8 +9,9 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { type Evaluator, deadlineArg, decisionArgs } from '@tollgate/core/internal';
 import { Redis } from './ioredis.ts';
-import { freePort, waitForPing } from './redis.ts';
+import { freePort, serverArgs, waitForPing } from './redis.ts';
 
 /** hasCallgrind tells whether valgrind, callgrind_control and redis-server are installed. */
 export function hasCallgrind(): boolean {
@@ -40,19 +41,7 @@ export async function startCountedRedis(): Promise<CountedRedis> {
   const dir = mkdtempSync(join(tmpdir(), 'tollgate-callgrind-'));
   const proc: ChildProcess = spawn(
     'valgrind',
-    [
-      '--tool=callgrind',
-      `--callgrind-out-file=${dir}/cg.%p.out`,
-      'redis-server',
-      '--port',
-      String(port),
-      '--bind',
-      '127.0.0.1',
-      '--save',
-      '',
-      '--appendonly',
-      'no',
-    ],
+    ['--tool=callgrind', `--callgrind-out-file=${dir}/cg.%p.out`, 'redis-server', ...serverArgs(port)],
     { stdio: 'ignore' },
   );
   // Under valgrind the server takes a few seconds to start.
@@ -97,4 +86,31 @@ export async function startCountedRedis(): Promise<CountedRedis> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * FLOOR_SCRIPT is the least any decision of Tollgate's design costs Redis: only the three commands
+ * an allowed decision needs (TIME, GET, SET … PX), with a constant value and reply of the usual
+ * sizes.
+ */
+export const FLOOR_SCRIPT = `local t = redis.call('TIME')
+local v = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], '${'x'.repeat(72)}', 'PX', 3600000)
+return '${'x'.repeat(40)}'`;
+
+/** EMPTY_SCRIPT does nothing and answers a reply of the usual size. */
+export const EMPTY_SCRIPT = `return '${'x'.repeat(40)}'`;
+
+/**
+ * standIn loads `lua` on `client` and returns a call that sends it for a key with the arguments
+ * RedisBackend sends a lone decision (a spec, a deadline, a fresh call id).
+ */
+export async function standIn(client: Redis, lua: string): Promise<(key: string) => Promise<unknown>> {
+  const sha = (await client.script('LOAD', lua)) as string;
+  const ev = client as unknown as Evaluator;
+  const spec = decisionArgs('t', { ratePerMs: 1000 / 3_600_000, capacity: 1e9 }, 1, -1);
+  const deadline = deadlineArg(-60_000);
+  let seq = 0;
+  return (key) =>
+    ev.evalshaBuffer(sha, 1, `stand-in:{${key}}:b`, spec, deadline, `standin0${(seq++).toString(36).padStart(8, '0')}`);
 }

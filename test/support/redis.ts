@@ -82,18 +82,16 @@ export async function waitForPing(port: number, timeoutMs = 10_000): Promise<voi
   }
 }
 
+/** serverArgs are redis-server's arguments for a test server on loopback `port`, with no persistence. */
+export function serverArgs(port: number): string[] {
+  return ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
+}
+
 /** spawnRedis starts one redis-server on `port` with extra arguments; resolves when it answers. */
 export async function spawnRedis(port: number, extraArgs: string[] = [], dir?: string): Promise<ChildProcess> {
   requireRedisServer();
   const args = [
-    '--port',
-    String(port),
-    '--bind',
-    '127.0.0.1',
-    '--save',
-    '',
-    '--appendonly',
-    'no',
+    ...serverArgs(port),
     '--daemonize',
     'no',
     '--enable-debug-command',
