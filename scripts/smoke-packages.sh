@@ -55,3 +55,26 @@ for res in nodenext bundler; do
   npx tsc --noEmit --strict --skipLibCheck false --module "$mod" --moduleResolution "$res" --target es2022 --types node types.ts
   echo "smoke: types ok ($res)"
 done
+
+# A memory-only app that never installs the optional peer ioredis still type-checks with
+# skipLibCheck false (core's declarations mark the ioredis imports; see optional-peer-types.mjs).
+# The Redis types are any there, and with ioredis installed (above) they are the real ones.
+# Its own directory, not below the project above, whose node_modules holds ioredis.
+bare=$(mktemp -d)
+trap 'rm -rf "$dir" "$bare"' EXIT
+cd "$bare"
+npm init -y >/dev/null
+npm pkg set type=module >/dev/null
+npm i --no-audit --no-fund --loglevel=error "$root"/.tmp/pack/tollgate-core-*.tgz typescript@~5.9 @types/node@22 >/dev/null
+if [ -e node_modules/ioredis ]; then
+  echo "smoke: ioredis was installed without being asked for" >&2
+  exit 1
+fi
+cat > types.ts <<'TS'
+import { MemoryBackend, RateLimiter } from '@tollgate/core';
+const limiter = new RateLimiter({ backend: new MemoryBackend(), policy: { rate: 2, per: '1s' } });
+const left: Promise<number> = limiter.tryAcquire('k').then((d) => d.remaining);
+void left;
+TS
+npx tsc --noEmit --strict --skipLibCheck false --module nodenext --moduleResolution nodenext --target es2022 --types node types.ts
+echo "smoke: types ok without ioredis (skipLibCheck false)"
