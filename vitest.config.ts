@@ -9,6 +9,7 @@ export default defineConfig({
     include: ['packages/*/test/**/*.test.ts', 'test/**/*.test.ts'],
     testTimeout: 30_000,
     hookTimeout: 60_000,
+    setupFiles: ['test/support/quiet-warnings.ts'],
     pool: 'forks',
     // The machines have 2 cores, and the integration tests start redis-servers, clusters and child
     // processes of their own: two test files at a time keeps timing assertions honest.
