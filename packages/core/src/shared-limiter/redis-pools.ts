@@ -26,6 +26,17 @@ const CLOCK_SAMPLE_MAX_RTT_MS = 20;
  * Redis answers NOSCRIPT) per step, timed by the server's clock, each bounded by `timeoutMs`
  * and carrying its deadline so that Redis ignores it once its caller has stopped waiting.
  */
+/** A policy's four numbers as the pool script reads them (ARGV[2..5]), formatted once per policy. */
+const policyText = new WeakMap<Policy, readonly string[]>();
+function policyArgs(policy: Policy): readonly string[] {
+  let t = policyText.get(policy);
+  if (t === undefined) {
+    t = [String(policy.ratePerMs), String(policy.capacity), String(policy.rate), String(policy.perMs)];
+    policyText.set(policy, t);
+  }
+  return t;
+}
+
 export class RedisPools implements Pools {
   readonly kind = 'redis';
   readonly client: Redis | Cluster;
@@ -80,10 +91,7 @@ export class RedisPools implements Pools {
   ): Promise<PoolAnswer> {
     return this.#run(this.#key(name, pool), [
       mode,
-      String(policy.ratePerMs),
-      String(policy.capacity),
-      String(policy.rate),
-      String(policy.perMs),
+      ...policyArgs(policy),
       key,
       String(cost),
       String(weight),
@@ -93,52 +101,23 @@ export class RedisPools implements Pools {
   }
 
   refund(name: string, pool: string, key: string, policy: Policy, amount: number): Promise<void> {
-    return this.#run(this.#key(name, pool), [
-      'f',
-      String(policy.ratePerMs),
-      String(policy.capacity),
-      String(policy.rate),
-      String(policy.perMs),
-      key,
-      String(amount),
-      '1',
-      '-1',
-      '0',
-    ]).then(() => undefined);
+    return this.#run(this.#key(name, pool), ['f', ...policyArgs(policy), key, String(amount), '1', '-1', '0']).then(
+      () => undefined,
+    );
   }
 
   observe(name: string, pool: string, policy: Policy, o: Observation): Promise<void> {
     return this.#run(
       this.#key(name, pool),
-      [
-        'o',
-        String(policy.ratePerMs),
-        String(policy.capacity),
-        String(policy.rate),
-        String(policy.perMs),
-        '',
-        '0',
-        '1',
-        '-1',
-        '0',
-      ],
+      ['o', ...policyArgs(policy), '', '0', '1', '-1', '0'],
       [String(o.limit), String(o.remaining), String(o.resetAfterMs), String(o.retryAfterMs)],
     ).then(() => undefined);
   }
 
   confirm(name: string, pool: string, policy: Policy): Promise<number> {
-    return this.#run(this.#key(name, pool), [
-      'c',
-      String(policy.ratePerMs),
-      String(policy.capacity),
-      String(policy.rate),
-      String(policy.perMs),
-      '',
-      '0',
-      '1',
-      '-1',
-      '0',
-    ]).then((r) => Number(r[1]));
+    return this.#run(this.#key(name, pool), ['c', ...policyArgs(policy), '', '0', '1', '-1', '0']).then((r) =>
+      Number(r[1]),
+    );
   }
 
   #run(redisKey: string, args: string[], observed?: string[]): Promise<Reply> {
